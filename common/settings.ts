@@ -1,0 +1,58 @@
+import { Option } from 'commander';
+import type { z } from 'zod';
+import { SettingError } from './errors.ts';
+
+/**
+ * One setting of a command: a long flag with a `SLUICE_*` environment twin. Commander reads
+ * the flag or the environment; zod validates the merged result, so a bad value names both.
+ */
+export interface SettingSpec {
+  flag: string; // e.g. 'listen' for --listen
+  env: string; // e.g. 'SLUICE_LISTEN'
+  description: string;
+  default?: string;
+  arg?: string; // e.g. '<host:port>'; omitted for booleans
+}
+
+export function settingOption(spec: SettingSpec): Option {
+  const option = new Option(spec.arg ? `--${spec.flag} ${spec.arg}` : `--${spec.flag}`, spec.description).env(
+    spec.env,
+  );
+  if (spec.default !== undefined) option.default(spec.default);
+  return option;
+}
+
+function camel(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** Validates commander's parsed options against `schema`; the first bad field becomes a SettingError. */
+export function parseSettings<S extends z.ZodType>(
+  schema: S,
+  specs: readonly SettingSpec[],
+  options: Record<string, unknown>,
+): z.output<S> {
+  const result = schema.safeParse(options);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const key = String(issue.path[0] ?? '');
+  const spec = specs.find((s) => camel(s.flag) === key);
+  const name = spec ? `--${spec.flag} (${spec.env})` : key || 'settings';
+  const given = options[key];
+  throw new SettingError(
+    name,
+    `${issue.message}${given !== undefined ? ` (got ${JSON.stringify(given)})` : ''}`,
+    {
+      cause: result.error,
+    },
+  );
+}
+
+/** Prints a SettingError as one line and exits 2, as the spec asks for bad settings. */
+export function exitOnSettingError(command: string, err: unknown): never {
+  if (err instanceof SettingError) {
+    process.stderr.write(`sluice ${command}: ${err.message}\n`);
+    process.exit(2);
+  }
+  throw err;
+}

@@ -1,0 +1,215 @@
+import { Command } from 'commander';
+import { z } from 'zod';
+import { parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+
+/** Every `sluice proxy` setting (SPEC §2): a flag, its SLUICE_* twin, and its default. */
+export const proxySettings = [
+  {
+    flag: 'listen',
+    env: 'SLUICE_LISTEN',
+    arg: '<host:port>',
+    default: '0.0.0.0:8080',
+    description: 'public address',
+  },
+  {
+    flag: 'admin',
+    env: 'SLUICE_ADMIN',
+    arg: '<host:port>',
+    default: '0.0.0.0:9090',
+    description: 'admin address (/healthz, /readyz, /metrics)',
+  },
+  {
+    flag: 'upstream',
+    env: 'SLUICE_UPSTREAM',
+    arg: '<url>',
+    default: 'http://127.0.0.1:9000',
+    description: 'the function',
+  },
+  {
+    flag: 'concurrency',
+    env: 'SLUICE_CONCURRENCY',
+    arg: '<n>',
+    default: '8',
+    description: 'max requests and map tasks in flight to the function',
+  },
+  {
+    flag: 'queue-timeout',
+    env: 'SLUICE_QUEUE_TIMEOUT',
+    arg: '<seconds>',
+    default: '30',
+    description: 'how long an over-limit request waits for a slot',
+  },
+  {
+    flag: 'heartbeat',
+    env: 'SLUICE_HEARTBEAT',
+    arg: '<seconds>',
+    default: '15',
+    description: 'SSE keepalive comment after this much silence (0 = off)',
+  },
+  {
+    flag: 'idle-timeout',
+    env: 'SLUICE_IDLE_TIMEOUT',
+    arg: '<seconds>',
+    default: '600',
+    description: 'end a stream after this long without a byte from the function',
+  },
+  {
+    flag: 'max-duration',
+    env: 'SLUICE_MAX_DURATION',
+    arg: '<seconds>',
+    default: '3600',
+    description: 'hard cap on one stream',
+  },
+  {
+    flag: 'drain',
+    env: 'SLUICE_DRAIN',
+    arg: '<seconds>',
+    default: '20',
+    description: 'on SIGTERM, how long in-flight streams may finish',
+  },
+  {
+    flag: 'max-body',
+    env: 'SLUICE_MAX_BODY',
+    arg: '<bytes>',
+    default: String(10 * 1024 * 1024),
+    description: 'largest request body',
+  },
+  {
+    flag: 'path-prefix',
+    env: 'SLUICE_PATH_PREFIX',
+    arg: '<path>',
+    default: '',
+    description: 'ingress path stripped before forwarding',
+  },
+  {
+    flag: 'nats',
+    env: 'SLUICE_NATS',
+    arg: '<url>',
+    default: '',
+    description: 'NATS URL; empty turns map off',
+  },
+  {
+    flag: 'function',
+    env: 'SLUICE_FUNCTION',
+    arg: '<namespace/name>',
+    default: 'default/function',
+    description: 'names the NATS streams',
+  },
+  {
+    flag: 'replica',
+    env: 'SLUICE_REPLICA',
+    arg: '<name>',
+    default: '',
+    description: 'this replica in map results (default: hostname)',
+  },
+  {
+    flag: 'map-path',
+    env: 'SLUICE_MAP_PATH',
+    arg: '<path>',
+    default: '/',
+    description: 'where each map input is POSTed',
+  },
+  {
+    flag: 'map-ack-wait',
+    env: 'SLUICE_MAP_ACK_WAIT',
+    arg: '<seconds>',
+    default: '60',
+    description: 'a task not finished by then goes to another replica',
+  },
+  {
+    flag: 'map-max-deliver',
+    env: 'SLUICE_MAP_MAX_DELIVER',
+    arg: '<n>',
+    default: '3',
+    description: 'attempts before an input is reported failed',
+  },
+  {
+    flag: 'map-retention',
+    env: 'SLUICE_MAP_RETENTION',
+    arg: '<seconds>',
+    default: '600',
+    description: 'how long map results stay resumable',
+  },
+  {
+    flag: 'max-map-inputs',
+    env: 'SLUICE_MAX_MAP_INPUTS',
+    arg: '<n>',
+    default: '100000',
+    description: 'most inputs in one map request',
+  },
+  {
+    flag: 'auth-tokens-file',
+    env: 'SLUICE_AUTH_TOKENS_FILE',
+    arg: '<file>',
+    default: '',
+    description: 'accepted bearer tokens, one a line',
+  },
+] as const satisfies readonly SettingSpec[];
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')
+  .transform((value) => {
+    const at = value.lastIndexOf(':');
+    const host = value.slice(0, at).replace(/^\[|\]$/g, '');
+    return { host, port: Number(value.slice(at + 1)) };
+  })
+  .refine((a) => a.port <= 65535, 'port must be at most 65535');
+const seconds = (min: number) => z.coerce.number().finite().min(min);
+const count = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http:// URL' });
+const absolutePath = z.string().regex(/^\//, 'must start with /');
+
+export const proxyConfigSchema = z.object({
+  listen: hostPort,
+  admin: hostPort,
+  upstream: httpUrl,
+  concurrency: count(1, 100_000),
+  queueTimeout: seconds(0),
+  heartbeat: seconds(0),
+  idleTimeout: seconds(1),
+  maxDuration: seconds(1),
+  drain: seconds(0),
+  maxBody: count(0),
+  pathPrefix: z
+    .string()
+    .refine(
+      (p) => p === '' || (p.startsWith('/') && !p.endsWith('/')),
+      'must start with / and not end with /',
+    ),
+  nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+  function: z
+    .string()
+    .regex(
+      /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+      'expected namespace/name (DNS labels)',
+    ),
+  replica: z.string(),
+  mapPath: absolutePath,
+  mapAckWait: seconds(1),
+  mapMaxDeliver: count(1, 100),
+  mapRetention: seconds(1),
+  maxMapInputs: count(1),
+  authTokensFile: z.string(),
+});
+
+export type ProxyConfig = z.output<typeof proxyConfigSchema>;
+
+export function proxyCommand(): Command {
+  const command = new Command('proxy').description('the streaming sidecar proxy (one per function pod)');
+  for (const spec of proxySettings) command.addOption(settingOption(spec));
+  return command;
+}
+
+/** Parses argv (without `node sluice proxy`) and the environment; throws SettingError. */
+export function loadProxyConfig(argv: string[] = [], env: NodeJS.ProcessEnv = process.env): ProxyConfig {
+  const command = proxyCommand().exitOverride();
+  const saved = process.env;
+  process.env = env; // commander reads env twins from process.env
+  try {
+    command.parse(argv, { from: 'user' });
+  } finally {
+    process.env = saved;
+  }
+  return parseSettings(proxyConfigSchema, proxySettings, command.opts());
+}

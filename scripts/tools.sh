@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs or builds every external tool the tests and the local control plane use.
+# Idempotent: Debian packages are installed only when missing; Go binaries are built once
+# into a cache outside the repo (SLUICE_CACHE, default ~/.cache/sluice) and linked into
+# .sluice/bin. Usage: scripts/tools.sh [apt|k8s|kwok|helm|all]   (default: all)
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+HELM_VERSION=${HELM_VERSION:-v3.19.0}
+CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/.sluice/bin
+mkdir -p "$CACHE" "$BIN"
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+apt_tools() {
+  local missing=()
+  command -v nats-server >/dev/null || missing+=(nats-server)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts nginx and etcd as services on install; tests start their own.
+    $sudo systemctl disable --now nginx etcd 2>/dev/null || { $sudo pkill -x nginx || true; $sudo pkill -x etcd || true; }
+  fi
+  ln -sf "$(command -v etcd)" "$BIN/etcd"
+}
+
+# Builds Go main packages of one module into $CACHE/<name>-<version>/ and links them.
+# $1 cache dir name, $2 go.mod body, $3.. "binary=package" pairs.
+go_build() {
+  local dir=$CACHE/$1 gomod=$2; shift 2
+  local need=0 pair
+  for pair in "$@"; do [ -x "$dir/bin/${pair%%=*}" ] || need=1; done
+  if ((need)); then
+    mkdir -p "$dir/src" "$dir/bin"
+    printf '%s\n' "$gomod" >"$dir/src/go.mod"
+    printf 'package tools\n' >"$dir/src/tools.go"
+    (
+      cd "$dir/src"
+      export GOFLAGS=-mod=mod CGO_ENABLED=0
+      for pair in "$@"; do
+        local name=${pair%%=*} pkg=${pair#*=}
+        [ -x "$dir/bin/$name" ] && continue
+        log "go build $pkg (first build takes minutes; cached in $dir)"
+        go get "$pkg" >/dev/null 2>&1 || true
+        go build -trimpath -ldflags "${LDFLAGS:-}" -o "$dir/bin/$name.tmp" "$pkg"
+        mv "$dir/bin/$name.tmp" "$dir/bin/$name"
+      done
+    )
+  fi
+  for pair in "$@"; do ln -sf "$dir/bin/${pair%%=*}" "$BIN/${pair%%=*}"; done
+}
+
+k8s_tools() {
+  local v=${K8S_VERSION#v} staging="0.${K8S_VERSION#v1.}"
+  local mods=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+    cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+    cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
+    kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+    mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller)
+  local gomod="module sluice.local/k8s-tools
+go 1.24
+require k8s.io/kubernetes v$v
+replace ("
+  local m; for m in "${mods[@]}"; do gomod+=$'\n'"  k8s.io/$m => k8s.io/$m v$staging"; done
+  gomod+=$'\n)'
+  LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=v$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${staging#0.}" \
+    go_build "k8s-$K8S_VERSION" "$gomod" \
+    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+kwok_tools() {
+  go_build "kwok-$KWOK_VERSION" "module sluice.local/kwok-tools
+go 1.24
+require sigs.k8s.io/kwok $KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok
+}
+
+helm_tools() {
+  LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" go_build "helm-$HELM_VERSION" "module sluice.local/helm-tools
+go 1.24
+require helm.sh/helm/v3 $HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
+}
+
+case "${1:-all}" in
+  apt) apt_tools ;;
+  k8s) k8s_tools ;;
+  kwok) kwok_tools ;;
+  helm) helm_tools ;;
+  all) apt_tools; k8s_tools; kwok_tools; helm_tools ;;
+  *) echo "usage: $0 [apt|k8s|kwok|helm|all]" >&2; exit 2 ;;
+esac
