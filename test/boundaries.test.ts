@@ -11,9 +11,9 @@ async function localImportGraph(entry: string): Promise<Map<string, string[]>> {
     const file = pending.pop()!;
     if (graph.has(file)) continue;
     const source = await readFile(file, 'utf8');
-    const specifiers = [...source.matchAll(/(?:import|export)[^'"]*?from\s+['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)/g)].map(
-      (m) => (m[1] ?? m[2])!,
-    );
+    const specifiers = [
+      ...source.matchAll(/(?:import|export)[^'"]*?from\s+['"]([^'"]+)['"]|import\(\s*['"]([^'"]+)['"]\s*\)/g),
+    ].map((m) => (m[1] ?? m[2])!);
     graph.set(file, specifiers);
     for (const s of specifiers) if (s.startsWith('.')) pending.push(join(file, '..', s));
   }
@@ -27,7 +27,10 @@ describe('module boundaries', () => {
     for (const file of files) {
       const graph = await localImportGraph(join('proxy', file));
       for (const [from, specifiers] of graph) {
-        expect(specifiers.filter((s) => s.startsWith('@kubernetes/')), `${from} (reached from proxy/${file})`).toEqual([]);
+        expect(
+          specifiers.filter((s) => s.startsWith('@kubernetes/')),
+          `${from} (reached from proxy/${file})`,
+        ).toEqual([]);
       }
     }
   });
