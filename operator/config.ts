@@ -1,0 +1,154 @@
+import { hostname } from 'node:os';
+import { Command } from 'commander';
+import { z } from 'zod';
+import { parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+
+/** Every `sluice operator` setting (SPEC §3): a flag, its SLUICE_* twin, and its default. */
+export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
+  return [
+    {
+      flag: 'kubeconfig',
+      env: 'SLUICE_KUBECONFIG',
+      arg: '<file>',
+      default: '',
+      description: 'kubeconfig (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account)',
+    },
+    {
+      flag: 'namespace',
+      env: 'SLUICE_NAMESPACE',
+      arg: '<namespace>',
+      default: '',
+      description: 'watch only this namespace (default: all)',
+    },
+    {
+      flag: 'proxy-image',
+      env: 'SLUICE_PROXY_IMAGE',
+      arg: '<image>',
+      default: 'ghcr.io/sluice-dev/sluice:0.1.0',
+      description: 'image of the sluice proxy sidecar injected into every function pod',
+    },
+    {
+      flag: 'metrics',
+      env: 'SLUICE_METRICS',
+      arg: '<host:port>',
+      default: '0.0.0.0:8081',
+      description: 'admin address (/metrics, /healthz, /readyz)',
+    },
+    {
+      flag: 'leader-elect',
+      env: 'SLUICE_LEADER_ELECT',
+      arg: '<bool>',
+      default: String(Boolean(env.KUBERNETES_SERVICE_HOST)),
+      description: 'take a coordination.k8s.io Lease before reconciling (default: true in a cluster)',
+    },
+    {
+      flag: 'leader-election-namespace',
+      env: 'SLUICE_LEADER_ELECTION_NAMESPACE',
+      arg: '<namespace>',
+      default: env.POD_NAMESPACE ?? 'default',
+      description: 'namespace of the Lease (default: $POD_NAMESPACE, else default)',
+    },
+    {
+      flag: 'lease-duration',
+      env: 'SLUICE_LEASE_DURATION',
+      arg: '<seconds>',
+      default: '15',
+      description: 'a leader that has not renewed this long is replaced',
+    },
+    {
+      flag: 'identity',
+      env: 'SLUICE_IDENTITY',
+      arg: '<name>',
+      default: env.POD_NAME ?? `${hostname()}-${process.pid}`,
+      description: 'this replica in the Lease (default: $POD_NAME, else host-pid)',
+    },
+    {
+      flag: 'workers',
+      env: 'SLUICE_WORKERS',
+      arg: '<n>',
+      default: '4',
+      description: 'reconciles running at once (never two for the same function)',
+    },
+    {
+      flag: 'nats',
+      env: 'SLUICE_NATS',
+      arg: '<url>',
+      default: '',
+      description: 'NATS URL passed to the sidecars and used for map streams; empty turns map off',
+    },
+    {
+      flag: 'ingress-class',
+      env: 'SLUICE_INGRESS_CLASS',
+      arg: '<name>',
+      default: '',
+      description: 'IngressClass for functions that name none',
+    },
+    {
+      flag: 'gpu-resource-name',
+      env: 'SLUICE_GPU_RESOURCE_NAME',
+      arg: '<name>',
+      default: 'nvidia.com/gpu',
+      description: 'GPU extended resource for functions that name none',
+    },
+    {
+      flag: 'drain',
+      env: 'SLUICE_DRAIN',
+      arg: '<seconds>',
+      default: '20',
+      description: "sidecar's drain on SIGTERM; the pod's grace period is set above it",
+    },
+  ] as const satisfies readonly SettingSpec[];
+}
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')
+  .transform((value) => {
+    const at = value.lastIndexOf(':');
+    return { host: value.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(value.slice(at + 1)) };
+  })
+  .refine((a) => a.port <= 65535, 'port must be at most 65535');
+const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const bool = z.enum(['true', 'false'], { error: 'expected true or false' }).transform((v) => v === 'true');
+
+export const operatorConfigSchema = z.object({
+  kubeconfig: z.string(),
+  namespace: z.union([z.literal(''), z.string().regex(dnsLabel, 'expected a namespace name')]),
+  proxyImage: z.string().min(1, 'must not be empty'),
+  metrics: hostPort,
+  leaderElect: bool,
+  leaderElectionNamespace: z.string().regex(dnsLabel, 'expected a namespace name'),
+  leaseDuration: z.coerce.number().int().min(2).max(3600),
+  identity: z.string().min(1, 'must not be empty'),
+  workers: z.coerce.number().int().min(1).max(256),
+  nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+  ingressClass: z.string(),
+  gpuResourceName: z.string().regex(/^[a-z0-9.-]+\/[a-z0-9.-]+$/, 'expected vendor/resource'),
+  drain: z.coerce.number().int().min(0).max(3600),
+});
+
+export type OperatorConfig = z.output<typeof operatorConfigSchema>;
+
+export function operatorCommand(env: NodeJS.ProcessEnv = process.env): Command {
+  const command = new Command('operator').description(
+    'reconcile StreamingFunctions into Deployments, Services, Ingresses and NATS streams',
+  );
+  for (const spec of operatorSettings(env)) command.addOption(settingOption(spec));
+  return command;
+}
+
+/** Parses argv (without `node sluice operator`) and the environment; throws SettingError. */
+export function loadOperatorConfig(
+  argv: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): OperatorConfig {
+  const command = operatorCommand(env).exitOverride();
+  const saved = process.env;
+  process.env = env; // commander reads env twins from process.env
+  try {
+    command.parse(argv, { from: 'user' });
+  } finally {
+    process.env = saved;
+  }
+  return parseSettings(operatorConfigSchema, operatorSettings(env), command.opts());
+}
