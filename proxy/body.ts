@@ -1,0 +1,56 @@
+import type { IncomingMessage } from 'node:http';
+import { Transform, type TransformCallback } from 'node:stream';
+import { SluiceError } from '../common/errors.ts';
+
+export class BodyTooLargeError extends SluiceError {
+  readonly limit: number;
+
+  constructor(limit: number) {
+    super('body_too_large', `request body is larger than the limit of ${limit} bytes (--max-body)`);
+    this.limit = limit;
+  }
+}
+
+/** The declared Content-Length, when there is one and it can be trusted as a number. */
+export function declaredLength(req: IncomingMessage): number | undefined {
+  const header = req.headers['content-length'];
+  if (header === undefined || !/^\d+$/.test(header)) return undefined;
+  return Number(header);
+}
+
+/**
+ * Reads a whole request body, refusing (before reading) a declared length over `limit` and
+ * (while reading) a chunked body that grows past it. For handlers that need the body at once.
+ */
+export async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = declaredLength(req);
+  if (declared !== undefined && declared > limit) throw new BodyTooLargeError(limit);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new BodyTooLargeError(limit);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/**
+ * Passes a streamed body through unchanged and errors with BodyTooLargeError once more than
+ * `limit` bytes went by, so a forwarded chunked upload cannot exceed --max-body either.
+ */
+export class BodyLimit extends Transform {
+  readonly limit: number;
+  #seen = 0;
+
+  constructor(limit: number) {
+    super();
+    this.limit = limit;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#seen += chunk.length;
+    if (this.#seen > this.limit) callback(new BodyTooLargeError(this.limit));
+    else callback(null, chunk);
+  }
+}

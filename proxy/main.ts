@@ -1,0 +1,125 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { createLogger, type Logger } from '../common/log.ts';
+import { createAdminServer } from './admin.ts';
+import { TokenFile } from './auth.ts';
+import type { ProxyConfig } from './config.ts';
+import { ConcurrencyLimiter } from './limiter.ts';
+import type { MapService, StartMap } from './map-service.ts';
+import { createProxyMetrics } from './metrics.ts';
+import { PublicHandler } from './server.ts';
+
+export interface RunningProxy {
+  publicPort: number;
+  adminPort: number;
+  /** True from the start of close(): /readyz fails and new requests get 503. */
+  readonly draining: boolean;
+  /**
+   * Graceful stop: readiness goes false, new requests are refused, in-flight streams get
+   * --drain seconds, then end with an `event: error` `{"code":"shutdown"}`; then everything closes.
+   */
+  close(): Promise<void>;
+}
+
+// Longer than the idle timeouts of common load balancers (GCP 600 s, AWS ALB 60 s, nginx 75 s),
+// so the proxy never closes a kept-alive connection a balancer is about to reuse (Ray #54127).
+const KEEP_ALIVE_TIMEOUT_MS = 620_000;
+const HEADERS_TIMEOUT_MS = 630_000;
+
+const BAD_CONNECT = Buffer.from(
+  'HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 90\r\n\r\n' +
+    '{"error":{"code":"bad_request_target","message":"CONNECT is not supported: not a proxy"}}\n',
+);
+
+async function listen(server: Server, host: string, port: number): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return (server.address() as AddressInfo).port;
+}
+
+async function loadMap(
+  config: ProxyConfig,
+  deps: Omit<Parameters<StartMap>[0], 'config'>,
+): Promise<MapService> {
+  // Resolved at run time: the map module loads (with the NATS client) only when --nats is set.
+  const { startMap } = (await import(new URL('./map/index.ts', import.meta.url).href)) as {
+    startMap: StartMap;
+  };
+  return startMap({ config, ...deps });
+}
+
+export async function runProxy(
+  config: ProxyConfig,
+  log: Logger = createLogger('proxy'),
+): Promise<RunningProxy> {
+  const limiter = new ConcurrencyLimiter(config.concurrency);
+  const metrics = createProxyMetrics(limiter);
+  const tokens = config.authTokensFile ? new TokenFile(config.authTokensFile, log) : undefined;
+  const map = config.nats ? await loadMap(config, { limiter, registry: metrics.registry, log }) : undefined;
+  const handler = new PublicHandler({ config, limiter, metrics, log, tokens, map });
+
+  const publicServer = createServer({
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    headersTimeout: HEADERS_TIMEOUT_MS,
+    requestTimeout: 0, // streams are bounded by --idle-timeout and --max-duration instead
+    noDelay: true,
+  });
+  publicServer.on('request', handler.handle);
+  publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
+  const adminServer = createAdminServer({
+    registry: metrics.registry,
+    upstream: new URL(config.upstream),
+    notReadyReason: () => {
+      if (handler.draining) return 'draining: the proxy is shutting down';
+      if (map && !map.ready()) return 'map: not connected to NATS';
+      return undefined;
+    },
+  });
+
+  const publicPort = await listen(publicServer, config.listen.host, config.listen.port);
+  const adminPort = await listen(adminServer, config.admin.host, config.admin.port);
+  log.info(
+    {
+      listen: publicPort,
+      admin: adminPort,
+      upstream: config.upstream,
+      concurrency: config.concurrency,
+      map: !!map,
+    },
+    'proxy listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  const shutdown = async () => {
+    log.info({ inFlight: handler.inFlight, drainSeconds: config.drain }, 'draining');
+    await handler.drain(config.drain * 1000);
+    await map?.close();
+    tokens?.close();
+    await Promise.all(
+      [publicServer, adminServer].map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          }),
+      ),
+    );
+    log.info('proxy stopped');
+  };
+  return {
+    publicPort,
+    adminPort,
+    get draining() {
+      return handler.draining;
+    },
+    close: () => {
+      closing ??= shutdown();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,271 @@
+import { randomUUID } from 'node:crypto';
+import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createProxyServer } from 'http-proxy-3';
+import type { Logger } from '../common/log.ts';
+import { bearerToken, type TokenFile } from './auth.ts';
+import { BodyLimit, BodyTooLargeError, declaredLength } from './body.ts';
+import type { ProxyConfig } from './config.ts';
+import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers.ts';
+import { sendJsonError } from './http-errors.ts';
+import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
+import { isMapPath, type MapService } from './map-service.ts';
+import type { ProxyMetrics } from './metrics.ts';
+import { type RelayFailure, StreamRelay } from './stream-relay.ts';
+
+export interface PublicHandlerOptions {
+  config: ProxyConfig;
+  limiter: ConcurrencyLimiter;
+  metrics: ProxyMetrics;
+  log: Logger;
+  tokens?: TokenFile;
+  map?: MapService;
+}
+
+/** One request on the public port, from arrival to the end of its response. */
+interface Exchange {
+  id: string;
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** Aborts a wait for a concurrency slot. */
+  queue: AbortController;
+  relay?: StreamRelay;
+  proxyReq?: ClientRequest;
+}
+
+const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
+
+const SHUTDOWN: RelayFailure = {
+  code: 'shutdown',
+  message: 'the proxy is shutting down (drain period over)',
+  status: 503,
+};
+
+/**
+ * The public port: refuses what must not pass (non-origin-form targets, missing tokens, bodies
+ * over --max-body), routes `/_sluice/*`, waits for a concurrency slot, and forwards the rest
+ * to the function through http-proxy-3, relaying the response itself (StreamRelay).
+ */
+export class PublicHandler {
+  readonly #options: PublicHandlerOptions;
+  readonly #exchanges = new Map<IncomingMessage, Exchange>();
+  readonly #agent = new Agent({ keepAlive: true });
+  readonly #proxy;
+  #draining = false;
+
+  constructor(options: PublicHandlerOptions) {
+    this.#options = options;
+    this.#proxy = createProxyServer({
+      target: options.config.upstream,
+      xfwd: true,
+      selfHandleResponse: true,
+      agent: this.#agent,
+    });
+    this.#proxy.on('proxyReq', (proxyReq, req, _res, _opts, socket) => {
+      socket.setNoDelay(true);
+      const exchange = this.#exchanges.get(req);
+      if (exchange) exchange.proxyReq = proxyReq;
+    });
+    this.#proxy.on('proxyRes', (proxyRes, req) => {
+      const exchange = this.#exchanges.get(req);
+      if (!exchange?.relay) {
+        proxyRes.destroy();
+        return;
+      }
+      exchange.relay.start(proxyRes, { 'x-request-id': exchange.id });
+    });
+  }
+
+  get inFlight(): number {
+    return this.#exchanges.size;
+  }
+
+  get draining(): boolean {
+    return this.#draining;
+  }
+
+  /** Stops taking new requests; after `drainMs`, ends what is still in flight with a `shutdown` error. */
+  async drain(drainMs: number): Promise<void> {
+    this.#draining = true;
+    const deadline = performance.now() + drainMs;
+    while (this.#exchanges.size > 0 && performance.now() < deadline) {
+      await Promise.race([
+        ...[...this.#exchanges.values()].map(
+          (e) => new Promise<void>((resolve) => e.res.once('close', () => resolve())),
+        ),
+        new Promise<void>((resolve) =>
+          setTimeout(resolve, Math.max(0, deadline - performance.now())).unref(),
+        ),
+      ]);
+    }
+    const ended = [...this.#exchanges.values()].map((exchange) => {
+      const closed = new Promise<void>((resolve) => exchange.res.once('close', () => resolve()));
+      exchange.queue.abort(SHUTDOWN);
+      if (exchange.relay) exchange.relay.fail(SHUTDOWN);
+      else sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
+      return closed;
+    });
+    // Let the final error events reach the clients before the sockets are closed.
+    await Promise.race([Promise.all(ended), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
+    this.#agent.destroy();
+  }
+
+  handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const exchange = this.#begin(req, res);
+    this.#route(exchange).catch((err: unknown) => {
+      this.#options.log.error({ err, requestId: exchange.id }, 'request failed inside the proxy');
+      if (exchange.relay) exchange.relay.fail({ code: 'internal', message: 'proxy error', status: 500 });
+      else sendJsonError(res, 500, 'internal', 'proxy error');
+    });
+  };
+
+  #begin(req: IncomingMessage, res: ServerResponse): Exchange {
+    const given = req.headers['x-request-id'];
+    const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    req.headers['x-request-id'] = id;
+    res.setHeader('x-request-id', id);
+    const exchange: Exchange = { id, req, res, queue: new AbortController() };
+    this.#exchanges.set(req, exchange);
+    const arrived = performance.now();
+    res.once('close', () => {
+      this.#exchanges.delete(req);
+      // A client that leaves while queued frees its place in the line.
+      exchange.queue.abort(new Error('client closed the connection'));
+      this.#logFinished(exchange, performance.now() - arrived);
+    });
+    return exchange;
+  }
+
+  async #route(exchange: Exchange): Promise<void> {
+    const { req, res } = exchange;
+    const { config, tokens, map } = this.#options;
+    if (this.#draining) {
+      sendJsonError(res, 503, 'shutting_down', 'the proxy is shutting down', { connection: 'close' });
+      return;
+    }
+    const refused = refusedTarget(req.method, req.url);
+    if (refused) {
+      sendJsonError(res, 400, 'bad_request_target', refused);
+      return;
+    }
+    req.url = stripPathPrefix(req.url!, config.pathPrefix);
+    const path = pathOf(req.url);
+    if (tokens && !tokens.accepts(bearerToken(req))) {
+      sendJsonError(res, 401, 'unauthorized', 'a valid Authorization: Bearer token is required', {
+        'www-authenticate': 'Bearer',
+      });
+      return;
+    }
+    if (path.startsWith('/_sluice/')) {
+      if (!isMapPath(path)) sendJsonError(res, 404, 'not_found', `no such path ${path}`);
+      else if (!map) sendJsonError(res, 503, 'map_disabled', 'map needs --nats (SLUICE_NATS)');
+      else await map.handle(req, res, path);
+      return;
+    }
+    const declared = declaredLength(req);
+    if (declared !== undefined && declared > config.maxBody) {
+      sendJsonError(res, 413, 'body_too_large', new BodyTooLargeError(config.maxBody).message);
+      return;
+    }
+    const release = await this.#slot(exchange);
+    if (!release) return;
+    res.once('close', release);
+    this.#forward(exchange);
+  }
+
+  /** Waits in FIFO order for a slot; answers 503 + Retry-After itself when none frees up. */
+  async #slot(exchange: Exchange): Promise<Release | undefined> {
+    const { config, limiter } = this.#options;
+    try {
+      return await limiter.acquire(config.queueTimeout * 1000, exchange.queue.signal);
+    } catch (err) {
+      if (err instanceof QueueTimeoutError) {
+        sendJsonError(
+          exchange.res,
+          503,
+          'queue_timeout',
+          `all ${limiter.limit} slots stayed busy for ${config.queueTimeout} s (--concurrency, --queue-timeout)`,
+          { 'retry-after': String(Math.max(1, Math.ceil(config.queueTimeout))) },
+        );
+      } else if (exchange.queue.signal.reason === SHUTDOWN) {
+        sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
+      }
+      return undefined;
+    }
+  }
+
+  #forward(exchange: Exchange): void {
+    const { req, res } = exchange;
+    const { config, metrics } = this.#options;
+    if (res.destroyed) return;
+    const relay = new StreamRelay(
+      res,
+      {
+        heartbeatMs: config.heartbeat * 1000,
+        idleMs: config.idleTimeout * 1000,
+        maxDurationMs: config.maxDuration * 1000,
+      },
+      (count) => metrics.events.inc(count),
+    );
+    exchange.relay = relay;
+    metrics.streamsActive.inc();
+    res.once('close', () => {
+      metrics.streamsActive.dec();
+      if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
+    });
+
+    // A body without a declared length is counted as it streams through.
+    const chunked = declaredLength(req) === undefined && req.headers['transfer-encoding'] !== undefined;
+    stripHopByHop(req.headers);
+    let buffer: BodyLimit | undefined;
+    if (chunked) {
+      buffer = new BodyLimit(config.maxBody);
+      buffer.once('error', (err) => {
+        exchange.proxyReq?.destroy();
+        relay.fail({ code: 'body_too_large', message: err.message, status: 413 });
+      });
+      req.pipe(buffer);
+    }
+    this.#proxy.web(req, res, { buffer }, (err) => {
+      if (res.destroyed) return; // the client left; http-proxy-3 already aborted the function's request
+      const code = (err as NodeJS.ErrnoException).code ?? 'error';
+      relay.fail(
+        res.headersSent
+          ? { code: 'upstream_failed', message: `the function's response failed: ${code}`, status: 502 }
+          : {
+              code: 'upstream_unavailable',
+              message: `the function at ${config.upstream} did not answer (${code})`,
+              status: 502,
+            },
+      );
+    });
+  }
+
+  #logFinished(exchange: Exchange, durationMs: number): void {
+    const { res, relay } = exchange;
+    const { metrics, log } = this.#options;
+    const status = res.headersSent ? res.statusCode : 499; // 499: client left before any response
+    metrics.requests.inc({ code: String(status) });
+    if (relay) {
+      metrics.streamDuration.observe(durationMs / 1000);
+      if (relay.firstByteMs !== undefined) metrics.timeToFirstByte.observe(relay.firstByteMs / 1000);
+    }
+    log.info(
+      {
+        requestId: exchange.id,
+        method: exchange.req.method,
+        path: exchange.req.url,
+        status,
+        ttfbMs: relay?.firstByteMs === undefined ? undefined : round(relay.firstByteMs),
+        durationMs: round(durationMs),
+        bytes: relay?.bytes ?? 0,
+        events: relay?.events ?? 0,
+        outcome: relay?.failure?.code ?? (res.writableFinished ? 'complete' : 'client_closed'),
+      },
+      'request finished',
+    );
+  }
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}

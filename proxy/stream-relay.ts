@@ -1,0 +1,212 @@
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { endToEndHeaders } from './headers.ts';
+import { sendJsonError } from './http-errors.ts';
+import { EventBoundaryTracker } from './sse-boundary.ts';
+
+const KEEPALIVE = Buffer.from(': keepalive\n\n');
+
+export interface RelayLimits {
+  heartbeatMs: number; // 0 = no heartbeat
+  idleMs: number;
+  maxDurationMs: number;
+}
+
+/** Why a relay ended early; `code` goes into the `event: error` data and the log. */
+export interface RelayFailure {
+  code: string;
+  message: string;
+  /** Status for a failure before any response headers were sent. */
+  status: number;
+}
+
+export function isEventStream(contentType: string | string[] | undefined): boolean {
+  return /^\s*text\/event-stream\b/i.test(String(contentType ?? ''));
+}
+
+/** Cache-Control for an event stream: `no-cache` added, the function's directives (`no-transform`) kept. */
+export function eventStreamCacheControl(upstream: string | string[] | undefined): string {
+  const directives = String(upstream ?? '')
+    .split(',')
+    .map((d) => d.trim())
+    .filter((d) => d !== '');
+  if (!directives.some((d) => /^(no-cache|no-store)$/i.test(d))) directives.unshift('no-cache');
+  return directives.join(', ');
+}
+
+/** The `event: error` block a failed event stream ends with. */
+export function errorEvent(code: string, message: string): string {
+  return `event: error\ndata: ${JSON.stringify({ error: { code, message } })}\n\n`;
+}
+
+/**
+ * Relays one response from the function to the client as it arrives: every chunk is written
+ * the moment it is read (backpressure pauses the function, nothing is held back). It also owns
+ * the stream's clocks: the heartbeat and the idle timer look at the time of the last write
+ * (set per chunk, a single assignment) and re-arm themselves, so a chunk never touches a timer.
+ */
+export class StreamRelay {
+  readonly res: ServerResponse;
+  readonly limits: RelayLimits;
+  readonly startedAt = performance.now();
+  /** When the first body byte (or the headers of an empty body) arrived, ms since start. */
+  firstByteMs: number | undefined;
+  bytes = 0;
+  failure: RelayFailure | undefined;
+  #tracker: EventBoundaryTracker | undefined;
+  #upstream: IncomingMessage | undefined;
+  #lastFromFunction = performance.now();
+  #lastToClient = performance.now();
+  #idleTimer: NodeJS.Timeout;
+  #heartbeatTimer: NodeJS.Timeout | undefined;
+  #maxTimer: NodeJS.Timeout;
+  #done = false;
+  #onEvents: (count: number) => void;
+
+  constructor(res: ServerResponse, limits: RelayLimits, onEvents: (count: number) => void) {
+    this.res = res;
+    this.limits = limits;
+    this.#onEvents = onEvents;
+    this.#idleTimer = setTimeout(() => this.#checkIdle(), limits.idleMs);
+    this.#maxTimer = setTimeout(
+      () =>
+        this.fail({
+          code: 'max_duration',
+          message: `stream exceeded the maximum duration of ${limits.maxDurationMs / 1000} s (--max-duration)`,
+          status: 504,
+        }),
+      limits.maxDurationMs,
+    );
+    res.once('close', () => this.#stop());
+  }
+
+  get events(): number {
+    return this.#tracker?.events ?? 0;
+  }
+
+  get isEventStream(): boolean {
+    return this.#tracker !== undefined;
+  }
+
+  /** The function's response headers arrived: send them on at once, then relay the body. */
+  start(upstream: IncomingMessage, extraHeaders: OutgoingHttpHeaders): void {
+    if (this.#done) {
+      upstream.destroy();
+      return;
+    }
+    this.#upstream = upstream;
+    this.#lastFromFunction = performance.now();
+    const headers: OutgoingHttpHeaders = { ...endToEndHeaders(upstream.headers), ...extraHeaders };
+    if (isEventStream(upstream.headers['content-type'])) {
+      this.#tracker = new EventBoundaryTracker();
+      headers['cache-control'] = eventStreamCacheControl(upstream.headers['cache-control']);
+      headers['x-accel-buffering'] = 'no';
+      if (this.limits.heartbeatMs > 0) {
+        this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), this.limits.heartbeatMs);
+      }
+    }
+    this.res.writeHead(upstream.statusCode ?? 502, upstream.statusMessage, headers);
+    // writeHead alone waits for the first body write; the client should see headers now.
+    this.res.flushHeaders();
+    this.#lastToClient = performance.now();
+
+    upstream.on('data', (chunk: Buffer) => this.#relay(chunk));
+    upstream.on('end', () => this.#finish());
+    upstream.on('error', () => {}); // reported through 'close' below, with the cause
+    upstream.on('close', () => {
+      if (!upstream.complete) {
+        this.fail({
+          code: 'upstream_closed',
+          message: 'the function closed the connection before the response was complete',
+          status: 502,
+        });
+      }
+    });
+  }
+
+  /**
+   * Ends the response early. Before headers: a JSON error with `failure.status`. On an event
+   * stream: an `event: error` after the last complete event, then a clean end. Otherwise the
+   * connection is cut, so the client can tell the body is incomplete.
+   */
+  fail(failure: RelayFailure): void {
+    if (this.#done) return;
+    this.failure = failure;
+    this.#stop();
+    this.#upstream?.destroy();
+    const res = this.res;
+    if (res.destroyed || res.writableEnded) return;
+    if (!res.headersSent) {
+      sendJsonError(res, failure.status, failure.code, failure.message);
+      return;
+    }
+    if (!this.#tracker) {
+      res.destroy();
+      return;
+    }
+    // A partial event is closed first so the error event is parsed on its own.
+    const separator = this.#tracker.atBoundary ? '' : '\n\n';
+    res.end(separator + errorEvent(failure.code, failure.message));
+  }
+
+  #relay(chunk: Buffer): void {
+    const now = performance.now();
+    this.firstByteMs ??= now - this.startedAt;
+    this.#lastFromFunction = now;
+    this.#lastToClient = now;
+    this.bytes += chunk.length;
+    if (this.#tracker) {
+      const completed = this.#tracker.push(chunk);
+      if (completed > 0) this.#onEvents(completed);
+    }
+    if (!this.res.write(chunk)) {
+      const upstream = this.#upstream!;
+      upstream.pause();
+      this.res.once('drain', () => upstream.resume());
+    }
+  }
+
+  #finish(): void {
+    if (this.#done) return;
+    this.firstByteMs ??= performance.now() - this.startedAt;
+    this.#stop();
+    this.res.end();
+  }
+
+  #checkIdle(): void {
+    if (this.#done) return;
+    const silent = performance.now() - this.#lastFromFunction;
+    if (silent + 1 < this.limits.idleMs) {
+      this.#idleTimer = setTimeout(() => this.#checkIdle(), this.limits.idleMs - silent);
+      return;
+    }
+    this.fail({
+      code: 'idle_timeout',
+      message: `no data from the function for ${this.limits.idleMs / 1000} s (--idle-timeout)`,
+      status: 504,
+    });
+  }
+
+  #checkHeartbeat(): void {
+    if (this.#done) return;
+    const interval = this.limits.heartbeatMs;
+    const silent = performance.now() - this.#lastToClient;
+    if (silent + 1 < interval) {
+      this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), interval - silent);
+      return;
+    }
+    // Mid-event (or a client that is not reading), a comment would corrupt or pile up: try later.
+    if (this.#tracker?.atBoundary && !this.res.writableNeedDrain) {
+      this.res.write(KEEPALIVE);
+      this.#lastToClient = performance.now();
+    }
+    this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), interval);
+  }
+
+  #stop(): void {
+    if (this.#done) return;
+    this.#done = true;
+    clearTimeout(this.#idleTimer);
+    clearTimeout(this.#maxTimer);
+    clearTimeout(this.#heartbeatTimer);
+  }
+}
