@@ -209,6 +209,9 @@ export class PublicHandler {
     exchange.relay = relay;
     metrics.streamsActive.inc();
     res.once('close', () => {
+      // The client left (http-proxy #1520): the function must see its connection close now.
+      // http-proxy-3 does this too; owning it here keeps it true whatever the library does.
+      if (!res.writableFinished) exchange.proxyReq?.destroy();
       metrics.streamsActive.dec();
       if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
     });

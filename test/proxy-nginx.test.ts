@@ -40,12 +40,12 @@ async function eventsOneByOne(base: string): Promise<void> {
 
 describe('behind nginx (ingress-nginx with proxy-buffering off)', () => {
   it('events still arrive one by one through both hops', async () => {
-    nginx = await startNginx(px.proxy.publicPort, { location: '/fn', buffering: false });
+    nginx = await startNginx(px.proxy.publicPort, { location: '/fn' });
     await eventsOneByOne(nginx.url);
   });
 
   it('a client that leaves is seen by the function through both hops', async () => {
-    nginx = await startNginx(px.proxy.publicPort, { location: '/fn', buffering: false });
+    nginx = await startNginx(px.proxy.publicPort, { location: '/fn' });
     const client = curl(`${nginx.url}/fn/leave`);
     const stream = await fn.nextStream();
     await stream.write('data: one\n\n');

@@ -9,11 +9,6 @@ export const NGINX = process.env.SLUICE_NGINX ?? '/usr/sbin/nginx';
 export interface NginxOptions {
   /** `location` path, like an Ingress rule's path (Prefix). */
   location?: string;
-  /**
-   * What `nginx.ingress.kubernetes.io/proxy-buffering: off` turns off. Left on, nginx buffers
-   * unless the response says `X-Accel-Buffering: no` (which the proxy adds).
-   */
-  buffering?: boolean;
   workerConnections?: number;
 }
 
@@ -30,7 +25,7 @@ export interface Nginx {
  * HTTP/1.1 keep-alive upstream). Runs in the foreground with everything in a temp dir.
  */
 export async function startNginx(upstreamPort: number, options: NginxOptions = {}): Promise<Nginx> {
-  const { location = '/', buffering = false, workerConnections = 4096 } = options;
+  const { location = '/', workerConnections = 4096 } = options;
   const dir = await mkdtemp(join(tmpdir(), 'sluice-nginx-'));
   const port = await freePort();
   const conf = `
@@ -66,7 +61,7 @@ http {
       proxy_connect_timeout 5s;
       proxy_read_timeout 3600s;
       proxy_send_timeout 3600s;
-      proxy_buffering ${buffering ? 'on' : 'off'};
+      proxy_buffering off;
       proxy_buffer_size 4k;
       proxy_buffers 4 4k;
       proxy_request_buffering on;
