@@ -1,0 +1,269 @@
+import { createHash } from 'node:crypto';
+import type { OperatorConfig } from './config.ts';
+import { API_VERSION, KIND, type StreamingFunction } from './function.ts';
+import type { KubeObject, OwnerReference } from './kube.ts';
+import { ingressPath, PROXY_ADMIN_PORT, PROXY_PORT } from './schema.ts';
+
+export { ingressPath };
+
+/** What the builders need from the operator's settings. */
+export type BuilderConfig = Pick<
+  OperatorConfig,
+  'proxyImage' | 'nats' | 'ingressClass' | 'gpuResourceName' | 'drain'
+>;
+
+export const FIELD_MANAGER = 'sluice-operator';
+export const HASH_ANNOTATION = 'sluice.dev/desired-hash';
+export const FUNCTION_LABEL = 'sluice.dev/function';
+export const AUTH_MOUNT = '/etc/sluice/auth';
+/** Node label set by NVIDIA's GPU feature discovery; `gpu.type` selects on it. */
+export const GPU_PRODUCT_LABEL = 'nvidia.com/gpu.product';
+/** Seconds of grace beyond the proxy's drain, for the function to exit after the proxy. */
+const GRACE_MARGIN_SECONDS = 10;
+
+export function labels(fn: StreamingFunction): Record<string, string> {
+  const name = fn.metadata.name;
+  return {
+    [FUNCTION_LABEL]: name,
+    'app.kubernetes.io/name': name,
+    'app.kubernetes.io/instance': name,
+    'app.kubernetes.io/component': 'function',
+    'app.kubernetes.io/part-of': 'sluice',
+    'app.kubernetes.io/managed-by': FIELD_MANAGER,
+  };
+}
+
+export function ownerReference(fn: StreamingFunction): OwnerReference {
+  return {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    name: fn.metadata.name,
+    uid: fn.metadata.uid,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+function metadata(fn: StreamingFunction, extra: Record<string, unknown> = {}) {
+  return {
+    name: fn.metadata.name,
+    namespace: fn.metadata.namespace,
+    labels: labels(fn),
+    ownerReferences: [ownerReference(fn)],
+    ...extra,
+  };
+}
+
+/** `/echo/` → `/echo`; `/` → '' (the proxy strips nothing). */
+function pathPrefix(fn: StreamingFunction): string {
+  if (!fn.spec.ingress.enabled) return '';
+  return ingressPath(fn).replace(/\/+$/, '');
+}
+
+/** The `sluice proxy` flags for this function (SPEC §2), in a stable order. */
+export function proxyArgs(fn: StreamingFunction, config: BuilderConfig): string[] {
+  const { spec } = fn;
+  const args = [
+    `--listen=0.0.0.0:${PROXY_PORT}`,
+    `--admin=0.0.0.0:${PROXY_ADMIN_PORT}`,
+    `--upstream=http://127.0.0.1:${spec.port}`,
+    `--concurrency=${spec.scaling.concurrency}`,
+    `--queue-timeout=${spec.scaling.queueTimeoutSeconds}`,
+    `--heartbeat=${spec.streaming.heartbeatSeconds}`,
+    `--idle-timeout=${spec.streaming.idleTimeoutSeconds}`,
+    `--max-duration=${spec.streaming.maxDurationSeconds}`,
+    `--drain=${config.drain}`,
+    `--function=${fn.metadata.namespace}/${fn.metadata.name}`,
+  ];
+  const prefix = pathPrefix(fn);
+  if (prefix) args.push(`--path-prefix=${prefix}`);
+  if (spec.map.enabled && config.nats) {
+    args.push(
+      `--nats=${config.nats}`,
+      `--map-path=${spec.map.path}`,
+      `--map-ack-wait=${spec.map.ackWaitSeconds}`,
+      `--map-max-deliver=${spec.map.maxDeliver}`,
+      `--map-retention=${spec.map.resultRetentionSeconds}`,
+    );
+  }
+  if (spec.auth?.secretName) args.push(`--auth-tokens-file=${AUTH_MOUNT}/tokens`);
+  return args;
+}
+
+const restricted = {
+  allowPrivilegeEscalation: false,
+  capabilities: { drop: ['ALL'] },
+};
+
+function nonEmpty<T extends object>(value: T | undefined): T | undefined {
+  return value && Object.keys(value).length > 0 ? value : undefined;
+}
+
+/** Quantities as the API server writes them back: strings. */
+function quantities(list: Record<string, string | number> | undefined): Record<string, string> | undefined {
+  return list && nonEmpty(Object.fromEntries(Object.entries(list).map(([k, v]) => [k, String(v)])));
+}
+
+/** Drops undefined fields, so the applied intent names only what Sluice decides. */
+function compact<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}
+
+export function desiredDeployment(fn: StreamingFunction, config: BuilderConfig): KubeObject {
+  const { spec } = fn;
+  const gpuResource = spec.gpu.resourceName || config.gpuResourceName;
+  const gpus = spec.gpu.count;
+  const resources = {
+    requests: quantities(spec.resources?.requests),
+    limits: quantities({ ...spec.resources?.limits, ...(gpus > 0 ? { [gpuResource]: gpus } : {}) }),
+  };
+  const nodeSelector = nonEmpty({
+    ...spec.nodeSelector,
+    ...(gpus > 0 && spec.gpu.type ? { [GPU_PRODUCT_LABEL]: spec.gpu.type } : {}),
+  });
+  const tolerations = [
+    ...(spec.tolerations ?? []),
+    ...(gpus > 0 ? [{ key: gpuResource, operator: 'Exists', effect: 'NoSchedule' }] : []),
+  ];
+  const podLabels = labels(fn);
+  return compact({
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: metadata(fn),
+    spec: {
+      replicas: spec.scaling.minReplicas,
+      selector: { matchLabels: { [FUNCTION_LABEL]: fn.metadata.name } },
+      template: {
+        metadata: { labels: podLabels },
+        spec: {
+          terminationGracePeriodSeconds: config.drain + GRACE_MARGIN_SECONDS,
+          automountServiceAccountToken: false,
+          enableServiceLinks: false,
+          securityContext: { runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } },
+          nodeSelector,
+          tolerations: tolerations.length > 0 ? tolerations : undefined,
+          containers: [
+            {
+              name: 'function',
+              image: spec.image,
+              command: spec.command?.length ? spec.command : undefined,
+              args: spec.args?.length ? spec.args : undefined,
+              env: spec.env?.length ? spec.env : undefined,
+              ports: [{ name: 'function', containerPort: spec.port, protocol: 'TCP' }],
+              resources: nonEmpty(compact(resources)),
+              securityContext: restricted,
+            },
+            {
+              name: 'sluice-proxy',
+              image: config.proxyImage,
+              command: ['sluice', 'proxy'],
+              args: proxyArgs(fn, config),
+              env: [{ name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }],
+              ports: [
+                { name: 'http', containerPort: PROXY_PORT, protocol: 'TCP' },
+                { name: 'admin', containerPort: PROXY_ADMIN_PORT, protocol: 'TCP' },
+              ],
+              readinessProbe: {
+                httpGet: { path: '/readyz', port: 'admin' },
+                periodSeconds: 5,
+                failureThreshold: 2,
+              },
+              livenessProbe: {
+                httpGet: { path: '/healthz', port: 'admin' },
+                periodSeconds: 10,
+                failureThreshold: 3,
+              },
+              resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } },
+              securityContext: { ...restricted, readOnlyRootFilesystem: true },
+              volumeMounts: spec.auth
+                ? [{ name: 'auth-tokens', mountPath: AUTH_MOUNT, readOnly: true }]
+                : undefined,
+            },
+          ],
+          volumes: spec.auth
+            ? [
+                {
+                  name: 'auth-tokens',
+                  secret: { secretName: spec.auth.secretName, items: [{ key: 'tokens', path: 'tokens' }] },
+                },
+              ]
+            : undefined,
+        },
+      },
+    },
+  });
+}
+
+export function desiredService(fn: StreamingFunction): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: metadata(fn),
+    spec: {
+      type: 'ClusterIP',
+      selector: { [FUNCTION_LABEL]: fn.metadata.name },
+      ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }],
+    },
+  };
+}
+
+/** ingress-nginx settings that keep it from buffering or cutting off a long event stream. */
+export function streamingAnnotations(fn: StreamingFunction): Record<string, string> {
+  // nginx's read timeout counts silence between two reads: it must outlast the proxy's own idle
+  // limit, so that the proxy (which sends a clean SSE error) is the one that ends a quiet stream.
+  const readTimeout = String(fn.spec.streaming.idleTimeoutSeconds + 30);
+  return {
+    'nginx.ingress.kubernetes.io/proxy-buffering': 'off',
+    'nginx.ingress.kubernetes.io/proxy-request-buffering': 'off',
+    'nginx.ingress.kubernetes.io/proxy-http-version': '1.1',
+    'nginx.ingress.kubernetes.io/proxy-read-timeout': readTimeout,
+    'nginx.ingress.kubernetes.io/proxy-send-timeout': readTimeout,
+  };
+}
+
+/** undefined when the function asks for no Ingress. */
+export function desiredIngress(fn: StreamingFunction, config: BuilderConfig): KubeObject | undefined {
+  const { ingress } = fn.spec;
+  if (!ingress.enabled) return undefined;
+  const className = ingress.className || config.ingressClass;
+  return compact({
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'Ingress',
+    metadata: metadata(fn, { annotations: streamingAnnotations(fn) }),
+    spec: {
+      ingressClassName: className || undefined,
+      tls: ingress.tlsSecretName
+        ? [{ hosts: ingress.host ? [ingress.host] : undefined, secretName: ingress.tlsSecretName }]
+        : undefined,
+      rules: [
+        {
+          host: ingress.host || undefined,
+          http: {
+            paths: [
+              {
+                path: ingressPath(fn),
+                pathType: 'Prefix',
+                backend: { service: { name: fn.metadata.name, port: { name: 'http' } } },
+              },
+            ],
+          },
+        },
+      ],
+    },
+  });
+}
+
+/** Where users curl: the ingress host when set, else the in-cluster Service. */
+export function functionUrl(fn: StreamingFunction, ingressAddress = ''): string {
+  const { ingress } = fn.spec;
+  if (ingress.enabled && (ingress.host || ingressAddress)) {
+    const scheme = ingress.tlsSecretName ? 'https' : 'http';
+    return `${scheme}://${ingress.host || ingressAddress}${ingressPath(fn)}`;
+  }
+  return `http://${fn.metadata.name}.${fn.metadata.namespace}.svc`;
+}
+
+/** A short digest of an object's intent, stored on it so a changed intent is seen without a diff. */
+export function desiredHash(object: KubeObject): string {
+  return createHash('sha256').update(JSON.stringify(object)).digest('hex').slice(0, 16);
+}

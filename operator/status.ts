@@ -1,0 +1,141 @@
+import { FUNCTION_LABEL, functionUrl } from './desired.ts';
+import type { Condition, FunctionStatus, StreamingFunction } from './function.ts';
+import type { KubeObject } from './kube.ts';
+
+/** What the reconciler observed this time, besides the informer caches. */
+export interface Observed {
+  deployment: KubeObject | undefined;
+  pods: KubeObject[];
+  ingress: KubeObject | undefined;
+  /** An object in the way that Sluice does not own ("Deployment ns/name ..."). */
+  notOwned?: string;
+  /** A terminal failure of this reconcile (bad spec the schema could not catch, forbidden, ...). */
+  failure?: string;
+  gpuResourceName: string;
+}
+
+type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
+
+function scheduledCondition(fn: StreamingFunction, o: Observed): NewCondition {
+  const gpu = fn.spec.gpu.resourceName || o.gpuResourceName;
+  for (const pod of o.pods) {
+    const scheduled = (pod.status?.conditions ?? []).find((c: Condition) => c.type === 'PodScheduled');
+    if (scheduled?.status === 'False' && scheduled.reason === 'Unschedulable') {
+      const message = String(scheduled.message ?? '');
+      return {
+        type: 'Scheduled',
+        status: 'False',
+        reason: message.includes(`Insufficient ${gpu}`) ? 'InsufficientGPU' : 'Unschedulable',
+        message,
+      };
+    }
+  }
+  const wanted = fn.spec.scaling.minReplicas;
+  if (o.pods.length === 0) {
+    return wanted === 0
+      ? { type: 'Scheduled', status: 'True', reason: 'NoReplicas', message: 'no replicas wanted' }
+      : { type: 'Scheduled', status: 'Unknown', reason: 'NoPods', message: 'no pods yet' };
+  }
+  const placed = o.pods.filter((p) => p.spec?.nodeName).length;
+  return placed === o.pods.length
+    ? { type: 'Scheduled', status: 'True', reason: 'Scheduled', message: `${placed} pods placed on nodes` }
+    : {
+        type: 'Scheduled',
+        status: 'Unknown',
+        reason: 'Pending',
+        message: `${placed}/${o.pods.length} pods placed`,
+      };
+}
+
+function availableCondition(o: Observed): NewCondition {
+  const available = (o.deployment?.status?.conditions ?? []).find((c: Condition) => c.type === 'Available');
+  if (!available) {
+    return {
+      type: 'Available',
+      status: 'Unknown',
+      reason: 'NoDeploymentStatus',
+      message: 'deployment not observed yet',
+    };
+  }
+  return {
+    type: 'Available',
+    status: available.status,
+    reason: available.reason || 'DeploymentAvailable',
+    message: available.message ?? '',
+  };
+}
+
+function readyCondition(fn: StreamingFunction, o: Observed, scheduled: NewCondition): NewCondition {
+  if (o.notOwned) return { type: 'Ready', status: 'False', reason: 'NotOwned', message: o.notOwned };
+  if (o.failure) return { type: 'Ready', status: 'False', reason: 'ReconcileError', message: o.failure };
+  const d = o.deployment;
+  const wanted = fn.spec.scaling.minReplicas;
+  const ready = d?.status?.readyReplicas ?? 0;
+  if (!d) return { type: 'Ready', status: 'False', reason: 'Pending', message: 'deployment not created yet' };
+  const rolledOut = (d.status?.observedGeneration ?? 0) >= (d.metadata?.generation ?? 0);
+  const updated = d.status?.updatedReplicas ?? 0;
+  if (rolledOut && ready >= wanted && updated >= wanted && (d.status?.replicas ?? 0) === wanted) {
+    return { type: 'Ready', status: 'True', reason: 'Ready', message: `${ready}/${wanted} replicas ready` };
+  }
+  if (scheduled.status === 'False')
+    return { type: 'Ready', status: 'False', reason: scheduled.reason, message: scheduled.message };
+  return {
+    type: 'Ready',
+    status: 'False',
+    reason: rolledOut ? 'ReplicasNotReady' : 'RollingOut',
+    message: `${ready}/${wanted} replicas ready`,
+  };
+}
+
+function ingressAddress(ingress: KubeObject | undefined): string {
+  const lb = ingress?.status?.loadBalancer?.ingress?.[0];
+  return lb?.hostname ?? lb?.ip ?? '';
+}
+
+/**
+ * The status that describes what was observed. Conditions keep their lastTransitionTime while
+ * their status stays the same, so recomputing an unchanged world yields an identical status.
+ */
+export function computeStatus(fn: StreamingFunction, o: Observed, now = new Date()): FunctionStatus {
+  const scheduled = scheduledCondition(fn, o);
+  const fresh = [readyCondition(fn, o, scheduled), availableCondition(o), scheduled];
+  const previous = fn.status.conditions ?? [];
+  const conditions = fresh.map((c): Condition => {
+    const old = previous.find((p) => p.type === c.type);
+    return {
+      ...c,
+      observedGeneration: fn.metadata.generation,
+      lastTransitionTime:
+        old && old.status === c.status ? old.lastTransitionTime : now.toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    };
+  });
+  return {
+    observedGeneration: fn.metadata.generation,
+    replicas: o.deployment?.status?.replicas ?? 0,
+    readyReplicas: o.deployment?.status?.readyReplicas ?? 0,
+    selector: `${FUNCTION_LABEL}=${fn.metadata.name}`,
+    url: functionUrl(fn, ingressAddress(o.ingress)),
+    conditions,
+  };
+}
+
+/** Same content, ignoring key order. */
+export function sameStatus(a: FunctionStatus, b: FunctionStatus): boolean {
+  const norm = (s: FunctionStatus) =>
+    JSON.stringify({
+      observedGeneration: s.observedGeneration,
+      replicas: s.replicas ?? 0,
+      readyReplicas: s.readyReplicas ?? 0,
+      selector: s.selector,
+      url: s.url,
+      conditions: (s.conditions ?? []).map((c) => [
+        c.type,
+        c.status,
+        c.reason,
+        c.message,
+        c.observedGeneration,
+        c.lastTransitionTime,
+      ]),
+    });
+  return norm(a) === norm(b);
+}
