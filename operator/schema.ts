@@ -350,8 +350,11 @@ export const streamingFunctionSpecSchema = z
       .max(1024)
       .regex(/^\S+$/, 'must not contain whitespace')
       .describe('Container image of the function, e.g. ghcr.io/acme/llm:1.2.'),
-    command: z.array(z.string()).optional().describe("Container command; default the image's entrypoint."),
-    args: z.array(z.string()).optional().describe('Arguments to the command.'),
+    command: z
+      .array(z.string().describe('One word of the command.'))
+      .optional()
+      .describe("Container command; default the image's entrypoint."),
+    args: z.array(z.string().describe('One argument.')).optional().describe('Arguments to the command.'),
     env: z
       .array(envVar)
       .max(256)
@@ -372,7 +375,7 @@ export const streamingFunctionSpecSchema = z
     gpu,
     resources: resources.optional(),
     nodeSelector: z
-      .record(z.string(), z.string())
+      .record(z.string(), z.string().describe('Required value of the node label.'))
       .optional()
       .describe('Node labels the pods require, merged with what gpu implies.'),
     tolerations: z
