@@ -155,8 +155,14 @@ const hostPort = z
     return { host, port: Number(value.slice(at + 1)) };
   })
   .refine((a) => a.port <= 65535, 'port must be at most 65535');
-const seconds = (min: number) => z.coerce.number().finite().min(min);
-const count = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const seconds = (min: number) =>
+  z.coerce.number({ error: 'expected a number of seconds' }).finite().min(min, `must be at least ${min}`);
+const count = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce
+    .number({ error: 'expected a whole number' })
+    .int('expected a whole number')
+    .min(min, `must be at least ${min}`)
+    .max(max, `must be at most ${max}`);
 const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http:// URL' });
 const absolutePath = z.string().regex(/^\//, 'must start with /');
 

@@ -1,0 +1,87 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
+import { freePort, waitFor, waitForPort } from './support/net.ts';
+import { type Started, startSluice } from './support/process.ts';
+import { curl } from './support/proxy-harness.ts';
+
+let fn: FunctionServer | undefined;
+let proc: Started | undefined;
+afterEach(async () => {
+  await proc?.stop('SIGKILL');
+  await fn?.close();
+  proc = fn = undefined;
+});
+
+describe('sluice proxy (the command)', () => {
+  it.each([
+    {
+      args: ['--concurrency', 'many'],
+      env: {},
+      line: /--concurrency \(SLUICE_CONCURRENCY\): expected a whole number/,
+    },
+    {
+      args: [],
+      env: { SLUICE_HEARTBEAT: '-5' },
+      line: /--heartbeat \(SLUICE_HEARTBEAT\): must be at least 0/,
+    },
+    { args: ['--listen', 'localhost'], env: {}, line: /--listen \(SLUICE_LISTEN\): expected host:port/ },
+    {
+      args: [],
+      env: { SLUICE_UPSTREAM: 'ftp://x' },
+      line: /--upstream \(SLUICE_UPSTREAM\): expected an http:\/\/ URL/,
+    },
+    {
+      args: ['--path-prefix', '/fn/'],
+      env: {},
+      line: /--path-prefix \(SLUICE_PATH_PREFIX\): must start with \/ and not end/,
+    },
+  ])('stops with exit 2 and one line naming $line', async ({ args, env, line }) => {
+    proc = startSluice(['proxy', ...args], { env: { ...process.env, ...env } });
+    const [code] = (await new Promise((resolve) => proc!.child.once('exit', (...a) => resolve(a)))) as [
+      number,
+    ];
+    expect(code).toBe(2);
+    const lines = proc.output().trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(line);
+  });
+
+  it('on SIGTERM: readiness fails, the stream drains, then ends with a shutdown event; exit 0', async () => {
+    fn = await startFunctionServer();
+    const [port, admin] = [await freePort(), await freePort()];
+    // Configured through the SLUICE_* twins, as the operator's Deployment does.
+    proc = startSluice(['proxy'], {
+      env: {
+        ...process.env,
+        SLUICE_LISTEN: `127.0.0.1:${port}`,
+        SLUICE_ADMIN: `127.0.0.1:${admin}`,
+        SLUICE_UPSTREAM: fn.url,
+        SLUICE_DRAIN: '1',
+      },
+    });
+    await waitForPort(port);
+    const client = curl(`http://127.0.0.1:${port}/stream`);
+    const stream = await fn.nextStream();
+    await stream.write('data: working\n\n');
+    await waitFor(() => client.events().length === 1);
+    proc.child.kill('SIGTERM');
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 503, {
+      what: 'readiness to fail',
+    });
+    expect(await client.exit).toBe(0);
+    expect(client.events().map((e) => e.event)).toEqual([undefined, 'error']);
+    expect(JSON.parse(client.events()[1]!.data).error.code).toBe('shutdown');
+    const [code] = (await new Promise((resolve) => {
+      if (proc!.child.exitCode !== null) resolve([proc!.child.exitCode]);
+      else proc!.child.once('exit', (...a) => resolve(a));
+    })) as [number];
+    expect(code).toBe(0);
+    await stream.closed;
+    const finished = proc
+      .output()
+      .split('\n')
+      .filter((l) => l.includes('"request finished"'));
+    expect(finished).toHaveLength(1);
+    expect(JSON.parse(finished[0]!)).toMatchObject({ status: 200, events: 1, outcome: 'shutdown' });
+  });
+});
