@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
 import { freePort, waitFor, waitForPort } from './support/net.ts';
@@ -6,6 +7,12 @@ import { curl } from './support/proxy-harness.ts';
 
 let fn: FunctionServer | undefined;
 let proc: Started | undefined;
+async function exitCode(started: Started): Promise<number | null> {
+  if (started.child.exitCode !== null) return started.child.exitCode;
+  const [code] = (await once(started.child, 'exit')) as [number | null];
+  return code;
+}
+
 afterEach(async () => {
   await proc?.stop('SIGKILL');
   await fn?.close();
@@ -71,11 +78,7 @@ describe('sluice proxy (the command)', () => {
     expect(await client.exit).toBe(0);
     expect(client.events().map((e) => e.event)).toEqual([undefined, 'error']);
     expect(JSON.parse(client.events()[1]!.data).error.code).toBe('shutdown');
-    const [code] = (await new Promise((resolve) => {
-      if (proc!.child.exitCode !== null) resolve([proc!.child.exitCode]);
-      else proc!.child.once('exit', (...a) => resolve(a));
-    })) as [number];
-    expect(code).toBe(0);
+    expect(await exitCode(proc)).toBe(0);
     await stream.closed;
     const finished = proc
       .output()
