@@ -44,10 +44,7 @@ describe('sluice proxy (the command)', () => {
     },
   ])('stops with exit 2 and one line naming $line', async ({ args, env, line }) => {
     proc = startSluice(['proxy', ...args], { env: { ...process.env, ...env } });
-    const [code] = (await new Promise((resolve) => proc!.child.once('exit', (...a) => resolve(a)))) as [
-      number,
-    ];
-    expect(code).toBe(2);
+    expect(await exitCode(proc)).toBe(2);
     const lines = proc.output().trim().split('\n');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(line);
