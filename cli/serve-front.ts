@@ -1,0 +1,128 @@
+import {
+  Agent,
+  createServer,
+  type IncomingMessage,
+  request,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
+import type { Socket } from 'node:net';
+
+export interface Backend {
+  name: string;
+  port: number;
+  ready: boolean;
+  inFlight: number;
+}
+
+// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are not forwarded.
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'upgrade',
+]);
+
+/** Least requests in flight among ready backends; ties go round-robin so idle replicas share the load. */
+export function pickBackend(backends: readonly Backend[], turn: number): Backend | undefined {
+  const ready = backends.filter((b) => b.ready);
+  const pool = ready.length > 0 ? ready : backends;
+  let best: Backend | undefined;
+  for (let i = 0; i < pool.length; i++) {
+    const candidate = pool[(turn + i) % pool.length]!;
+    if (!best || candidate.inFlight < best.inFlight) best = candidate;
+  }
+  return best;
+}
+
+export interface FrontOptions {
+  backends: readonly Backend[];
+  /** Answers a request itself instead of forwarding it (map without NATS); true when it did. */
+  intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
+}
+
+/**
+ * The front port of `sluice serve`: forwards each request to one replica's proxy and pipes the
+ * response back chunk by chunk (headers flushed at once, no buffering, Nagle off), so an event
+ * stream reaches the client as the proxy relays it. A client that leaves aborts the upstream
+ * request, which the proxy passes on to the function.
+ */
+export function createFront(options: FrontOptions): { server: Server; closeAll: () => void } {
+  const agent = new Agent({ keepAlive: true });
+  const sockets = new Set<Socket>();
+  let turn = 0;
+  const server = createServer({ noDelay: true }, (req, res) => {
+    if (options.intercept?.(req, res)) return;
+    const backend = pickBackend(options.backends, turn++);
+    if (!backend) return sendError(res, 503, 'no_replica', 'no replica is running');
+    backend.inFlight += 1;
+    let released = false;
+    const release = () => {
+      if (!released) backend.inFlight -= 1;
+      released = true;
+    };
+    const headers: Record<string, string | string[]> = {};
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined && !HOP_BY_HOP.has(name)) headers[name] = value;
+    }
+    const upstream = request({
+      host: '127.0.0.1',
+      port: backend.port,
+      method: req.method,
+      path: req.url,
+      headers,
+      agent,
+    });
+    upstream.on('socket', (socket) => socket.setNoDelay(true));
+    upstream.on('response', (response: IncomingMessage) => {
+      const out: Record<string, string | string[]> = {};
+      for (const [name, value] of Object.entries(response.headers)) {
+        if (value !== undefined && !HOP_BY_HOP.has(name) && name !== 'transfer-encoding') out[name] = value;
+      }
+      res.writeHead(response.statusCode ?? 502, out);
+      res.flushHeaders();
+      response.pipe(res);
+      // The proxy ended the stream abruptly: end the client's the same way rather than cleanly.
+      response.on('aborted', () => res.destroy());
+      response.on('error', () => res.destroy());
+    });
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      release();
+      if (res.headersSent) res.destroy(err);
+      else
+        sendError(
+          res,
+          502,
+          'replica_unavailable',
+          `${backend.name} did not answer (${err.code ?? err.message})`,
+        );
+    });
+    res.on('close', () => {
+      release();
+      if (!res.writableFinished) upstream.destroy();
+    });
+    req.pipe(upstream);
+  });
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  return {
+    server,
+    closeAll: () => {
+      server.close();
+      for (const socket of sockets) socket.destroy();
+      agent.destroy();
+    },
+  };
+}
+
+export function sendError(res: ServerResponse, status: number, code: string, message: string): void {
+  const body = JSON.stringify({ error: { code, message } });
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
