@@ -115,6 +115,7 @@ export class Supervised {
     const startedAt = Date.now();
     const child = spawn(command, args, { env, cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
+    if (child.pid !== undefined) this.#options.report(`${this.#options.label} started (pid ${child.pid})`);
     log.follow(child.stdout, format);
     log.follow(child.stderr, format);
     child.once('error', (err: NodeJS.ErrnoException) => {

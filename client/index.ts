@@ -47,6 +47,7 @@ const MAX_BACKOFF_MS = 30_000;
  */
 export async function* stream(url: string | URL, options: StreamOptions = {}): AsyncGenerator<StreamEvent> {
   const { signal, maxReconnects = 5 } = options;
+  httpUrl(url);
   let retryMs = options.retryMs ?? 1000;
   const body = encodeBody(options.body);
   const method = options.method ?? (body === undefined ? 'GET' : 'POST');
@@ -216,17 +217,26 @@ export async function* map(
 
 /** The function's base URL with a trailing slash, so `_sluice/map` resolves under its ingress path. */
 export function functionBase(url: string | URL): URL {
-  let base: URL;
-  try {
-    base = new URL(url);
-  } catch (err) {
-    throw new ClientUsageError(`not a URL: ${String(url)}`, { cause: err });
-  }
+  const base = httpUrl(url);
   base.pathname = base.pathname.replace(/\/_sluice\/map\/?$/, '');
   if (!base.pathname.endsWith('/')) base.pathname += '/';
   base.search = '';
   base.hash = '';
   return base;
+}
+
+/** `localhost:8080` parses as a URL with scheme `localhost:`; only http(s) URLs are accepted. */
+function httpUrl(url: string | URL): URL {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (err) {
+    throw new ClientUsageError(`not a URL: ${String(url)} (expected http://host:port/...)`, { cause: err });
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new ClientUsageError(`not an http(s) URL: ${String(url)} (expected http://host:port/...)`);
+  }
+  return parsed;
 }
 
 /** fetch that turns network failures into ConnectionError and non-2xx answers into HttpStatusError. */
