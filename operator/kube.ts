@@ -19,6 +19,7 @@ export interface KubeObject {
     finalizers?: string[];
     deletionTimestamp?: string;
     creationTimestamp?: string;
+    managedFields?: { manager: string; operation: string }[];
   };
   // biome-ignore lint/suspicious/noExplicitAny: API objects are open-ended JSON
   [field: string]: any;
