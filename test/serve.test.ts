@@ -1,0 +1,226 @@
+import { accessSync, constants, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stream } from '../client/index.ts';
+import { freePort, waitFor } from './support/net.ts';
+import { type Started, start, startSluice } from './support/process.ts';
+
+// `sluice serve` end to end: real function processes (examples/echo), real `sluice proxy`
+// children, a real nats-server, curl and the CLI as clients.
+
+function hasOnPath(binary: string, path = process.env.PATH ?? ''): boolean {
+  return path.split(delimiter).some((dir) => {
+    try {
+      accessSync(join(dir, binary), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** The pid each supervised process got most recently, from serve's `started (pid N)` lines. */
+function latestPids(output: string): Map<string, number> {
+  const pids = new Map<string, number>();
+  for (const m of output.matchAll(/\[serve\] (.+?) started \(pid (\d+)\)/g)) pids.set(m[1]!, Number(m[2]));
+  return pids;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function serveEcho(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ serve: Started; url: string }> {
+  const port = await freePort();
+  const serve = startSluice(['serve', 'examples/echo.yaml', '--port', String(port), ...args], { env });
+  await waitFor(() => /\[serve\] echo ready/.test(serve.output()), {
+    timeoutMs: 30_000,
+    what: `sluice serve to be ready:\n${serve.output()}`,
+  });
+  return { serve, url: `http://127.0.0.1:${port}` };
+}
+
+describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
+  let serve: Started;
+  let url: string;
+
+  beforeAll(async () => {
+    ({ serve, url } = await serveEcho(['--replicas', '2']));
+  });
+  afterAll(async () => {
+    await serve?.stop('SIGKILL');
+  });
+
+  it('prefixes every process', () => {
+    for (const prefix of ['[echo-0 fn]', '[echo-1 fn]', '[echo-0 proxy]', '[echo-1 proxy]']) {
+      expect(serve.output()).toContain(prefix);
+    }
+  });
+
+  it('streams events one by one to curl --no-buffer through the front port', async () => {
+    const curl = start('curl', ['-sS', '--no-buffer', `${url}/?n=3&pause=1500`]);
+    await waitFor(() => curl.output().includes('id: 0'), { what: 'the first event' });
+    // The first event is on the terminal while the function is still pausing before the next.
+    expect(curl.child.exitCode).toBeNull();
+    expect(curl.output()).not.toContain('id: 1');
+    await waitFor(() => curl.child.exitCode !== null, { what: 'curl to finish' });
+    expect(curl.child.exitCode).toBe(0);
+    expect(curl.output()).toMatch(/id: 2\nevent: message\ndata: \{"i":2,"of":3/);
+    expect(curl.output()).toContain('event: done');
+  });
+
+  it('serves the ingress path too, as the cluster does (/echo/...)', async () => {
+    const events = [];
+    for await (const event of stream(`${url}/echo/?n=2&pause=0`)) events.push(event);
+    expect(events.map((e) => e.event)).toEqual(['message', 'message', 'done']);
+  });
+
+  it('sends two concurrent streams to different replicas (least in flight)', async () => {
+    const before = {
+      zero: serve.output().match(/\[echo-0 fn\] GET \/ streamed/g)?.length ?? 0,
+      one: serve.output().match(/\[echo-1 fn\] GET \/ streamed/g)?.length ?? 0,
+    };
+    const drain = async () => {
+      for await (const _ of stream(`${url}/?n=2&pause=800`));
+    };
+    await Promise.all([drain(), drain()]);
+    await waitFor(
+      () =>
+        (serve.output().match(/\[echo-0 fn\] GET \/ streamed/g)?.length ?? 0) === before.zero + 1 &&
+        (serve.output().match(/\[echo-1 fn\] GET \/ streamed/g)?.length ?? 0) === before.one + 1,
+      { what: `one stream on each replica:\n${serve.output()}` },
+    );
+  });
+
+  it('sluice invoke prints each event as it arrives', async () => {
+    const invoke = startSluice(['invoke', `${url}/`, '--data', '{"n":2,"pause":0,"text":"hi"}']);
+    await waitFor(() => invoke.child.exitCode !== null, { what: 'invoke to finish' });
+    expect(invoke.child.exitCode).toBe(0);
+    const lines = invoke.output().trim().split('\n');
+    expect(lines.slice(0, 2).map((l) => JSON.parse(l).text)).toEqual(['hi', 'hi']);
+    expect(lines[2]).toBe('done: {}');
+  });
+
+  it.runIf(hasOnPath('nats-server'))(
+    'sluice map fans inputs out and prints one JSON line per input; a failed input exits 1',
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'sluice-map-'));
+      const inputs = join(dir, 'inputs.jsonl');
+      writeFileSync(inputs, `${[...Array.from({ length: 12 }, (_, i) => i), { fail: 'no' }].map((v) => JSON.stringify(v)).join('\n')}\n`);
+      const cli = startSluice(['map', `${url}/`, '--inputs', inputs]);
+      await waitFor(() => cli.child.exitCode !== null, { timeoutMs: 30_000, what: `map to finish: ${cli.output()}` });
+      const lines = cli
+        .output()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l));
+      expect(lines.map((l) => l.index)).toEqual(Array.from({ length: 13 }, (_, i) => i));
+      expect(lines.slice(0, 12).map((l) => l.output.echo)).toEqual(Array.from({ length: 12 }, (_, i) => i));
+      expect(lines[12].error.status).toBe(500);
+      expect(cli.output()).toContain('12/13 succeeded, 1 failed');
+      expect(cli.child.exitCode).toBe(1);
+    },
+  );
+
+  it('restarts a function that crashes, with backoff, and reports it', async () => {
+    const oldPid = latestPids(serve.output()).get('echo-0 fn')!;
+    process.kill(oldPid, 'SIGKILL');
+    await waitFor(() => serve.output().includes('[serve] echo-0 fn killed by SIGKILL; restarting in 0.5 s'), {
+      what: 'the crash report',
+    });
+    const newPid = await waitFor(() => {
+      const pid = latestPids(serve.output()).get('echo-0 fn');
+      return pid !== oldPid ? pid : undefined;
+    });
+    expect(alive(newPid)).toBe(true);
+    await waitFor(() => serve.output().includes(`[echo-0 fn] echo listening`), { what: 'the new function' });
+  });
+
+  it('Ctrl-C stops every process it started, nothing left running', async () => {
+    const pids = [...latestPids(serve.output()).values()];
+    expect(pids.length).toBe(5); // nats, 2 functions, 2 proxies
+    expect(pids.every(alive)).toBe(true);
+    serve.child.kill('SIGINT');
+    await waitFor(() => serve.child.exitCode !== null, { timeoutMs: 20_000, what: 'serve to exit' });
+    expect(serve.output()).toContain('[serve] stopped');
+    expect(pids.filter(alive)).toEqual([]);
+  });
+});
+
+describe('sluice serve without nats-server', () => {
+  let serve: Started;
+  let url: string;
+
+  beforeAll(async () => {
+    const path = (process.env.PATH ?? '')
+      .split(delimiter)
+      .filter((dir) => !hasOnPath('nats-server', dir))
+      .join(delimiter);
+    // The command after -- replaces spec.command; it runs in the manifest's directory.
+    ({ serve, url } = await serveEcho(['--replicas', '1', '--', process.execPath, 'echo/server.js'], {
+      ...process.env,
+      PATH: path,
+    }));
+  });
+  afterAll(async () => {
+    await serve?.stop();
+  });
+
+  it('answers map with 503 saying how to get nats-server, and still streams', async () => {
+    const response = await fetch(`${url}/_sluice/map`, { method: 'POST', body: '{"inputs":[1]}' });
+    expect(response.status).toBe(503);
+    const body = (await response.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('map_unavailable');
+    expect(body.error.message).toContain('npm run setup');
+    const events = [];
+    for await (const event of stream(`${url}/?n=1`)) events.push(event.event);
+    expect(events).toEqual(['message', 'done']);
+    expect(serve.output()).toContain(`echo-0 fn started`);
+  });
+});
+
+describe('sluice serve refuses bad input', () => {
+  it.each([
+    [
+      'a field out of bounds, by its path',
+      'apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata: {name: bad}\nspec:\n  image: x\n  command: [node]\n  scaling: {concurrency: 0}\n',
+      'spec.scaling.concurrency:',
+    ],
+    [
+      'a missing image',
+      'apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata: {name: bad}\nspec: {command: [node]}\n',
+      'spec.image:',
+    ],
+    [
+      'a name that is not a DNS label',
+      'apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata: {name: Bad_Name}\nspec: {image: x, command: [node]}\n',
+      'metadata.name:',
+    ],
+    ['YAML that does not parse', 'spec: [unclosed\n', 'sluice serve:'],
+    [
+      'no command anywhere',
+      'apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata: {name: nocmd}\nspec: {image: x}\n',
+      'spec.command: empty, and no command after --',
+    ],
+  ])('%s: exit 2 with one clear message', async (_what, manifest, expected) => {
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-serve-bad-'));
+    writeFileSync(join(dir, 'fn.yaml'), manifest);
+    const serve = startSluice(['serve', join(dir, 'fn.yaml')]);
+    await waitFor(() => serve.child.exitCode !== null, { what: 'serve to exit' });
+    expect(serve.child.exitCode).toBe(2);
+    expect(serve.output()).toContain(expected);
+  });
+
+  it('refuses a bad --replicas naming the flag', async () => {
+    const serve = startSluice(['serve', 'examples/echo.yaml', '--replicas', 'two']);
+    await waitFor(() => serve.child.exitCode !== null, { what: 'serve to exit' });
+    expect(serve.child.exitCode).toBe(2);
+    expect(serve.output()).toContain('--replicas must be an integer from 1 to 64 (got "two")');
+  });
+});
