@@ -1,0 +1,593 @@
+// `npm run cluster -- up|down|status`: a real local Kubernetes control plane on loopback, as
+// controller-runtime's envtest starts one (etcd + kube-apiserver with client-cert auth and RBAC),
+// plus kube-scheduler, kube-controller-manager and kwok with simulated GPU nodes. Everything runs
+// detached in the background; pids and ports are kept in .sluice/cluster.json, logs in
+// .sluice/logs/, and the admin kubeconfig is .sluice/kubeconfig. `up` reuses a running plane.
+import { execFile, spawn } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, openSync } from 'node:fs';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { errorMessage, SluiceError } from '../common/errors.ts';
+import { freePort, waitFor } from '../test/support/net.ts';
+
+export const ROOT = join(import.meta.dirname, '..');
+export const STATE_DIR = join(ROOT, '.sluice');
+export const KUBECONFIG_PATH = join(STATE_DIR, 'kubeconfig');
+const BIN = join(STATE_DIR, 'bin');
+const LOGS = join(STATE_DIR, 'logs');
+const PKI = join(STATE_DIR, 'pki');
+const STATE_FILE = join(STATE_DIR, 'cluster.json');
+// etcd on tmpfs when there is one: fsync on a shared disk dominates API write latency, and the
+// plane's data is throwaway anyway.
+const ETCD_DATA = existsSync('/dev/shm')
+  ? `/dev/shm/sluice-etcd-${process.getuid?.() ?? 0}`
+  : join(STATE_DIR, 'etcd');
+
+const run = promisify(execFile);
+
+export class ClusterError extends SluiceError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_CLUSTER', message, options);
+  }
+}
+
+/** The nodes kwok simulates: GPU nodes labelled and tainted as the NVIDIA GPU operator does. */
+export const GPU_TAINT = { key: 'nvidia.com/gpu', value: 'present', effect: 'NoSchedule' } as const;
+export const GPU_PRODUCT_LABEL = 'nvidia.com/gpu.product';
+export const SIMULATED_NODES = [
+  { name: 'gpu-h100-0', gpus: 8, product: 'NVIDIA-H100-80GB-HBM3', cpu: '96', memory: '1Ti' },
+  { name: 'gpu-h100-1', gpus: 8, product: 'NVIDIA-H100-80GB-HBM3', cpu: '96', memory: '1Ti' },
+  { name: 'gpu-a100-0', gpus: 4, product: 'NVIDIA-A100-SXM4-40GB', cpu: '64', memory: '512Gi' },
+  // Roomy in pods so benchmarks can run many CPU functions (kwok pods cost nothing).
+  { name: 'cpu-0', gpus: 0, product: '', cpu: '256', memory: '1Ti' },
+] as const;
+const KWOK_NODE_ANNOTATION = 'kwok.x-k8s.io/node';
+
+type ComponentName = 'etcd' | 'kube-apiserver' | 'kube-scheduler' | 'kube-controller-manager' | 'kwok';
+const ORDER: ComponentName[] = [
+  'etcd',
+  'kube-apiserver',
+  'kube-scheduler',
+  'kube-controller-manager',
+  'kwok',
+];
+
+interface PlaneState {
+  apiserverPort: number;
+  etcdPort: number;
+  pids: Partial<Record<ComponentName, number>>;
+}
+
+export interface UpResult {
+  kubeconfig: string;
+  server: string;
+  /** false when a running plane was reused. */
+  started: boolean;
+  ms: number;
+}
+
+// --- processes -----------------------------------------------------------------------------
+
+/** The pid still runs the binary we started (pids are reused, so the name is checked too). */
+async function runs(pid: number | undefined, name: ComponentName): Promise<boolean> {
+  if (!pid) return false;
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.split('\0')[0]?.endsWith(`/${name}`) ?? false;
+  } catch {
+    return false;
+  }
+}
+
+async function binary(name: ComponentName): Promise<string> {
+  const path = join(BIN, name);
+  try {
+    await access(path);
+    return path;
+  } catch (err) {
+    throw new ClusterError(`${path} is missing: run npm run setup (scripts/tools.sh) first`, { cause: err });
+  }
+}
+
+/** The plane being started: each pid is recorded the moment its process exists, so that `down`
+ * can stop it even when a later step fails. */
+let plane: PlaneState | undefined;
+
+async function startDetached(name: ComponentName, args: string[]): Promise<number> {
+  if (!plane) throw new ClusterError('no plane state to record the process in');
+  const log = openSync(join(LOGS, `${name}.log`), 'a');
+  // Detached in its own process group, so the plane outlives `npm run cluster -- up`.
+  const child = spawn(await binary(name), args, { detached: true, stdio: ['ignore', log, log] });
+  if (!child.pid) throw new ClusterError(`could not start ${name}`);
+  child.unref();
+  plane.pids[name] = child.pid;
+  await writeState(plane);
+  return child.pid;
+}
+
+async function stopPid(pid: number, name: ComponentName): Promise<void> {
+  if (!(await runs(pid, name))) return;
+  process.kill(pid, 'SIGTERM');
+  try {
+    await waitFor(async () => !(await runs(pid, name)), { timeoutMs: 10_000, what: `${name} to exit` });
+  } catch {
+    process.kill(pid, 'SIGKILL');
+  }
+}
+
+async function lastLogLines(name: ComponentName, count = 15): Promise<string> {
+  const text = await readFile(join(LOGS, `${name}.log`), 'utf8').catch(() => '');
+  return text.trimEnd().split('\n').slice(-count).join('\n');
+}
+
+async function waitUntil(name: ComponentName, pid: number, check: () => Promise<boolean>, timeoutMs: number) {
+  try {
+    await waitFor(
+      async () => {
+        if (!(await runs(pid, name))) throw new ClusterError(`${name} exited`);
+        return check();
+      },
+      { timeoutMs, intervalMs: 100, what: `${name} to be ready` },
+    );
+  } catch (err) {
+    throw new ClusterError(
+      `${name} did not become ready (${errorMessage(err)}); last lines of .sluice/logs/${name}.log:\n${await lastLogLines(name)}`,
+      { cause: err },
+    );
+  }
+}
+
+// --- certificates --------------------------------------------------------------------------
+
+async function openssl(args: string[]): Promise<void> {
+  await run('openssl', args, { cwd: PKI });
+}
+
+/** A CA, the API server's serving cert, an admin client cert (system:masters), SA keys. Kept. */
+async function ensurePki(): Promise<void> {
+  await mkdir(PKI, { recursive: true });
+  if (existsSync(join(PKI, 'admin.crt'))) return;
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  await openssl([
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-days',
+    '3650',
+    '-subj',
+    '/CN=sluice-local-ca',
+  ]);
+  const sign = async (name: string, subject: string, extensions: string) => {
+    await writeFile(join(PKI, `${name}.ext`), extensions);
+    await openssl(['req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject]);
+    await openssl(
+      ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial'].concat([
+        '-out',
+        `${name}.crt`,
+        '-days',
+        '3650',
+        '-extfile',
+        `${name}.ext`,
+      ]),
+    );
+  };
+  await sign(
+    'apiserver',
+    '/CN=kube-apiserver',
+    'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n',
+  );
+  await sign('admin', '/O=system:masters/CN=sluice-admin', 'extendedKeyUsage=clientAuth\n');
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  await writeFile(join(PKI, 'sa.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  await writeFile(join(PKI, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
+}
+
+async function writeKubeconfig(port: number): Promise<void> {
+  const b64 = async (file: string) => (await readFile(join(PKI, file))).toString('base64');
+  const config = `apiVersion: v1
+kind: Config
+clusters:
+- name: sluice
+  cluster:
+    server: https://127.0.0.1:${port}
+    certificate-authority-data: ${await b64('ca.crt')}
+users:
+- name: sluice-admin
+  user:
+    client-certificate-data: ${await b64('admin.crt')}
+    client-key-data: ${await b64('admin.key')}
+contexts:
+- name: sluice
+  context: {cluster: sluice, user: sluice-admin}
+current-context: sluice
+`;
+  await writeFile(KUBECONFIG_PATH, config, { mode: 0o600 });
+}
+
+// --- API -------------------------------------------------------------------------------------
+
+interface ApiResponse {
+  status: number;
+  body: string;
+}
+
+/** One request to the API server as the admin user (no client library: this must start fast). */
+export async function apiRequest(
+  port: number,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<ApiResponse> {
+  const [ca, cert, key] = await Promise.all(
+    ['ca.crt', 'admin.crt', 'admin.key'].map((f) => readFile(join(PKI, f))),
+  );
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        ca,
+        cert,
+        key,
+        headers: { 'content-type': 'application/json' },
+        timeout: 5_000,
+      },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          text += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path} timed out`)));
+    req.on('error', reject);
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
+async function apiReady(port: number): Promise<boolean> {
+  try {
+    const res = await apiRequest(port, 'GET', '/readyz');
+    return res.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+function nodeObject(node: (typeof SIMULATED_NODES)[number]) {
+  const labels: Record<string, string> = {
+    'kubernetes.io/hostname': node.name,
+    'kubernetes.io/os': 'linux',
+    'kubernetes.io/arch': 'amd64',
+    'node.kubernetes.io/instance-type': node.gpus > 0 ? `gpu-${node.gpus}x` : 'cpu',
+    type: 'kwok',
+  };
+  const capacity: Record<string, string> = {
+    cpu: node.cpu,
+    memory: node.memory,
+    pods: node.gpus > 0 ? '110' : '2000',
+  };
+  if (node.gpus > 0) {
+    labels[GPU_PRODUCT_LABEL] = node.product;
+    labels['nvidia.com/gpu.count'] = String(node.gpus);
+    labels['nvidia.com/gpu.present'] = 'true';
+    capacity['nvidia.com/gpu'] = String(node.gpus);
+  }
+  return {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: { name: node.name, labels, annotations: { [KWOK_NODE_ANNOTATION]: 'fake' } },
+    spec: node.gpus > 0 ? { taints: [GPU_TAINT] } : {},
+    // A Node's status is taken on create (kubelets register this way); kwok keeps it alive.
+    status: {
+      capacity,
+      allocatable: capacity,
+      nodeInfo: { kubeletVersion: 'fake', architecture: 'amd64', operatingSystem: 'linux' },
+    },
+  };
+}
+
+async function ensureNodes(port: number): Promise<void> {
+  for (const node of SIMULATED_NODES) {
+    const res = await apiRequest(port, 'POST', '/api/v1/nodes', nodeObject(node));
+    if (res.status !== 201 && res.status !== 409) {
+      throw new ClusterError(`creating node ${node.name}: HTTP ${res.status} ${res.body}`);
+    }
+  }
+}
+
+async function nodesReady(port: number): Promise<boolean> {
+  const res = await apiRequest(port, 'GET', '/api/v1/nodes?labelSelector=type%3Dkwok');
+  if (res.status !== 200) return false;
+  const list = JSON.parse(res.body) as {
+    items: Array<{
+      metadata: { name: string };
+      status?: { conditions?: Array<{ type: string; status: string }> };
+    }>;
+  };
+  const ready = new Set(
+    list.items
+      .filter((n) => n.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'))
+      .map((n) => n.metadata.name),
+  );
+  return SIMULATED_NODES.every((n) => ready.has(n.name));
+}
+
+// --- components ------------------------------------------------------------------------------
+
+async function startEtcd(port: number): Promise<number> {
+  const peer = await freePort();
+  await rm(ETCD_DATA, { recursive: true, force: true });
+  const pid = await startDetached('etcd', [
+    '--name=sluice',
+    `--data-dir=${ETCD_DATA}`,
+    `--listen-client-urls=http://127.0.0.1:${port}`,
+    `--advertise-client-urls=http://127.0.0.1:${port}`,
+    `--listen-peer-urls=http://127.0.0.1:${peer}`,
+    `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+    `--initial-cluster=sluice=http://127.0.0.1:${peer}`,
+    '--logger=zap',
+    '--log-outputs=stderr',
+    '--quota-backend-bytes=4294967296',
+  ]);
+  await waitUntil('etcd', pid, () => httpOk(`http://127.0.0.1:${port}/health`), 20_000);
+  return pid;
+}
+
+async function httpOk(url: string): Promise<boolean> {
+  try {
+    return (await fetch(url, { signal: AbortSignal.timeout(2_000) })).ok;
+  } catch {
+    return false;
+  }
+}
+
+async function startApiserver(port: number, etcdPort: number): Promise<number> {
+  const pki = (file: string) => join(PKI, file);
+  // The flags controller-runtime's envtest passes, plus the service-account signing setup.
+  const pid = await startDetached('kube-apiserver', [
+    `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+    '--bind-address=127.0.0.1',
+    '--advertise-address=127.0.0.1',
+    `--secure-port=${port}`,
+    `--tls-cert-file=${pki('apiserver.crt')}`,
+    `--tls-private-key-file=${pki('apiserver.key')}`,
+    `--client-ca-file=${pki('ca.crt')}`,
+    '--authorization-mode=RBAC',
+    '--disable-admission-plugins=ServiceAccount',
+    `--service-account-issuer=https://127.0.0.1:${port}/`,
+    `--service-account-key-file=${pki('sa.pub')}`,
+    `--service-account-signing-key-file=${pki('sa.key')}`,
+    '--service-cluster-ip-range=10.96.0.0/16',
+    '--allow-privileged=true',
+    '--profiling=false',
+    // The default reconciler would publish 127.0.0.1 as the kubernetes Service's endpoint,
+    // which Endpoints validation refuses (loopback) every ten seconds.
+    '--endpoint-reconciler-type=none',
+  ]);
+  await waitUntil('kube-apiserver', pid, () => apiReady(port), 60_000);
+  return pid;
+}
+
+async function startScheduler(): Promise<number> {
+  const port = await freePort();
+  const pid = await startDetached('kube-scheduler', [
+    `--kubeconfig=${KUBECONFIG_PATH}`,
+    `--authentication-kubeconfig=${KUBECONFIG_PATH}`,
+    `--authorization-kubeconfig=${KUBECONFIG_PATH}`,
+    '--leader-elect=false',
+    '--bind-address=127.0.0.1',
+    `--secure-port=${port}`,
+  ]);
+  await waitUntil('kube-scheduler', pid, () => httpsHealthy(port), 30_000);
+  return pid;
+}
+
+async function startControllerManager(): Promise<number> {
+  const port = await freePort();
+  const pki = (file: string) => join(PKI, file);
+  const pid = await startDetached('kube-controller-manager', [
+    `--kubeconfig=${KUBECONFIG_PATH}`,
+    `--authentication-kubeconfig=${KUBECONFIG_PATH}`,
+    `--authorization-kubeconfig=${KUBECONFIG_PATH}`,
+    '--leader-elect=false',
+    '--bind-address=127.0.0.1',
+    `--secure-port=${port}`,
+    `--service-account-private-key-file=${pki('sa.key')}`,
+    `--root-ca-file=${pki('ca.crt')}`,
+    `--cluster-signing-cert-file=${pki('ca.crt')}`,
+    `--cluster-signing-key-file=${pki('ca.key')}`,
+    '--use-service-account-credentials=false',
+  ]);
+  await waitUntil('kube-controller-manager', pid, () => httpsHealthy(port), 30_000);
+  return pid;
+}
+
+/** /healthz of a component's self-signed HTTPS server (always allowed without credentials). */
+async function httpsHealthy(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request(
+      { host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 2_000 },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      },
+    );
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
+
+async function startKwok(apiserverPort: number): Promise<number> {
+  const pid = await startDetached('kwok', [
+    `--kubeconfig=${KUBECONFIG_PATH}`,
+    `--config=${join(import.meta.dirname, 'kwok-stages.yaml')}`,
+    '--manage-all-nodes=false',
+    `--manage-nodes-with-annotation-selector=${KWOK_NODE_ANNOTATION}=fake`,
+    '--cidr=10.244.0.0/16',
+    '--node-ip=10.244.0.1',
+    '--node-lease-duration-seconds=40',
+  ]);
+  await ensureNodes(apiserverPort);
+  await waitUntil('kwok', pid, () => nodesReady(apiserverPort), 30_000);
+  return pid;
+}
+
+// --- state -----------------------------------------------------------------------------------
+
+async function readState(): Promise<PlaneState | undefined> {
+  try {
+    return JSON.parse(await readFile(STATE_FILE, 'utf8')) as PlaneState;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeState(state: PlaneState): Promise<void> {
+  await writeFile(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`);
+}
+
+export interface ComponentStatus {
+  name: ComponentName;
+  pid?: number;
+  running: boolean;
+}
+
+export async function status(): Promise<{ ready: boolean; server?: string; components: ComponentStatus[] }> {
+  const state = await readState();
+  const components = await Promise.all(
+    ORDER.map(async (name) => ({
+      name,
+      pid: state?.pids[name],
+      running: await runs(state?.pids[name], name),
+    })),
+  );
+  const ready =
+    state !== undefined && components.every((c) => c.running) && (await apiReady(state.apiserverPort));
+  return { ready, server: state && `https://127.0.0.1:${state.apiserverPort}`, components };
+}
+
+/**
+ * Starts the plane, or reuses the running one: when etcd and the API server still answer, only
+ * the components that died are started again. Returns once every simulated node is Ready.
+ */
+export async function up(): Promise<UpResult> {
+  const began = Date.now();
+  await mkdir(LOGS, { recursive: true });
+  await ensurePki();
+  const state = await readState();
+  const reusable =
+    state !== undefined &&
+    (await runs(state.pids.etcd, 'etcd')) &&
+    (await runs(state.pids['kube-apiserver'], 'kube-apiserver')) &&
+    (await apiReady(state.apiserverPort));
+  let started = false;
+  let current: PlaneState;
+  if (!reusable || !state) {
+    await down();
+    const [etcdPort, apiserverPort] = [await freePort(), await freePort()];
+    current = plane = { etcdPort, apiserverPort, pids: {} };
+    await startEtcd(etcdPort);
+    await startApiserver(apiserverPort, etcdPort);
+    await writeKubeconfig(apiserverPort);
+    started = true;
+  } else {
+    current = plane = state;
+    if (!existsSync(KUBECONFIG_PATH)) await writeKubeconfig(state.apiserverPort);
+  }
+  const starters: Array<[ComponentName, () => Promise<number>]> = [
+    ['kube-scheduler', startScheduler],
+    ['kube-controller-manager', startControllerManager],
+    ['kwok', () => startKwok(current.apiserverPort)],
+  ];
+  // allSettled: every start has finished (and recorded its pid) before a failure is reported.
+  const results = await Promise.allSettled(
+    starters.map(async ([name, start]) => {
+      if (await runs(current.pids[name], name)) return;
+      await start();
+      started = true;
+    }),
+  );
+  const failure = results.find((r) => r.status === 'rejected');
+  if (failure) throw failure.reason;
+  if (!(await nodesReady(current.apiserverPort))) {
+    await ensureNodes(current.apiserverPort);
+    await waitFor(() => nodesReady(current.apiserverPort), {
+      timeoutMs: 30_000,
+      what: 'simulated nodes to be Ready',
+    });
+  }
+  return {
+    kubeconfig: KUBECONFIG_PATH,
+    server: `https://127.0.0.1:${current.apiserverPort}`,
+    started,
+    ms: Date.now() - began,
+  };
+}
+
+/** Stops every component the state file names, by pid, newest first; drops etcd's data. */
+export async function down(): Promise<void> {
+  const state = await readState();
+  if (state) {
+    for (const name of [...ORDER].reverse()) {
+      const pid = state.pids[name];
+      if (pid) await stopPid(pid, name);
+    }
+  }
+  await rm(STATE_FILE, { force: true });
+  await rm(ETCD_DATA, { recursive: true, force: true });
+}
+
+async function main(command: string | undefined): Promise<number> {
+  switch (command) {
+    case 'up': {
+      const result = await up();
+      console.log(
+        `${result.started ? 'started' : 'reused'} control plane at ${result.server} in ${result.ms} ms\n` +
+          `export KUBECONFIG=${result.kubeconfig}\nnodes: ${SIMULATED_NODES.map((n) => n.name).join(', ')}; logs in .sluice/logs/`,
+      );
+      return 0;
+    }
+    case 'down':
+      await down();
+      console.log('control plane stopped');
+      return 0;
+    case 'status': {
+      const s = await status();
+      for (const c of s.components)
+        console.log(`${c.name.padEnd(24)} ${c.running ? `running (pid ${c.pid})` : 'stopped'}`);
+      console.log(
+        s.ready ? `ready: ${s.server}, KUBECONFIG=${KUBECONFIG_PATH}` : 'not running: npm run cluster -- up',
+      );
+      return s.ready ? 0 : 1;
+    }
+    default:
+      console.error('usage: npm run cluster -- up|down|status');
+      return 2;
+  }
+}
+
+if (import.meta.main) {
+  main(process.argv[2]).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      console.error(`cluster: ${errorMessage(err)}`);
+      process.exitCode = 1;
+    },
+  );
+}
