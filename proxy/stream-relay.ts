@@ -40,7 +40,8 @@ export function errorEvent(code: string, message: string): string {
 
 /**
  * Relays one response from the function to the client as it arrives: every chunk is written
- * the moment it is read (backpressure pauses the function, nothing is held back). It also owns
+ * as soon as the socket read that brought it is processed (backpressure pauses the function,
+ * nothing waits for more data). It also owns
  * the stream's clocks: the heartbeat and the idle timer look at the time of the last write
  * (set per chunk, a single assignment) and re-arm themselves, so a chunk never touches a timer.
  */
@@ -60,6 +61,7 @@ export class StreamRelay {
   #heartbeatTimer: NodeJS.Timeout | undefined;
   #maxTimer: NodeJS.Timeout;
   #done = false;
+  #pending: Buffer[] = [];
   #onEvents: (count: number) => void;
 
   constructor(res: ServerResponse, limits: RelayLimits, onEvents: (count: number) => void) {
@@ -139,6 +141,7 @@ export class StreamRelay {
       sendJsonError(res, failure.status, failure.code, failure.message);
       return;
     }
+    this.#flush(); // what the function wrote before failing still goes out
     if (!this.#tracker) {
       res.destroy();
       return;
@@ -158,17 +161,27 @@ export class StreamRelay {
       const completed = this.#tracker.push(chunk);
       if (completed > 0) this.#onEvents(completed);
     }
-    if (!this.res.write(chunk)) {
+    // Chunks parsed from one socket read arrive in one synchronous burst; they leave in one
+    // write when that burst is over (process.nextTick), so nothing waits for more data.
+    if (this.#pending.push(chunk) === 1) process.nextTick(this.#flush);
+  }
+
+  #flush = (): void => {
+    const pending = this.#pending;
+    if (pending.length === 0 || this.res.destroyed) return;
+    this.#pending = [];
+    if (!this.res.write(pending.length === 1 ? pending[0]! : Buffer.concat(pending))) {
       const upstream = this.#upstream!;
       upstream.pause();
       this.res.once('drain', () => upstream.resume());
     }
-  }
+  };
 
   #finish(): void {
     if (this.#done) return;
     this.firstByteMs ??= performance.now() - this.startedAt;
     this.#stop();
+    this.#flush();
     this.res.end();
   }
 
