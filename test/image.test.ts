@@ -8,12 +8,14 @@ import { cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import dockerignore from '@balena/dockerignore';
+import dockerignoreModule from '@balena/dockerignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from './support/net.ts';
 import { type Started, start } from './support/process.ts';
 
 const run = promisify(execFile);
+// A CommonJS module typed with an ES default export: Node hands over the function itself.
+const dockerignore = dockerignoreModule as unknown as typeof dockerignoreModule.default;
 const ROOT = join(import.meta.dirname, '..');
 
 interface Instruction {
