@@ -50,6 +50,7 @@ export function structural(schema: JsonSchema): JsonSchema {
       out[key] = value;
     }
   }
+  if (isPlainObject(out.default) && out.properties) out.default = completeDefault(out.default, out);
   if (out['x-kubernetes-int-or-string'] === true) intOrString(out);
   else if (out.anyOf !== undefined)
     throw new Error(`unions other than int-or-string are not structural: ${JSON.stringify(schema)}`);
@@ -57,6 +58,21 @@ export function structural(schema: JsonSchema): JsonSchema {
     throw new Error(`schema without a type is not structural: ${JSON.stringify(schema)}`);
   }
   return out;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+// zod writes a defaulted object's default as {}; the API server checks defaults against the CEL
+// rules before nested defaulting, so the default must already hold every nested default.
+function completeDefault(value: Record<string, unknown>, schema: JsonSchema): Record<string, unknown> {
+  const complete = { ...value };
+  for (const [name, sub] of Object.entries((schema.properties ?? {}) as Record<string, JsonSchema>)) {
+    if (complete[name] === undefined && sub.default !== undefined) complete[name] = sub.default;
+    if (isPlainObject(complete[name])) complete[name] = completeDefault(complete[name], sub);
+  }
+  return complete;
 }
 
 // The one union Kubernetes allows: anyOf [{type: integer}, {type: string}] with the
@@ -77,7 +93,8 @@ function openApi(schema: z.ZodType): JsonSchema {
 
 /** Field paths (spec.gpu.count, ...) of every schema in the tree that has no description. */
 export function undocumentedFields(schema: JsonSchema, path = ''): string[] {
-  const missing = path !== '' && typeof schema.description !== 'string' ? [path] : [];
+  const standard = path === 'metadata';
+  const missing = path !== '' && !standard && typeof schema.description !== 'string' ? [path] : [];
   const properties = (schema.properties ?? {}) as Record<string, JsonSchema>;
   for (const [name, sub] of Object.entries(properties))
     missing.push(...undocumentedFields(sub, path ? `${path}.${name}` : name));
@@ -97,7 +114,8 @@ export function streamingFunctionOpenApiSchema(): JsonSchema {
     properties: {
       apiVersion: { type: 'string', description: `${GROUP}/${VERSION}` },
       kind: { type: 'string', description: KIND },
-      metadata: { type: 'object', description: 'Standard object metadata.' },
+      // Kubernetes allows nothing else here; kubectl explain shows ObjectMeta's own docs.
+      metadata: { type: 'object' },
       spec: openApi(streamingFunctionSpecSchema),
       status: openApi(streamingFunctionStatusSchema),
     },

@@ -106,7 +106,10 @@ const envVar = guarded(
       }),
       'Takes the value from a Secret, ConfigMap, pod field or resource. Exactly one source.',
       [
-        { rule: 'self.size() == 1', message: 'valueFrom needs exactly one source' },
+        {
+          rule: '[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef), has(self.resourceFieldRef)].filter(set, set).size() == 1',
+          message: 'valueFrom needs exactly one source',
+        },
         (from) => Object.values(from).filter((source) => source !== undefined).length === 1,
       ],
     ).optional(),
@@ -421,13 +424,13 @@ export const streamingFunctionStatusSchema = z
   })
   .describe('Observed state, written by the operator.');
 
-/** Rules on the whole object (metadata.name becomes a Service name and a path segment). */
+/** Rules on the whole object (metadata.name becomes a Service name and a path segment). The API
+ * server allows no fieldPath into metadata, so the message names the field. */
 export const objectRules: CelRule[] = [
   {
     rule: "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
     message:
       'metadata.name must be a DNS-1035 label (a-z, 0-9, "-", starting with a letter, at most 63 characters)',
-    fieldPath: '.metadata.name',
   },
 ];
 

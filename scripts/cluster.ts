@@ -4,26 +4,27 @@
 // detached in the background; pids and ports are kept in .sluice/cluster.json, logs in
 // .sluice/logs/, and the admin kubeconfig is .sluice/kubeconfig. `up` reuses a running plane.
 import { execFile, spawn } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { existsSync, openSync } from 'node:fs';
 import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { errorMessage, SluiceError } from '../common/errors.ts';
 import { freePort, waitFor } from '../test/support/net.ts';
 
 export const ROOT = join(import.meta.dirname, '..');
-export const STATE_DIR = join(ROOT, '.sluice');
+// SLUICE_CLUSTER_DIR runs a second, independent plane (the cluster test's up/down cycle uses it).
+export const STATE_DIR = resolve(process.env.SLUICE_CLUSTER_DIR ?? join(ROOT, '.sluice'));
 export const KUBECONFIG_PATH = join(STATE_DIR, 'kubeconfig');
-const BIN = join(STATE_DIR, 'bin');
+const BIN = join(ROOT, '.sluice', 'bin');
 const LOGS = join(STATE_DIR, 'logs');
 const PKI = join(STATE_DIR, 'pki');
 const STATE_FILE = join(STATE_DIR, 'cluster.json');
 // etcd on tmpfs when there is one: fsync on a shared disk dominates API write latency, and the
 // plane's data is throwaway anyway.
 const ETCD_DATA = existsSync('/dev/shm')
-  ? `/dev/shm/sluice-etcd-${process.getuid?.() ?? 0}`
+  ? `/dev/shm/sluice-etcd-${createHash('sha256').update(STATE_DIR).digest('hex').slice(0, 12)}`
   : join(STATE_DIR, 'etcd');
 
 const run = promisify(execFile);
@@ -64,8 +65,10 @@ interface PlaneState {
 export interface UpResult {
   kubeconfig: string;
   server: string;
-  /** false when a running plane was reused. */
+  /** false when a running plane was reused as it was. */
   started: boolean;
+  /** etcd and the API server were started by this call (a fresh, empty cluster). */
+  fresh: boolean;
   ms: number;
 }
 
@@ -495,6 +498,7 @@ export async function up(): Promise<UpResult> {
     (await runs(state.pids['kube-apiserver'], 'kube-apiserver')) &&
     (await apiReady(state.apiserverPort));
   let started = false;
+  let fresh = false;
   let current: PlaneState;
   if (!reusable || !state) {
     await down();
@@ -503,7 +507,7 @@ export async function up(): Promise<UpResult> {
     await startEtcd(etcdPort);
     await startApiserver(apiserverPort, etcdPort);
     await writeKubeconfig(apiserverPort);
-    started = true;
+    started = fresh = true;
   } else {
     current = plane = state;
     if (!existsSync(KUBECONFIG_PATH)) await writeKubeconfig(state.apiserverPort);
@@ -534,6 +538,7 @@ export async function up(): Promise<UpResult> {
     kubeconfig: KUBECONFIG_PATH,
     server: `https://127.0.0.1:${current.apiserverPort}`,
     started,
+    fresh,
     ms: Date.now() - began,
   };
 }
