@@ -51,6 +51,12 @@ export function structural(schema: JsonSchema): JsonSchema {
     }
   }
   if (isPlainObject(out.default) && out.properties) out.default = completeDefault(out.default, out);
+  // kubectl explain prints descriptions, not defaults.
+  if (typeof out.description === 'string' && ['number', 'boolean'].includes(typeof out.default)) {
+    out.description = `${out.description} Default: ${out.default}.`;
+  } else if (typeof out.description === 'string' && typeof out.default === 'string' && out.default !== '') {
+    out.description = `${out.description} Default: ${out.default}`;
+  }
   if (out['x-kubernetes-int-or-string'] === true) intOrString(out);
   else if (out.anyOf !== undefined)
     throw new Error(`unions other than int-or-string are not structural: ${JSON.stringify(schema)}`);

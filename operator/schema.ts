@@ -361,6 +361,8 @@ export const streamingFunctionSpecSchema = z
     env: z
       .array(envVar)
       .max(256)
+      // The API server enforces this through the list-map keys below.
+      .refine((list) => new Set(list.map((env) => env.name)).size === list.length, 'duplicate env name')
       .optional()
       .describe('Environment of the function container.')
       .meta({ 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['name'] }),
