@@ -10,7 +10,7 @@ import { sendJsonError } from './http-errors.ts';
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
 import type { ProxyMetrics } from './metrics.ts';
-import { type RelayFailure, StreamRelay } from './stream-relay.ts';
+import { type RelayFailure, type RelayLimits, StreamRelay } from './stream-relay.ts';
 
 export interface PublicHandlerOptions {
   config: ProxyConfig;
@@ -26,8 +26,8 @@ interface Exchange {
   id: string;
   req: IncomingMessage;
   res: ServerResponse;
-  /** Aborts a wait for a concurrency slot. */
-  queue: AbortController;
+  /** Aborts a wait for a concurrency slot; made only when the request has to wait. */
+  queue?: AbortController;
   relay?: StreamRelay;
   proxyReq?: ClientRequest;
 }
@@ -51,9 +51,19 @@ export class PublicHandler {
   readonly #agent = new Agent({ keepAlive: true });
   readonly #proxy;
   #draining = false;
+  // Shared by every stream: an idle stream should cost as little as possible.
+  readonly #limits: RelayLimits;
+  readonly #countEvents: (count: number) => void;
 
   constructor(options: PublicHandlerOptions) {
     this.#options = options;
+    const { config, metrics } = options;
+    this.#limits = {
+      heartbeatMs: config.heartbeat * 1000,
+      idleMs: config.idleTimeout * 1000,
+      maxDurationMs: config.maxDuration * 1000,
+    };
+    this.#countEvents = (count) => metrics.events.inc(count);
     this.#proxy = createProxyServer({
       target: options.config.upstream,
       xfwd: true,
@@ -99,7 +109,7 @@ export class PublicHandler {
     }
     const ended = [...this.#exchanges.values()].map((exchange) => {
       const closed = new Promise<void>((resolve) => exchange.res.once('close', () => resolve()));
-      exchange.queue.abort(SHUTDOWN);
+      exchange.queue?.abort(SHUTDOWN);
       if (exchange.relay) exchange.relay.fail(SHUTDOWN);
       else sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
       return closed;
@@ -123,13 +133,13 @@ export class PublicHandler {
     const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     req.headers['x-request-id'] = id;
     res.setHeader('x-request-id', id);
-    const exchange: Exchange = { id, req, res, queue: new AbortController() };
+    const exchange: Exchange = { id, req, res };
     this.#exchanges.set(req, exchange);
     const arrived = performance.now();
     res.once('close', () => {
       this.#exchanges.delete(req);
       // A client that leaves while queued frees its place in the line.
-      exchange.queue.abort(new Error('client closed the connection'));
+      exchange.queue?.abort(new Error('client closed the connection'));
       this.#logFinished(exchange, performance.now() - arrived);
     });
     return exchange;
@@ -176,6 +186,9 @@ export class PublicHandler {
   async #slot(exchange: Exchange): Promise<Release | undefined> {
     const { config, limiter } = this.#options;
     try {
+      const free = limiter.tryAcquire();
+      if (free) return free;
+      exchange.queue = new AbortController();
       return await limiter.acquire(config.queueTimeout * 1000, exchange.queue.signal);
     } catch (err) {
       if (err instanceof QueueTimeoutError) {
@@ -186,7 +199,7 @@ export class PublicHandler {
           `all ${limiter.limit} slots stayed busy for ${config.queueTimeout} s (--concurrency, --queue-timeout)`,
           { 'retry-after': String(Math.max(1, Math.ceil(config.queueTimeout))) },
         );
-      } else if (exchange.queue.signal.reason === SHUTDOWN) {
+      } else if (exchange.queue?.signal.reason === SHUTDOWN) {
         sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
       }
       return undefined;
@@ -197,15 +210,7 @@ export class PublicHandler {
     const { req, res } = exchange;
     const { config, metrics } = this.#options;
     if (res.destroyed) return;
-    const relay = new StreamRelay(
-      res,
-      {
-        heartbeatMs: config.heartbeat * 1000,
-        idleMs: config.idleTimeout * 1000,
-        maxDurationMs: config.maxDuration * 1000,
-      },
-      (count) => metrics.events.inc(count),
-    );
+    const relay = new StreamRelay(res, this.#limits, this.#countEvents);
     exchange.relay = relay;
     metrics.streamsActive.inc();
     res.once('close', () => {

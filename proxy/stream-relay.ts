@@ -57,9 +57,9 @@ export class StreamRelay {
   #upstream: IncomingMessage | undefined;
   #lastFromFunction = performance.now();
   #lastToClient = performance.now();
-  #idleTimer: NodeJS.Timeout;
-  #heartbeatTimer: NodeJS.Timeout | undefined;
-  #maxTimer: NodeJS.Timeout;
+  #heartbeat = false;
+  /** One timer per stream serves the idle limit, the heartbeat and the max duration. */
+  #clock: NodeJS.Timeout;
   #done = false;
   #pending: Buffer[] = [];
   #onEvents: (count: number) => void;
@@ -68,16 +68,7 @@ export class StreamRelay {
     this.res = res;
     this.limits = limits;
     this.#onEvents = onEvents;
-    this.#idleTimer = setTimeout(() => this.#checkIdle(), limits.idleMs);
-    this.#maxTimer = setTimeout(
-      () =>
-        this.fail({
-          code: 'max_duration',
-          message: `stream exceeded the maximum duration of ${limits.maxDurationMs / 1000} s (--max-duration)`,
-          status: 504,
-        }),
-      limits.maxDurationMs,
-    );
+    this.#clock = setTimeout(this.#tick, Math.min(limits.idleMs, limits.maxDurationMs));
     res.once('close', () => this.#stop());
   }
 
@@ -103,7 +94,10 @@ export class StreamRelay {
       headers['cache-control'] = eventStreamCacheControl(upstream.headers['cache-control']);
       headers['x-accel-buffering'] = 'no';
       if (this.limits.heartbeatMs > 0) {
-        this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), this.limits.heartbeatMs);
+        this.#heartbeat = true;
+        clearTimeout(this.#clock);
+        const { idleMs, maxDurationMs, heartbeatMs } = this.limits;
+        this.#clock = setTimeout(this.#tick, Math.min(heartbeatMs, idleMs, maxDurationMs));
       }
     }
     this.res.writeHead(upstream.statusCode ?? 502, upstream.statusMessage, headers);
@@ -185,41 +179,45 @@ export class StreamRelay {
     this.res.end();
   }
 
-  #checkIdle(): void {
+  /**
+   * Checks the three clocks against the last write times (chunks only set a timestamp) and
+   * re-arms for whichever comes due first.
+   */
+  #tick = (): void => {
     if (this.#done) return;
-    const silent = performance.now() - this.#lastFromFunction;
-    if (silent + 1 < this.limits.idleMs) {
-      this.#idleTimer = setTimeout(() => this.#checkIdle(), this.limits.idleMs - silent);
+    const now = performance.now();
+    const { idleMs, maxDurationMs, heartbeatMs } = this.limits;
+    if (now - this.startedAt + 1 >= maxDurationMs) {
+      this.fail({
+        code: 'max_duration',
+        message: `stream exceeded the maximum duration of ${maxDurationMs / 1000} s (--max-duration)`,
+        status: 504,
+      });
       return;
     }
-    this.fail({
-      code: 'idle_timeout',
-      message: `no data from the function for ${this.limits.idleMs / 1000} s (--idle-timeout)`,
-      status: 504,
-    });
-  }
-
-  #checkHeartbeat(): void {
-    if (this.#done) return;
-    const interval = this.limits.heartbeatMs;
-    const silent = performance.now() - this.#lastToClient;
-    if (silent + 1 < interval) {
-      this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), interval - silent);
+    if (now - this.#lastFromFunction + 1 >= idleMs) {
+      this.fail({
+        code: 'idle_timeout',
+        message: `no data from the function for ${idleMs / 1000} s (--idle-timeout)`,
+        status: 504,
+      });
       return;
     }
-    // Mid-event (or a client that is not reading), a comment would corrupt or pile up: try later.
-    if (this.#tracker?.atBoundary && !this.res.writableNeedDrain) {
-      this.res.write(KEEPALIVE);
-      this.#lastToClient = performance.now();
+    let next = Math.min(this.#lastFromFunction + idleMs, this.startedAt + maxDurationMs);
+    if (this.#heartbeat) {
+      if (now - this.#lastToClient + 1 >= heartbeatMs) {
+        // Mid-event (or a client that is not reading) a comment would corrupt or pile up: retry later.
+        if (this.#tracker?.atBoundary && !this.res.writableNeedDrain) this.res.write(KEEPALIVE);
+        this.#lastToClient = now;
+      }
+      next = Math.min(next, this.#lastToClient + heartbeatMs);
     }
-    this.#heartbeatTimer = setTimeout(() => this.#checkHeartbeat(), interval);
-  }
+    this.#clock = setTimeout(this.#tick, Math.max(1, next - now));
+  };
 
   #stop(): void {
     if (this.#done) return;
     this.#done = true;
-    clearTimeout(this.#idleTimer);
-    clearTimeout(this.#maxTimer);
-    clearTimeout(this.#heartbeatTimer);
+    clearTimeout(this.#clock);
   }
 }
