@@ -8,7 +8,7 @@ import { loadOperatorConfig } from '../operator/config.ts';
 import { STREAMS_FINALIZER } from '../operator/controller.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
-import { KUBECONFIG_PATH } from '../scripts/cluster.ts';
+import { kubeconfigPath } from './support/cluster.ts';
 import { type NatsServer, startNats } from './support/nats.ts';
 import { freePort, waitFor } from './support/net.ts';
 
@@ -26,7 +26,7 @@ const get = (path: string) => kube.get<KubeObject>(path).catch(() => undefined);
 const streamInfo = (name: string) => jsm.streams.info(name).catch(() => undefined);
 
 beforeAll(async () => {
-  kubeconfig = process.env.SLUICE_TEST_KUBECONFIG ?? KUBECONFIG_PATH;
+  kubeconfig = kubeconfigPath();
   kube = await KubeClient.load(kubeconfig);
   nats = await startNats();
   nc = await connect({ servers: nats.url });
@@ -50,6 +50,12 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Functions go while the operator still runs: their finalizer would otherwise hold the namespace.
+  await kube.request('DELETE', fnPath()).catch(() => undefined);
+  await waitFor(async () => (await kube.get<{ items: unknown[] }>(fnPath())).items.length === 0, {
+    timeoutMs: 30_000,
+    what: 'the functions deleted',
+  }).catch(() => undefined);
   await op?.stop();
   await nc?.close();
   await nats?.stop();

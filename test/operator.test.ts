@@ -6,7 +6,7 @@ import { createLogger } from '../common/log.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
-import { KUBECONFIG_PATH } from '../scripts/cluster.ts';
+import { kubeconfigPath } from './support/cluster.ts';
 import { freePort, waitFor } from './support/net.ts';
 import { type Started, startSluice } from './support/process.ts';
 
@@ -66,7 +66,7 @@ const condition = (fn: KubeObject | undefined, type: string) =>
 const idle = (op: RunningOperator) => op.queue.depth === 0 && op.queue.inFlight === 0;
 
 beforeAll(async () => {
-  kubeconfig = process.env.SLUICE_TEST_KUBECONFIG ?? KUBECONFIG_PATH;
+  kubeconfig = kubeconfigPath();
   kube = await KubeClient.load(kubeconfig);
 });
 
@@ -133,10 +133,16 @@ describe('sluice operator against a real API server', () => {
     const events = await waitFor(
       async () => {
         const list = await kube.get<{ items: KubeObject[] }>(resourcePath('v1', 'events', ns));
-        return list.items.filter((e) => e.reason === 'Created').length === 3 ? list.items : undefined;
+        const ours = list.items.filter((e) => e.involvedObject?.kind === 'StreamingFunction');
+        return ours.filter((e) => e.reason === 'Created').length === 3 ? ours : undefined;
       },
       { what: 'Created events' },
     );
+    expect(events.map((e) => e.source?.component)).toEqual([
+      'sluice-operator',
+      'sluice-operator',
+      'sluice-operator',
+    ]);
     expect(events.map((e) => e.message).sort()).toEqual([
       `created Deployment ${ns}/echo`,
       `created Ingress ${ns}/echo`,
@@ -148,21 +154,25 @@ describe('sluice operator against a real API server', () => {
     const ns = await namespace();
     const op = await operator(ns);
     await createFunction(ns, 'echo');
-    await waitFor(async () => (await get(fnPath(ns, 'echo')))?.status?.observedGeneration === 1);
+    // Settled: the controller-manager and kwok have run the pod, and the operator reported it.
+    await waitFor(async () => condition(await get(fnPath(ns, 'echo')), 'Ready')?.status === 'True', {
+      timeoutMs: 30_000,
+      what: 'Ready',
+    });
     await waitFor(() => idle(op));
 
     // Steady state: make the operator look at the function again (a label only it ignores,
     // and a direct re-queue) and count what it sends.
     const writesBefore = op.client.writes;
     const reconcilesBefore = await reconcileCount(op);
-    const rvBefore = (await get(deployPath(ns, 'echo')))!.metadata!.resourceVersion;
+    const generationBefore = (await get(deployPath(ns, 'echo')))!.metadata!.generation;
     await kubectl('label', '-n', ns, 'sfn', 'echo', 'touched=yes');
     op.queue.add(`${ns}/echo`);
     await waitFor(async () => (await reconcileCount(op)) >= reconcilesBefore + 2 && idle(op), {
       what: 'two more reconciles',
     });
     expect(op.client.writes - writesBefore).toBe(0);
-    expect((await get(deployPath(ns, 'echo')))!.metadata!.resourceVersion).toBe(rvBefore);
+    expect((await get(deployPath(ns, 'echo')))!.metadata!.generation).toBe(generationBefore);
 
     await kubectl(
       'patch',
@@ -221,7 +231,9 @@ describe('sluice operator against a real API server', () => {
     expect(condition(fn, 'Ready')).toMatchObject({ status: 'False' });
     expect(condition(fn, 'Ready').message).toContain(`Deployment ${ns}/echo`);
     const after = (await get(deployPath(ns, 'echo')))!;
-    expect(after.metadata?.resourceVersion).toBe(before.metadata?.resourceVersion);
+    // Its spec was not written (the controller-manager still updates its status).
+    expect(after.metadata?.generation).toBe(before.metadata?.generation);
+    expect(after.metadata?.managedFields?.map((m) => m.manager)).not.toContain('sluice-operator');
     expect(after.spec.template.spec.containers[0].image).toBe('someone/else:7');
     expect(after.metadata?.ownerReferences).toBeUndefined();
   });
@@ -229,7 +241,8 @@ describe('sluice operator against a real API server', () => {
   it('operator restarted mid-way → converges without duplicates', async () => {
     const ns = await namespace();
     const names = Array.from({ length: 12 }, (_, i) => `fn-${i}`);
-    await Promise.all(names.map((n) => createFunction(ns, n)));
+    // No pods needed here (minReplicas 0): this is about the operator's own writes.
+    await Promise.all(names.map((n) => createFunction(ns, n, { scaling: { minReplicas: 0 } })));
     const first = await operator(ns, '--workers=1');
     await waitFor(async () => (await kube.get<{ items: unknown[] }>(deployPath(ns))).items.length >= 3, {
       what: 'a few Deployments',
@@ -253,6 +266,44 @@ describe('sluice operator against a real API server', () => {
     const services = (await kube.get<{ items: KubeObject[] }>(resourcePath('v1', 'services', ns))).items;
     expect(services).toHaveLength(names.length);
   });
+
+  // The plane's kube-controller-manager turns Deployments into pods, kube-scheduler places them
+  // on kwok's simulated nodes (8 GPUs at most per node), and kwok runs them.
+  it('pods run → Ready; more GPUs than any node has → Scheduled=False InsufficientGPU', async () => {
+    const ns = await namespace();
+    await operator(ns);
+    await createFunction(ns, 'small', { scaling: { minReplicas: 2, maxReplicas: 2 } });
+    await createFunction(ns, 'huge', { gpu: { count: 16 } });
+
+    const small = await waitFor(
+      async () => {
+        const f = await get(fnPath(ns, 'small'));
+        return condition(f, 'Ready')?.status === 'True' ? f : undefined;
+      },
+      { timeoutMs: 60_000, what: 'small to be Ready' },
+    );
+    expect(small.status).toMatchObject({ replicas: 2, readyReplicas: 2 });
+    expect(condition(small, 'Available')).toMatchObject({ status: 'True' });
+    expect(condition(small, 'Scheduled')).toMatchObject({ status: 'True', reason: 'Scheduled' });
+
+    const huge = await waitFor(
+      async () => {
+        const f = await get(fnPath(ns, 'huge'));
+        return condition(f, 'Scheduled')?.status === 'False' ? f : undefined;
+      },
+      { timeoutMs: 60_000, what: 'huge to be unschedulable' },
+    );
+    expect(condition(huge, 'Scheduled').reason).toBe('InsufficientGPU');
+    expect(condition(huge, 'Scheduled').message).toMatch(/Insufficient nvidia\.com\/gpu/);
+    expect(condition(huge, 'Ready')).toMatchObject({ status: 'False', reason: 'InsufficientGPU' });
+
+    // Scaled down to what fits: the pod is placed and the condition clears.
+    await kubectl('patch', '-n', ns, 'sfn', 'huge', '--type=merge', '-p', '{"spec":{"gpu":{"count":4}}}');
+    await waitFor(async () => condition(await get(fnPath(ns, 'huge')), 'Ready')?.status === 'True', {
+      timeoutMs: 60_000,
+      what: 'huge to fit and be Ready',
+    });
+  }, 180_000);
 
   it('two operators → one leads the Lease; the standby takes over when the leader stops', async () => {
     const ns = await namespace();

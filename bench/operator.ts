@@ -1,0 +1,241 @@
+// `npm run bench:operator`: the operator against the real local control plane (etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes; `npm run cluster -- up`).
+//  1. apply → owned Deployment latency, one function at a time, over 100 functions;
+//  2. 1,000 StreamingFunctions at once: time until the operator has applied every Deployment,
+//     and until it reports every function Ready (pods really scheduled and run by kwok);
+//     the operator's peak RSS and the API requests it sent per function;
+//  3. apply → Deployment latency again with those 1,000 in its caches (is it flat?);
+//  4. steady state: writes the operator makes while nothing changes (should be 0).
+// The operator runs as a `sluice operator` child process, measured through its /metrics.
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import { createLogger } from '../common/log.ts';
+import { Informer } from '../operator/informer.ts';
+import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
+import { KUBECONFIG_PATH, up } from '../scripts/cluster.ts';
+import { freePort, waitFor } from '../test/support/net.ts';
+import { startSluice } from '../test/support/process.ts';
+
+const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);
+const MANY = Number(process.env.BENCH_FUNCTIONS ?? 1000);
+const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 600_000);
+const run = promisify(execFile);
+const log = createLogger('bench', 'warn');
+
+await up();
+const kubeconfig = process.env.KUBECONFIG_BENCH ?? KUBECONFIG_PATH;
+await run('kubectl', ['apply', '--server-side', '--force-conflicts', '-f', 'crds/streamingfunction.yaml'], {
+  env: { ...process.env, KUBECONFIG: kubeconfig },
+});
+await run('kubectl', ['wait', '--for=condition=established', 'crd/streamingfunctions.sluice.dev'], {
+  env: { ...process.env, KUBECONFIG: kubeconfig },
+});
+const kube = await KubeClient.load(kubeconfig);
+const ns = `bench-${randomUUID().slice(0, 6)}`;
+await kube.request('POST', '/api/v1/namespaces', { body: { metadata: { name: ns } } });
+
+const metricsPort = await freePort();
+const operator = startSluice(
+  [
+    'operator',
+    `--kubeconfig=${kubeconfig}`,
+    `--namespace=${ns}`,
+    `--metrics=127.0.0.1:${metricsPort}`,
+    '--workers=8',
+  ],
+  { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn' } },
+);
+
+async function metrics(): Promise<{ rss: number; requests: Record<string, number>; reconciles: number }> {
+  const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  const requests: Record<string, number> = {};
+  for (const m of text.matchAll(/^sluice_operator_api_requests_total\{method="(\w+)"\} (\d+)/gm)) {
+    requests[m[1]!] = Number(m[2]);
+  }
+  let reconciles = 0;
+  for (const m of text.matchAll(/^sluice_operator_reconcile_total\{[^}]*\} (\d+)/gm))
+    reconciles += Number(m[1]);
+  const rss = Number(/^process_resident_memory_bytes (\S+)/m.exec(text)?.[1] ?? 0);
+  return { rss, requests, reconciles };
+}
+const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
+const writes = (r: Record<string, number>) => (r.POST ?? 0) + (r.PATCH ?? 0) + (r.PUT ?? 0) + (r.DELETE ?? 0);
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+};
+
+// The bench's own view: when each Deployment appears, and each function's Ready condition.
+const deploymentSeen = new Map<string, number>();
+const readySeen = new Map<string, number>();
+const deployments = new Informer<KubeObject>(kube, {
+  path: resourcePath('apps/v1', 'deployments', ns),
+  onChange: (d, change) => {
+    if (change !== 'deleted' && !deploymentSeen.has(d.metadata!.name!)) {
+      deploymentSeen.set(d.metadata!.name!, performance.now());
+    }
+  },
+  log,
+});
+const functions = new Informer<KubeObject>(kube, {
+  path: resourcePath('sluice.dev/v1alpha1', 'streamingfunctions', ns),
+  onChange: (f) => {
+    const ready = (f.status?.conditions ?? []).find((c: { type: string }) => c.type === 'Ready');
+    if (ready?.status === 'True' && !readySeen.has(f.metadata!.name!)) {
+      readySeen.set(f.metadata!.name!, performance.now());
+    }
+  },
+  log,
+});
+await deployments.start();
+await functions.start();
+await waitFor(() => fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => r.ok), {
+  timeoutMs: 30_000,
+  what: 'the operator ready',
+});
+
+function create(name: string) {
+  return kube.request('POST', resourcePath('sluice.dev/v1alpha1', 'streamingfunctions', ns), {
+    body: {
+      apiVersion: 'sluice.dev/v1alpha1',
+      kind: 'StreamingFunction',
+      metadata: { name, namespace: ns },
+      spec: { image: 'ghcr.io/acme/echo:1', map: { enabled: false } },
+    },
+  });
+}
+
+async function sequentialLatencies(prefix: string, n: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const name = `${prefix}-${i}`;
+    const t0 = performance.now();
+    await create(name);
+    await waitFor(() => deploymentSeen.has(name), {
+      timeoutMs: 30_000,
+      intervalMs: 1,
+      what: `${name}'s Deployment`,
+    });
+    out.push(deploymentSeen.get(name)! - t0);
+  }
+  return out;
+}
+
+// 1. apply → Deployment, one at a time.
+const first = await sequentialLatencies('seq', FIRST);
+await waitFor(async () => readySeen.size >= FIRST, { timeoutMs: READY_TIMEOUT_MS, intervalMs: 200 });
+
+// 2. MANY at once.
+const before = await metrics();
+let peakRss = before.rss;
+const sampler = setInterval(() => {
+  metrics()
+    .then((m) => {
+      peakRss = Math.max(peakRss, m.rss);
+    })
+    .catch(() => undefined);
+}, 500);
+const names = Array.from({ length: MANY }, (_, i) => `many-${i}`);
+const t0 = performance.now();
+for (let i = 0; i < names.length; i += 25) await Promise.all(names.slice(i, i + 25).map(create));
+const createdMs = performance.now() - t0;
+await waitFor(() => names.every((n) => deploymentSeen.has(n)), {
+  timeoutMs: READY_TIMEOUT_MS,
+  intervalMs: 100,
+});
+const allAppliedMs = Math.max(...names.map((n) => deploymentSeen.get(n)!)) - t0;
+let allReadyMs: number | undefined;
+try {
+  await waitFor(() => names.every((n) => readySeen.has(n)), { timeoutMs: READY_TIMEOUT_MS, intervalMs: 200 });
+  allReadyMs = Math.max(...names.map((n) => readySeen.get(n)!)) - t0;
+} catch {
+  // reported as the count that made it
+}
+const readyCount = names.filter((n) => readySeen.has(n)).length;
+// Let the status writes of the last pods settle before counting.
+await waitFor(
+  async () => {
+    const a = await metrics();
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = await metrics();
+    return sum(b.requests) === sum(a.requests);
+  },
+  { timeoutMs: 120_000, intervalMs: 0 },
+);
+const after = await metrics();
+clearInterval(sampler);
+peakRss = Math.max(peakRss, after.rss);
+const delta = Object.fromEntries(
+  Object.entries(after.requests).map(([k, v]) => [k, v - (before.requests[k] ?? 0)]),
+);
+
+// 3. latency again with MANY + FIRST functions in the caches.
+const later = await sequentialLatencies('late', 20);
+
+// 4. steady state: nothing changes for 10 s; count what the operator writes meanwhile.
+const idleBefore = await metrics();
+await new Promise((r) => setTimeout(r, 10_000));
+const idleAfter = await metrics();
+const idleWrites = writes(idleAfter.requests) - writes(idleBefore.requests);
+
+const results = {
+  date: new Date().toISOString(),
+  sequential: { n: FIRST, p50Ms: pct(first, 50), p99Ms: pct(first, 99), maxMs: Math.max(...first) },
+  withManyCached: { n: later.length, p50Ms: pct(later, 50), p99Ms: pct(later, 99) },
+  many: {
+    n: MANY,
+    createMs: createdMs,
+    allDeploymentsMs: allAppliedMs,
+    allReadyMs,
+    readyCount,
+    requestsPerFunction: sum(delta) / MANY,
+    writesPerFunction: writes(delta) / MANY,
+    requests: delta,
+  },
+  operatorPeakRssMB: peakRss / 2 ** 20,
+  steadyStateWrites10s: idleWrites,
+};
+console.log(JSON.stringify(results, null, 2));
+
+const f = (x: number | undefined, d = 0) => (x === undefined ? 'n/a' : x.toFixed(d));
+const section = `## Operator
+
+\`npm run bench:operator\` (bench/operator.ts), ${results.date.slice(0, 10)}, this 2-core machine, against the
+local plane (etcd on tmpfs, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes).
+The operator runs as a \`sluice operator\` child process with 8 workers; numbers from one run.
+
+| measure | result | target |
+| --- | --- | --- |
+| apply → owned Deployment, p50 / p99 (${FIRST} functions, one at a time) | ${f(results.sequential.p50Ms, 1)} ms / ${f(results.sequential.p99Ms, 1)} ms | p50 ≤ 200 ms |
+| same, with ${MANY + FIRST} functions in the caches (20 more) | ${f(results.withManyCached.p50Ms, 1)} ms / ${f(results.withManyCached.p99Ms, 1)} ms | flat |
+| ${MANY} functions created (25 at a time) | ${f(createdMs / 1000, 1)} s | |
+| … every Deployment applied | ${f(allAppliedMs / 1000, 1)} s | |
+| … every function Ready from the operator's view | ${allReadyMs === undefined ? `${readyCount}/${MANY} after ${READY_TIMEOUT_MS / 1000} s` : `${f(allReadyMs / 1000, 1)} s`} | |
+| operator peak RSS | ${f(results.operatorPeakRssMB)} MB | ≤ 150 MB |
+| API requests per function (all verbs) / writes | ${f(results.many.requestsPerFunction, 2)} / ${f(results.many.writesPerFunction, 2)} | |
+| writes in 10 s of steady state | ${idleWrites} | 0 |
+
+Requests during the ${MANY}: ${Object.entries(delta)
+  .map(([k, v]) => `${k} ${v}`)
+  .join(', ')}. Writes per function: 3 server-side applies (Deployment, Service, Ingress), 3 Events,
+and the status patches as the Deployment goes from created to available.
+`;
+const path = 'bench/RESULTS.md';
+let doc = await readFile(path, 'utf8').catch(() => '# Benchmark results\n');
+const start = doc.indexOf('## Operator');
+if (start >= 0) {
+  const next = doc.indexOf('\n## ', start + 1);
+  doc = doc.slice(0, start) + section + (next >= 0 ? doc.slice(next + 1) : '');
+} else {
+  doc = `${doc.trimEnd()}\n\n${section}`;
+}
+await writeFile(path, doc);
+
+clearInterval(sampler);
+await operator.stop();
+await deployments.stop();
+await functions.stop();
+await kube.request('DELETE', `/api/v1/namespaces/${ns}`).catch(() => undefined);
+kube.close();
