@@ -9,7 +9,9 @@
  *     subjects      sluice.<ns>.<name>.tasks.>   one message per input:
  *                   sluice.<ns>.<name>.tasks.<requestId>.<index>, body = the input as JSON
  *   results stream  SLUICE_RESULTS_<ns>_<name>   limits retention, max_age = resultRetentionSeconds
- *     subjects      sluice.<ns>.<name>.results.> per request: sluice.<ns>.<name>.results.<requestId>
+ *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.<kind>
+ *                   with kind `accepted` (count, order), `result`, `error` (the SSE data of that
+ *                   event) or `cancelled` (the client left); a resume replays `<requestId>.>`
  *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a request whose client left
  *   consumer        sluice-workers               one durable pull consumer, shared by all replicas
  *
@@ -37,8 +39,9 @@ export interface MapNames {
   resultsSubjects: string;
   cancelSubject: string;
   workerConsumer: string;
-  /** Where a request's tasks go (add `.<index>`), and the filter to purge them. */
+  /** Prefix of a request's tasks (add `.<index>`; add `.>` to filter or purge them). */
   tasksOf: (requestId: string) => string;
+  /** Prefix of a request's records (add `.<kind>`; add `.>` to replay them). */
   resultsOf: (requestId: string) => string;
 }
 

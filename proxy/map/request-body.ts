@@ -1,0 +1,81 @@
+import { z } from 'zod';
+import { SluiceError } from '../../common/errors.ts';
+import type { MapOrder } from './sequencer.ts';
+
+/** A map request refused before anything was queued; `status` is 400 or 413. */
+export class MapRequestError extends SluiceError {
+  readonly status: number;
+
+  constructor(status: number, code: string, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.status = status;
+  }
+}
+
+export interface MapRequest {
+  /** Each input serialized once, as the function will receive it. */
+  inputs: string[];
+  order: MapOrder;
+  /** Keep running (and resumable) when the client leaves, instead of cancelling. */
+  keep: boolean;
+}
+
+export interface MapBodyLimits {
+  maxInputs: number;
+  /** Largest task message NATS accepts (its max_payload, less room for headers). */
+  maxInputBytes: number;
+}
+
+const mapBodySchema = z.strictObject({
+  inputs: z.array(z.unknown(), { error: 'must be an array of JSON values' }),
+  order: z.enum(['input', 'completion'], { error: 'must be "input" or "completion"' }).default('input'),
+  keep: z.boolean({ error: 'must be true or false' }).default(false),
+});
+
+function fieldOf(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') return issue.keys.join(', ');
+  return issue.path.length > 0 ? issue.path.join('.') : 'body';
+}
+
+/** Parses and bounds `{"inputs": [...], "order": "input" | "completion", "keep": bool}`. */
+export function parseMapBody(body: Buffer, limits: MapBodyLimits): MapRequest {
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new MapRequestError(400, 'invalid_json', `body: not JSON (${(err as Error).message})`, {
+      cause: err,
+    });
+  }
+  const parsed = mapBodySchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const field = fieldOf(issue);
+    const message =
+      issue.code === 'unrecognized_keys'
+        ? `${field}: unknown field (expected inputs, order, keep)`
+        : `${field}: ${json === null || typeof json !== 'object' || Array.isArray(json) ? 'must be a JSON object with inputs' : issue.message}`;
+    throw new MapRequestError(400, 'invalid_map_body', message, { cause: parsed.error });
+  }
+  const { inputs, order, keep } = parsed.data;
+  if (inputs.length > limits.maxInputs) {
+    throw new MapRequestError(
+      413,
+      'too_many_inputs',
+      `inputs: ${inputs.length} inputs, more than the limit of ${limits.maxInputs} (--max-map-inputs)`,
+    );
+  }
+  const serialized = inputs.map((input, index) => {
+    const text = JSON.stringify(input);
+    const bytes = Buffer.byteLength(text);
+    if (bytes > limits.maxInputBytes) {
+      throw new MapRequestError(
+        413,
+        'input_too_large',
+        `inputs[${index}]: ${bytes} bytes, more than the ${limits.maxInputBytes} bytes a NATS message can carry`,
+      );
+    }
+    return text;
+  });
+  return { inputs: serialized, order, keep };
+}

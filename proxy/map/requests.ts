@@ -1,0 +1,333 @@
+import { randomUUID } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { errorMessage, SluiceError } from '../../common/errors.ts';
+import type { Logger } from '../../common/log.ts';
+import { type MapNames, REQUEST_ID } from '../../common/map-streams.ts';
+import { BodyTooLargeError, readBody } from '../body.ts';
+import { sendJsonError } from '../http-errors.ts';
+import { EventStreamWriter } from './event-stream.ts';
+import type { MapMetrics } from './metrics.ts';
+import { type AcceptedRecord, encodeRecord, type RecordKind, taskMsgId } from './records.ts';
+import { MapRequestError, parseMapBody } from './request-body.ts';
+import { ResultSequencer } from './sequencer.ts';
+
+/** A map that cannot go on (NATS unreachable for too long, tasks not storable). */
+export class MapFailedError extends SluiceError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('map_failed', message, options);
+  }
+}
+
+export interface MapRequestsOptions {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  names: MapNames;
+  metrics: MapMetrics;
+  log: Logger;
+  /** Emits `down` when the NATS connection drops and `up` when it is back. */
+  link: EventEmitter;
+  maxBody: number;
+  maxInputs: number;
+  heartbeatMs: number;
+  /** How long a map waits for NATS to come back before failing (--map-ack-wait). */
+  outageMs: number;
+}
+
+/** Task publishes awaiting their JetStream ack at once: one round trip per input would cap throughput. */
+const PUBLISH_WINDOW = 256;
+/** Room left in a NATS message for the headers JetStream adds. */
+const HEADER_ROOM = 512;
+
+interface Delivery {
+  kind: 'result' | 'error';
+  index: number;
+  data: string;
+}
+
+/** The public side of map: `POST /_sluice/map` and `GET /_sluice/map/<requestId>`. */
+export class MapRequests {
+  readonly #o: MapRequestsOptions;
+
+  constructor(options: MapRequestsOptions) {
+    this.#o = options;
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    if (path === '/_sluice/map') {
+      if (req.method !== 'POST') {
+        sendJsonError(res, 405, 'method_not_allowed', 'POST the inputs to /_sluice/map', { allow: 'POST' });
+        return;
+      }
+      await this.#start(req, res);
+      return;
+    }
+    const requestId = decodeURIComponent(path.slice('/_sluice/map/'.length));
+    if (req.method !== 'GET') {
+      sendJsonError(res, 405, 'method_not_allowed', 'GET /_sluice/map/<requestId> resumes a map', {
+        allow: 'GET',
+      });
+      return;
+    }
+    if (!REQUEST_ID.test(requestId)) {
+      sendJsonError(res, 404, 'map_not_found', `no map request ${JSON.stringify(requestId)}`);
+      return;
+    }
+    await this.#resume(req, res, requestId);
+  }
+
+  async #start(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const { js, names, log } = this.#o;
+    let request: ReturnType<typeof parseMapBody>;
+    try {
+      const body = await readBody(req, this.#o.maxBody);
+      const maxInputBytes = (this.#o.nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+      request = parseMapBody(body, { maxInputs: this.#o.maxInputs, maxInputBytes });
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) sendJsonError(res, 413, err.code, err.message);
+      else if (err instanceof MapRequestError) sendJsonError(res, err.status, err.code, err.message);
+      else throw err;
+      return;
+    }
+    const requestId = randomUUID();
+    const accepted: AcceptedRecord = {
+      requestId,
+      count: request.inputs.length,
+      order: request.order,
+      keep: request.keep,
+    };
+    try {
+      // Stored first, so a resume knows the count and order even if the client drops at once.
+      await js.publish(`${names.resultsOf(requestId)}.accepted`, encodeRecord(accepted));
+    } catch (err) {
+      sendJsonError(res, 503, 'nats_unavailable', `could not queue the map: ${errorMessage(err)}`, {
+        'retry-after': '1',
+      });
+      return;
+    }
+    log.info(
+      { requestId, count: accepted.count, order: accepted.order, keep: accepted.keep },
+      'map accepted',
+    );
+    const writer = new EventStreamWriter(res, this.#o.heartbeatMs);
+    writer.open();
+    writer.event('accepted', JSON.stringify({ requestId, count: accepted.count }));
+
+    const stopPublishing = new AbortController();
+    const published = this.#publishTasks(requestId, request.inputs, stopPublishing.signal);
+    const sequencer = new ResultSequencer<Delivery>({ count: accepted.count, order: accepted.order });
+    const ending = this.#stream(requestId, sequencer, writer, res, published);
+    const outcome = await ending;
+    stopPublishing.abort();
+    await published.catch(() => {});
+    if (outcome === 'client_left' && !accepted.keep) await this.#cancel(requestId);
+  }
+
+  async #resume(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+    const { jsm, names } = this.#o;
+    let accepted: AcceptedRecord;
+    try {
+      const stored = await jsm.streams.getMessage(names.resultsStream, {
+        last_by_subj: `${names.resultsOf(requestId)}.accepted`,
+      });
+      if (!stored) {
+        sendJsonError(
+          res,
+          404,
+          'map_not_found',
+          `no map request ${requestId} in the results kept (--map-retention)`,
+        );
+        return;
+      }
+      accepted = stored.json<AcceptedRecord>();
+    } catch (err) {
+      sendJsonError(res, 503, 'nats_unavailable', `could not read the map's results: ${errorMessage(err)}`, {
+        'retry-after': '1',
+      });
+      return;
+    }
+    const header = req.headers['last-event-id'];
+    let lastEventId: number | undefined;
+    if (header !== undefined && header !== '') {
+      lastEventId = /^\d+$/.test(header as string) ? Number(header) : Number.NaN;
+      if (!Number.isInteger(lastEventId) || lastEventId >= accepted.count) {
+        sendJsonError(
+          res,
+          400,
+          'invalid_last_event_id',
+          `Last-Event-ID: must be an index from 0 to ${accepted.count - 1}, got ${JSON.stringify(header)}`,
+        );
+        return;
+      }
+    }
+    const writer = new EventStreamWriter(res, this.#o.heartbeatMs);
+    writer.open();
+    writer.event('accepted', JSON.stringify({ requestId, count: accepted.count }));
+    const sequencer = new ResultSequencer<Delivery>({
+      count: accepted.count,
+      order: accepted.order,
+      lastEventId,
+    });
+    await this.#stream(requestId, sequencer, writer, res, Promise.resolve());
+  }
+
+  /**
+   * Publishes every input as a task with at most PUBLISH_WINDOW acks outstanding. A publish
+   * that fails (NATS restarting) is retried until the outage limit; msgID makes a retry of a
+   * publish that did land harmless.
+   */
+  async #publishTasks(requestId: string, inputs: string[], signal: AbortSignal): Promise<void> {
+    const prefix = this.#o.names.tasksOf(requestId);
+    let next = 0;
+    const lane = async () => {
+      while (next < inputs.length && !signal.aborted) {
+        const index = next++;
+        await this.#publishWithRetry(
+          `${prefix}.${index}`,
+          inputs[index]!,
+          taskMsgId(requestId, index),
+          signal,
+        );
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PUBLISH_WINDOW, inputs.length) }, lane));
+  }
+
+  async #publishWithRetry(subject: string, data: string, msgID: string, signal: AbortSignal): Promise<void> {
+    const deadline = performance.now() + this.#o.outageMs;
+    let waitMs = 100;
+    for (;;) {
+      try {
+        await this.#o.js.publish(subject, data, { msgID });
+        return;
+      } catch (err) {
+        if (signal.aborted) return;
+        if (performance.now() + waitMs > deadline) {
+          throw new MapFailedError(`could not queue the inputs: ${errorMessage(err)}`, { cause: err });
+        }
+        await sleep(waitMs);
+        waitMs = Math.min(waitMs * 2, 2_000);
+      }
+    }
+  }
+
+  /**
+   * Streams the request's records from the results stream (an ordered consumer: JetStream
+   * replays from the start, so nothing published before it existed is missed) through the
+   * sequencer to the client, until every index was sent, the client leaves, or the map fails.
+   */
+  async #stream(
+    requestId: string,
+    sequencer: ResultSequencer<Delivery>,
+    writer: EventStreamWriter,
+    res: ServerResponse,
+    published: Promise<void>,
+  ): Promise<'done' | 'client_left' | 'failed'> {
+    const { js, names, metrics, link, log } = this.#o;
+    metrics.requestsActive.inc();
+    let failure: Error | undefined;
+    let outage: NodeJS.Timeout | undefined;
+    let messages: Awaited<ReturnType<Awaited<ReturnType<typeof js.consumers.get>>['consume']>> | undefined;
+    const fail = (err: Error) => {
+      failure ??= err;
+      void messages?.close();
+    };
+    const onDown = () => {
+      outage ??= setTimeout(
+        () =>
+          fail(
+            new MapFailedError(
+              `NATS unreachable for ${Math.round(this.#o.outageMs / 1000)} s (--map-ack-wait); results so far were sent`,
+            ),
+          ),
+        this.#o.outageMs,
+      );
+    };
+    const onUp = () => {
+      clearTimeout(outage);
+      outage = undefined;
+    };
+    const onClientGone = () => void messages?.close();
+    link.on('down', onDown);
+    link.on('up', onUp);
+    res.once('close', onClientGone);
+    published.catch((err: Error) => fail(err));
+    try {
+      if (sequencer.complete) {
+        this.#done(writer, requestId, sequencer);
+        return 'done';
+      }
+      const consumer = await js.consumers.get(names.resultsStream, {
+        filter_subjects: `${names.resultsOf(requestId)}.>`,
+      });
+      messages = await consumer.consume({ max_messages: 1024 });
+      const kindAt = names.resultsOf(requestId).length + 1;
+      if (res.destroyed) return 'client_left';
+      if (failure) throw failure;
+      for await (const msg of messages) {
+        const kind = msg.subject.slice(kindAt) as RecordKind;
+        if (kind === 'result' || kind === 'error') {
+          const data = msg.string();
+          const index = (JSON.parse(data) as { index: number }).index;
+          for (const event of sequencer.accept(index, kind === 'error', { kind, index, data })) {
+            writer.event(event.kind, event.data, event.index);
+          }
+          if (sequencer.complete) {
+            this.#done(writer, requestId, sequencer);
+            return 'done';
+          }
+          if (writer.backedUp) await writer.drained();
+        } else if (kind === 'cancelled') {
+          fail(
+            new MapFailedError(
+              'the map was cancelled when its first client left (send "keep": true to resume)',
+            ),
+          );
+          break;
+        }
+      }
+      if (res.destroyed) return 'client_left';
+      throw failure ?? new MapFailedError('the results stream ended early');
+    } catch (err) {
+      if (res.destroyed) return 'client_left';
+      const code = err instanceof SluiceError ? err.code : 'map_failed';
+      log.warn({ requestId, err: errorMessage(err), outstanding: sequencer.outstanding }, 'map failed');
+      writer.event('error', JSON.stringify({ error: { code, message: errorMessage(err) } }));
+      writer.end();
+      return 'failed';
+    } finally {
+      clearTimeout(outage);
+      link.off('down', onDown);
+      link.off('up', onUp);
+      res.off('close', onClientGone);
+      writer.close();
+      await messages?.close();
+      metrics.requestsActive.dec();
+    }
+  }
+
+  #done(writer: EventStreamWriter, requestId: string, sequencer: ResultSequencer<Delivery>): void {
+    writer.event('done', JSON.stringify({ requestId, count: sequencer.count, failed: sequencer.failed }));
+    writer.end();
+  }
+
+  /**
+   * The client left a map it did not ask to keep: record that (a resume then says so), tell
+   * every replica to abort its running tasks of it, and purge the ones still queued.
+   */
+  async #cancel(requestId: string): Promise<void> {
+    const { js, jsm, nc, names, log } = this.#o;
+    try {
+      await js.publish(`${names.resultsOf(requestId)}.cancelled`, '{}');
+      nc.publish(names.cancelSubject, requestId);
+      const purged = await jsm.streams.purge(names.tasksStream, { filter: `${names.tasksOf(requestId)}.>` });
+      log.info({ requestId, purged: purged.purged }, 'map cancelled: the client left');
+    } catch (err) {
+      log.warn({ requestId, err: errorMessage(err) }, 'could not cancel a map whose client left');
+    }
+  }
+}
