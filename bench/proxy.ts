@@ -16,10 +16,14 @@ const FD_LIMIT = 20_000;
 // Raise the open-files limit for this process (the client) by re-running under `ulimit -n`.
 if (!process.env.SLUICE_BENCH_RAISED) {
   const script = `ulimit -n $(( $(ulimit -Hn) < ${FD_LIMIT} ? $(ulimit -Hn) : ${FD_LIMIT} )) && exec "$0" "$@"`;
-  const run = spawnSync('bash', ['-c', script, process.execPath, ...process.execArgv, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, SLUICE_BENCH_RAISED: '1' },
-  });
+  const run = spawnSync(
+    'bash',
+    ['-c', script, process.execPath, ...process.execArgv, ...process.argv.slice(1)],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, SLUICE_BENCH_RAISED: '1' },
+    },
+  );
   process.exit(run.status ?? 1);
 }
 
@@ -60,7 +64,11 @@ function rssKb(pid: number): number {
 const agent = new Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
 
 /** GETs an event stream; calls onEvent per event; resolves with the time to the first byte. */
-function stream(url: string, onEvent: (data: string) => void, useAgent: Agent | false = agent): Promise<number> {
+function stream(
+  url: string,
+  onEvent: (data: string) => void,
+  useAgent: Agent | false = agent,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const sent = monotonicMs();
     let firstByte = 0;
@@ -107,7 +115,11 @@ async function eventsPerSecond(base: string, streams: number, perStream: number)
 }
 
 /** Opens `count` streams to /idle through the proxy and returns the proxy's RSS growth per stream. */
-async function idleStreamCost(base: string, pid: number, count: number): Promise<{ perStreamKb: number; rssMb: number }> {
+async function idleStreamCost(
+  base: string,
+  pid: number,
+  count: number,
+): Promise<{ perStreamKb: number; rssMb: number }> {
   const before = rssKb(pid);
   const open: ReturnType<typeof request>[] = [];
   const batch = 500;
@@ -144,33 +156,39 @@ async function main(): Promise<void> {
   const fnPort = (JSON.parse(line) as { port: number }).port;
   const direct = `http://127.0.0.1:${fnPort}`;
 
-  const [proxyPort, adminPort] = [await freePort(), await freePort()];
-  const proxy = spawnRaised(
-    [
-      process.execPath,
-      'bin/sluice.js',
-      'proxy',
-      '--listen',
-      `127.0.0.1:${proxyPort}`,
-      '--admin',
-      `127.0.0.1:${adminPort}`,
-      '--upstream',
-      direct,
-      '--concurrency',
-      String(IDLE_STREAMS + 1000),
-    ],
-    { SLUICE_LOG_LEVEL: process.env.SLUICE_LOG_LEVEL ?? 'info' },
-  );
-  proxy.stdout!.resume(); // one JSON log line per request, read and dropped like a log shipper would
-  await waitForPort(proxyPort);
-  const proxied = `http://127.0.0.1:${proxyPort}`;
+  const startSluiceProxy = async (nodeFlags: string[] = []) => {
+    const [proxyPort, adminPort] = [await freePort(), await freePort()];
+    const child = spawnRaised(
+      [
+        process.execPath,
+        ...nodeFlags,
+        'bin/sluice.js',
+        'proxy',
+        '--listen',
+        `127.0.0.1:${proxyPort}`,
+        '--admin',
+        `127.0.0.1:${adminPort}`,
+        '--upstream',
+        direct,
+        '--concurrency',
+        String(IDLE_STREAMS + 1000),
+      ],
+      { SLUICE_LOG_LEVEL: process.env.SLUICE_LOG_LEVEL ?? 'info' },
+    );
+    child.stdout!.resume(); // one JSON log line per request, read and dropped like a log shipper would
+    await waitForPort(proxyPort);
+    return { child, url: `http://127.0.0.1:${proxyPort}` };
+  };
+  const { child: proxy, url: proxied } = await startSluiceProxy();
 
   const nginx = await startNginx(fnPort, { workerConnections: 8192 });
   const viaNginx = nginx.url;
   const paths = { direct, proxy: proxied, nginx: viaNginx } as const;
 
   const cpu = spawnSync('nproc').stdout.toString().trim();
-  console.log(`# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}\n`);
+  console.log(
+    `# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}\n`,
+  );
 
   // Per-event latency: the function stamps each event with CLOCK_MONOTONIC; the client subtracts.
   const latency: Record<string, { median: number; p99: number }> = {};
@@ -207,7 +225,8 @@ async function main(): Promise<void> {
     [1000, 100],
   ] as const) {
     const row: Record<string, number> = {};
-    for (const [name, base] of Object.entries(paths)) row[name] = await eventsPerSecond(base, streams, perStream);
+    for (const [name, base] of Object.entries(paths))
+      row[name] = await eventsPerSecond(base, streams, perStream);
     throughput[streams] = row;
     console.log(
       `| ${streams} | ${row.direct!.toFixed(0)} | ${row.proxy!.toFixed(0)} | ${row.nginx!.toFixed(0)} | ${(row.proxy! / row.nginx!).toFixed(2)}× | ${(row.proxy! / row.direct!).toFixed(2)}× |`,
@@ -217,13 +236,24 @@ async function main(): Promise<void> {
   console.log(`\n## Idle streams through the proxy\n`);
   const idle = await idleStreamCost(proxied, proxy.pid!, IDLE_STREAMS);
   console.log(
-    `${IDLE_STREAMS} idle streams: proxy RSS ${idle.rssMb.toFixed(0)} MB, ${idle.perStreamKb.toFixed(2)} KB per idle stream`,
+    `- ${IDLE_STREAMS} idle streams, default Node flags: proxy RSS ${idle.rssMb.toFixed(0)} MB, ${idle.perStreamKb.toFixed(2)} KB per idle stream`,
+  );
+  proxy.kill('SIGKILL');
+  // The same with V8 told to favour memory over speed (the knob a memory-tight pod would use).
+  const small = await startSluiceProxy(['--optimize-for-size']);
+  const smallIdle = await idleStreamCost(small.url, small.child.pid!, IDLE_STREAMS);
+  console.log(
+    `- ${IDLE_STREAMS} idle streams, node --optimize-for-size: proxy RSS ${smallIdle.rssMb.toFixed(0)} MB, ${smallIdle.perStreamKb.toFixed(2)} KB per idle stream`,
   );
 
   console.log('\n## Targets\n');
   const latencyGap = added(latency, 'proxy', 'median') - added(latency, 'nginx', 'median');
   const verdicts = [
-    [`added per-event median within 0.1 ms of nginx's`, `${ms(latencyGap)} more than nginx`, latencyGap <= 0.1],
+    [
+      `added per-event median within 0.1 ms of nginx's`,
+      `${ms(latencyGap)} more than nginx`,
+      latencyGap <= 0.1,
+    ],
     [`added per-event p99 ≤ 1 ms`, ms(added(latency, 'proxy', 'p99')), added(latency, 'proxy', 'p99') <= 1],
     [
       `events/s at 100 streams ≥ 0.8× nginx`,
@@ -232,7 +262,8 @@ async function main(): Promise<void> {
     ],
     [`≤ 20 KB per idle stream`, `${idle.perStreamKb.toFixed(2)} KB`, idle.perStreamKb <= 20],
   ] as const;
-  for (const [target, measured, met] of verdicts) console.log(`- ${met ? 'met' : 'MISSED'}: ${target} — ${measured}`);
+  for (const [target, measured, met] of verdicts)
+    console.log(`- ${met ? 'met' : 'MISSED'}: ${target} — ${measured}`);
 
   agent.destroy();
   await nginx.stop();

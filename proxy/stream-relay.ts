@@ -62,6 +62,7 @@ export class StreamRelay {
   #clock: NodeJS.Timeout;
   #done = false;
   #pending: Buffer[] = [];
+  #headersOut = false;
   #onEvents: (count: number) => void;
 
   constructor(res: ServerResponse, limits: RelayLimits, onEvents: (count: number) => void) {
@@ -101,8 +102,9 @@ export class StreamRelay {
       }
     }
     this.res.writeHead(upstream.statusCode ?? 502, upstream.statusMessage, headers);
-    // writeHead alone waits for the first body write; the client should see headers now.
-    this.res.flushHeaders();
+    // writeHead alone waits for the first body write, but the client should see the headers
+    // now: they go out when this socket read is processed, with the first chunk if it came along.
+    process.nextTick(this.#flush);
     this.#lastToClient = performance.now();
 
     upstream.on('data', (chunk: Buffer) => this.#relay(chunk));
@@ -162,7 +164,13 @@ export class StreamRelay {
 
   #flush = (): void => {
     const pending = this.#pending;
-    if (pending.length === 0 || this.res.destroyed) return;
+    if (this.res.destroyed) return;
+    if (pending.length === 0) {
+      if (!this.#headersOut) this.res.flushHeaders();
+      this.#headersOut = true;
+      return;
+    }
+    this.#headersOut = true;
     this.#pending = [];
     if (!this.res.write(pending.length === 1 ? pending[0]! : Buffer.concat(pending))) {
       const upstream = this.#upstream!;

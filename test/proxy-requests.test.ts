@@ -55,12 +55,16 @@ describe('concurrency', () => {
     const first = curl(`${url}/a`, ['-H', 'X-Request-Id: first']);
     kills.push(() => first.child.kill());
     const a = await fn.nextStream();
-    const queued = ['second', 'third'].map((id) => {
+    const queued: ReturnType<typeof curl>[] = [];
+    for (const id of ['second', 'third']) {
       const client = curl(`${url}/b`, ['-H', `X-Request-Id: ${id}`]);
       kills.push(() => client.child.kill());
-      return client;
-    });
-    await waitFor(async () => metricValue(await metrics(adminUrl), 'sluice_proxy_queue_waiting') === 2);
+      queued.push(client);
+      // Two curl processes race to connect: queue them one after the other.
+      await waitFor(
+        async () => metricValue(await metrics(adminUrl), 'sluice_proxy_queue_waiting') === queued.length,
+      );
+    }
     expect(fn.requests).toHaveLength(1); // nothing else reached the function meanwhile
     a.res.end();
     const b = await fn.nextStream();

@@ -104,8 +104,8 @@ describe('heartbeat', () => {
   it('writes : keepalive only between events, never inside one', async () => {
     const { url } = await proxy(['--heartbeat', '0.1']);
     const mid = track(curl(`${url}/mid-event`));
-    const between = track(curl(`${url}/between-events`));
     const midStream = await fn.nextStream();
+    const between = track(curl(`${url}/between-events`));
     const betweenStream = await fn.nextStream();
     const keepalives = (text: string) => text.split(': keepalive\n\n').length - 1;
 
