@@ -5,7 +5,7 @@ import { createAdminServer } from './admin.ts';
 import { TokenFile } from './auth.ts';
 import type { ProxyConfig } from './config.ts';
 import { ConcurrencyLimiter } from './limiter.ts';
-import type { MapService, StartMap } from './map-service.ts';
+import type { MapDependencies, MapService } from './map-service.ts';
 import { createProxyMetrics } from './metrics.ts';
 import { PublicHandler } from './server.ts';
 
@@ -42,14 +42,9 @@ async function listen(server: Server, host: string, port: number): Promise<numbe
   return (server.address() as AddressInfo).port;
 }
 
-async function loadMap(
-  config: ProxyConfig,
-  deps: Omit<Parameters<StartMap>[0], 'config'>,
-): Promise<MapService> {
-  // Resolved at run time: the map module loads (with the NATS client) only when --nats is set.
-  const { startMap } = (await import(new URL('./map/index.ts', import.meta.url).href)) as {
-    startMap: StartMap;
-  };
+async function loadMap(config: ProxyConfig, deps: Omit<MapDependencies, 'config'>): Promise<MapService> {
+  // Loaded only when --nats is set, so a proxy without map never loads the NATS client.
+  const { startMap } = await import('./map/index.ts');
   return startMap({ config, ...deps });
 }
 

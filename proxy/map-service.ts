@@ -21,8 +21,6 @@ export interface MapDependencies {
   log: Logger;
 }
 
-export type StartMap = (deps: MapDependencies) => Promise<MapService>;
-
 export function isMapPath(path: string): boolean {
   return path === '/_sluice/map' || path.startsWith('/_sluice/map/');
 }
