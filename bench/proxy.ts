@@ -6,6 +6,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import { loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { createParser } from 'eventsource-parser';
 import { freePort, waitFor, waitForPort } from '../test/support/net.ts';
@@ -186,8 +187,12 @@ async function main(): Promise<void> {
   const paths = { direct, proxy: proxied, nginx: viaNginx } as const;
 
   const cpu = spawnSync('nproc').stdout.toString().trim();
+  console.log(`# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}`);
+  // Everything shares these CPUs: a busy machine moves the tails (p99) most of all.
   console.log(
-    `# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}\n`,
+    `load average at start: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}\n`,
   );
 
   // Per-event latency: the function stamps each event with CLOCK_MONOTONIC; the client subtracts.
@@ -246,6 +251,11 @@ async function main(): Promise<void> {
     `- ${IDLE_STREAMS} idle streams, node --optimize-for-size: proxy RSS ${smallIdle.rssMb.toFixed(0)} MB, ${smallIdle.perStreamKb.toFixed(2)} KB per idle stream`,
   );
 
+  console.log(
+    `\nload average at end: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
   console.log('\n## Targets\n');
   const latencyGap = added(latency, 'proxy', 'median') - added(latency, 'nginx', 'median');
   const verdicts = [
