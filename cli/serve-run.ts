@@ -75,8 +75,40 @@ export async function runServe(file: string, override: string[], options: ServeO
     void shutdown(1);
   };
 
-  // NATS for map: started only when the spec enables map and nats-server is installed.
+  const replicas: Replica[] = [];
   let natsUrl = '';
+  const prefix = ingressPath(fn) === '/' ? '' : ingressPath(fn);
+  const front = createFront({
+    backends: replicas,
+    intercept: (req, res) => {
+      if (natsUrl || !fn.spec.map.enabled) return false;
+      const path = (req.url ?? '/').split('?')[0]!;
+      const local = prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
+      if (local !== '/_sluice/map' && !local.startsWith('/_sluice/map/')) return false;
+      sendError(res, 503, 'map_unavailable', NATS_MISSING);
+      return true;
+    },
+  });
+
+  // The front port first: a port in use stops serve before anything else starts, and the
+  // functions learn their own URL (SLUICE_URL) for calling themselves (map) or peers.
+  try {
+    await new Promise<void>((resolveListen, reject) => {
+      front.server.once('error', reject);
+      front.server.listen(frontPort, options.host, resolveListen);
+    });
+  } catch (err) {
+    process.stderr.write(
+      `sluice serve: cannot listen on ${options.host}:${frontPort}: ${(err as NodeJS.ErrnoException).code ?? err}\n`,
+    );
+    process.exit(1);
+  }
+  const address = front.server.address();
+  if (typeof address === 'object' && address) frontPort = address.port;
+  const frontUrl = `http://${options.host === '0.0.0.0' ? '127.0.0.1' : options.host}:${frontPort}`;
+  serveLog.line(`front port ${options.host}:${frontPort} -> ${replicaCount} replica(s) of ${name}`);
+
+  // NATS for map: started only when the spec enables map and nats-server is installed.
   let natsDir: string | undefined;
   const natsBinary = fn.spec.map.enabled ? findOnPath('nats-server') : undefined;
   if (natsBinary) {
@@ -99,7 +131,6 @@ export async function runServe(file: string, override: string[], options: ServeO
     serveLog.line(`map is off: ${NATS_MISSING}`);
   }
 
-  const replicas: Replica[] = [];
   for (let i = 0; i < replicaCount; i++) {
     const replicaName = `${name}-${i}`;
     const [functionPort, listenPort, adminPort] = [await freePort(), await freePort(), await freePort()];
@@ -108,7 +139,8 @@ export async function runServe(file: string, override: string[], options: ServeO
       label: `${replicaName} fn`,
       command: command[0]!,
       args: command.slice(1),
-      env: { ...process.env, ...specEnv, PORT: String(functionPort) },
+      // The shell overrides spec.env (to point a function at local peers); serve's own variables win.
+      env: { ...specEnv, ...process.env, PORT: String(functionPort), SLUICE_URL: `${frontUrl}/` },
       cwd,
       log: new PrefixedLog(`${replicaName} fn`, i * 2),
       report: (m) => serveLog.line(m),
@@ -143,19 +175,6 @@ export async function runServe(file: string, override: string[], options: ServeO
     replica.proxy.start();
   }
 
-  const prefix = ingressPath(fn) === '/' ? '' : ingressPath(fn);
-  const front = createFront({
-    backends: replicas,
-    intercept: (req, res) => {
-      if (natsUrl || !fn.spec.map.enabled) return false;
-      const path = (req.url ?? '/').split('?')[0]!;
-      const local = prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
-      if (local !== '/_sluice/map' && !local.startsWith('/_sluice/map/')) return false;
-      sendError(res, 503, 'map_unavailable', NATS_MISSING);
-      return true;
-    },
-  });
-
   // Readiness: a replica takes requests once its proxy's /readyz says the function answers.
   const readiness = setInterval(() => {
     for (const replica of replicas) if (!replica.ready) void checkReady(replica);
@@ -173,7 +192,7 @@ export async function runServe(file: string, override: string[], options: ServeO
     }
     if (!announced && replicas.every((r) => r.ready)) {
       announced = true;
-      const url = `http://${options.host === '0.0.0.0' ? '127.0.0.1' : options.host}:${frontPort}`;
+      const url = frontUrl;
       serveLog.line(`${name} ready with ${replicas.length} replica(s) on ${url}`);
       serveLog.line(`  curl --no-buffer ${url}/`);
       if (natsUrl) {
@@ -207,15 +226,6 @@ export async function runServe(file: string, override: string[], options: ServeO
   // Whatever way serve exits, its process groups go with it.
   process.once('exit', () => {
     for (const s of supervised) s.killNow();
-  });
-
-  front.server.once('error', (err: NodeJS.ErrnoException) => {
-    fatal(`cannot listen on ${options.host}:${frontPort}: ${err.code ?? err.message}`);
-  });
-  front.server.listen(frontPort, options.host, () => {
-    const address = front.server.address();
-    if (typeof address === 'object' && address) frontPort = address.port;
-    serveLog.line(`front port ${options.host}:${frontPort} -> ${replicas.map((r) => r.name).join(', ')}`);
   });
 }
 

@@ -76,7 +76,9 @@ describe('stream()', () => {
         `data: ${JSON.stringify({ method: req.method, type: req.headers['content-type'], auth: req.headers.authorization, body: Buffer.concat(chunks).toString() })}\n\n`,
       );
     });
-    const [event] = await collect(stream(url, { body: { prompt: 'hi' }, headers: { authorization: 'Bearer t' } }));
+    const [event] = await collect(
+      stream(url, { body: { prompt: 'hi' }, headers: { authorization: 'Bearer t' } }),
+    );
     expect(JSON.parse(event!.data)).toEqual({
       method: 'POST',
       type: 'application/json',
@@ -285,7 +287,13 @@ describe('client helpers', () => {
   it.each([
     ['[1, 2, 3]', [1, 2, 3]],
     ['{"a":1}\n\n{"a":2}\n', [{ a: 1 }, { a: 2 }]],
-    ['[1,2]\n[3,4]\n', [[1, 2], [3, 4]]],
+    [
+      '[1,2]\n[3,4]\n',
+      [
+        [1, 2],
+        [3, 4],
+      ],
+    ],
     ['"x"', ['x']],
   ])('parseInputs(%j)', (source, expected) => {
     expect(parseInputs(source, 'in')).toEqual(expected);

@@ -36,7 +36,10 @@ function alive(pid: number): boolean {
   }
 }
 
-async function serveEcho(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ serve: Started; url: string }> {
+async function serveEcho(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ serve: Started; url: string }> {
   const port = await freePort();
   const serve = startSluice(['serve', 'examples/echo.yaml', '--port', String(port), ...args], { env });
   await waitFor(() => /\[serve\] echo ready/.test(serve.output()), {
@@ -112,9 +115,15 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
     async () => {
       const dir = mkdtempSync(join(tmpdir(), 'sluice-map-'));
       const inputs = join(dir, 'inputs.jsonl');
-      writeFileSync(inputs, `${[...Array.from({ length: 12 }, (_, i) => i), { fail: 'no' }].map((v) => JSON.stringify(v)).join('\n')}\n`);
+      writeFileSync(
+        inputs,
+        `${[...Array.from({ length: 12 }, (_, i) => i), { fail: 'no' }].map((v) => JSON.stringify(v)).join('\n')}\n`,
+      );
       const cli = startSluice(['map', `${url}/`, '--inputs', inputs]);
-      await waitFor(() => cli.child.exitCode !== null, { timeoutMs: 30_000, what: `map to finish: ${cli.output()}` });
+      await waitFor(() => cli.child.exitCode !== null, {
+        timeoutMs: 30_000,
+        what: `map to finish: ${cli.output()}`,
+      });
       const lines = cli
         .output()
         .split('\n')

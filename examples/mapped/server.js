@@ -38,7 +38,9 @@ createServer(async (req, res) => {
   try {
     const inputs = Array.from({ length: n }, (_, i) => i);
     for await (const result of map(selfUrl, inputs, { order, signal: controller.signal })) {
-      res.write(result.ok ? String(result.output) : `segment ${result.index} failed: ${result.error.message}\n`);
+      res.write(
+        result.ok ? String(result.output) : `segment ${result.index} failed: ${result.error.message}\n`,
+      );
     }
     res.end();
   } catch (err) {

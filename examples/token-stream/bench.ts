@@ -56,7 +56,9 @@ async function generate(base: string): Promise<Sample> {
   let first = 0;
   let last = 0;
   let count = 0;
-  for await (const event of stream(`${base}/generate`, { body: { prompt: 'the quick brown fox', max_tokens: tokens } })) {
+  for await (const event of stream(`${base}/generate`, {
+    body: { prompt: 'the quick brown fox', max_tokens: tokens },
+  })) {
     if (event.event !== 'message') continue;
     last = performance.now();
     if (count === 0) first = last;
@@ -105,9 +107,9 @@ try {
     samples.proxy.push(await generate(proxied));
   }
   const row = (name: string, s: Sample[]) =>
-    `${name.padEnd(8)} ttft ${median(s.map((x) => x.ttftMs)).toFixed(2).padStart(8)} ms   ${median(
-      s.map((x) => x.tokensPerS),
-    )
+    `${name.padEnd(8)} ttft ${median(s.map((x) => x.ttftMs))
+      .toFixed(2)
+      .padStart(8)} ms   ${median(s.map((x) => x.tokensPerS))
       .toFixed(1)
       .padStart(8)} tokens/s`;
   console.log(

@@ -11,11 +11,11 @@ Every flag has an environment twin (TOKEN_STREAM_DEVICE, TOKEN_STREAM_LAYERS, ..
 """
 
 import argparse
+import asyncio
 import json
-import math
 import os
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import uvicorn
@@ -88,7 +88,8 @@ dtype = torch.float16 if device.type == "cuda" else torch.float32
 model = TinyGPT(args.vocab, args.d_model, args.layers, args.heads, args.max_len).to(device, dtype).eval()
 words = vocabulary(args.vocab)
 # One generation at a time per process: a GPU runs one batch-1 decode best; the proxy queues the rest.
-generate_lock = threading.Lock()
+generate_lock = asyncio.Lock()
+model_thread = ThreadPoolExecutor(max_workers=1)
 app = FastAPI()
 
 
@@ -105,19 +106,25 @@ def encode(prompt: str) -> list[int]:
 
 
 @torch.inference_mode()
-def generate(request: GenerateRequest):
-    with generate_lock:
+def next_token(ids: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
+    logits = model(ids[:, -args.max_len :]).float()
+    if temperature == 0:
+        return int(torch.argmax(logits, dim=-1))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+async def generate(request: GenerateRequest):
+    # Each forward pass runs on the model's one thread; between two tokens the event loop is
+    # free, and a client that leaves cancels this generator there, so the model stops at once.
+    loop = asyncio.get_running_loop()
+    async with generate_lock:
         generator = torch.Generator(device=device).manual_seed(request.seed)
         ids = torch.tensor([encode(request.prompt)[-(args.max_len - 1) :]], device=device)
         started = time.perf_counter()
         first_at = started
         for index in range(request.max_tokens):
-            logits = model(ids[:, -args.max_len :]).float()
-            if request.temperature == 0:
-                token = int(torch.argmax(logits, dim=-1))
-            else:
-                probs = torch.softmax(logits / request.temperature, dim=-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+            token = await loop.run_in_executor(model_thread, next_token, ids, request.temperature, generator)
             if index == 0:
                 first_at = time.perf_counter()
             ids = torch.cat([ids, torch.tensor([[token]], device=device)], dim=1)
@@ -127,17 +134,16 @@ def generate(request: GenerateRequest):
         stats = {
             "tokens": request.max_tokens,
             "ttft_ms": round((first_at - started) * 1000, 2),
-            "tokens_per_s": round(rest / (done - first_at), 1) if rest > 0 and done > first_at else math.nan,
+            "tokens_per_s": round(rest / (done - first_at), 1) if rest > 0 and done > first_at else None,
             "device": str(device),
         }
         yield f"event: done\ndata: {json.dumps(stats)}\n\n"
 
 
 @app.post("/generate")
-def generate_endpoint(request: GenerateRequest):
+async def generate_endpoint(request: GenerateRequest):
     if len(encode(request.prompt)) >= args.max_len:
         raise HTTPException(400, detail=f"prompt longer than {args.max_len - 1} tokens")
-    # A sync generator runs on the thread pool; a client that leaves closes it, which ends the loop.
     return StreamingResponse(generate(request), media_type="text/event-stream")
 
 
