@@ -76,6 +76,8 @@ export async function startMap({
       reconnectDelayHandler: delay,
       pingInterval: 10_000,
       maxPingOut: 2,
+      // A stack trace captured per request (every JetStream publish) was the worker's top cost.
+      noAsyncTraces: true,
     });
     const conn = nc;
     const js = jetstream(conn);

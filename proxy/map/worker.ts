@@ -96,37 +96,49 @@ export class MapWorker {
     this.#agent.destroy();
   }
 
+  /**
+   * Asks the shared consumer for as many tasks as this replica can hold now (--concurrency
+   * less the tasks it holds), so a replica never hoards work another one could start, and
+   * every task it holds gets in-progress acks from the moment it arrives.
+   */
   async #consumeForever(): Promise<void> {
-    const { log } = this.#o;
+    const { log, concurrency } = this.#o;
     let backoffMs = 100;
+    let consumer: Consumer | undefined;
     while (!this.#stopping.signal.aborted) {
       try {
-        const consumer = await this.#o.consumer();
-        // One message at a time: a task held in the client's buffer gets no in-progress acks,
-        // and any other replica with a free slot should be able to take it.
-        this.#messages = await consumer.consume({ max_messages: 1, expires: 5_000 });
-        backoffMs = 100;
-        for await (const msg of this.#messages) {
-          const release = await this.#slotFor(msg);
-          if (!release) {
-            msg.nak();
-            break;
-          }
-          const task = this.#run(msg, release).catch((err) =>
-            log.error({ err, subject: msg.subject }, 'map task failed unexpectedly'),
-          );
-          this.#tasks.add(task);
-          void task.finally(() => this.#tasks.delete(task));
+        consumer ??= await this.#o.consumer();
+        if (this.#tasks.size >= concurrency) {
+          await Promise.race(this.#tasks);
+          continue;
         }
-        if (this.#stopping.signal.aborted) break;
-        throw new Error('the consumer stopped delivering');
+        this.#messages = await consumer.fetch({
+          max_messages: concurrency - this.#tasks.size,
+          expires: 5_000,
+        });
+        for await (const msg of this.#messages) this.#take(msg);
+        backoffMs = 100;
       } catch (err) {
         if (this.#stopping.signal.aborted) break;
-        log.warn({ err: errorMessage(err), retryMs: backoffMs }, 'map worker lost its consumer; retrying');
+        consumer = undefined;
+        log.warn({ err: errorMessage(err), retryMs: backoffMs }, 'map worker cannot fetch tasks; retrying');
         await sleep(backoffMs, undefined, { signal: this.#stopping.signal }).catch(() => {});
         backoffMs = Math.min(backoffMs * 2, 5_000);
       }
     }
+  }
+
+  #take(msg: JsMsg): void {
+    const task = (async () => {
+      const release = await this.#slotFor(msg);
+      if (!release) {
+        msg.nak(); // shutting down: someone else takes it now
+        return;
+      }
+      await this.#run(msg, release);
+    })().catch((err) => this.#o.log.error({ err, subject: msg.subject }, 'map task failed unexpectedly'));
+    this.#tasks.add(task);
+    void task.finally(() => this.#tasks.delete(task));
   }
 
   /** Waits (FIFO, with plain streams) for a slot, keeping the task ours meanwhile. */
