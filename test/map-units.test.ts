@@ -1,0 +1,222 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  MapNameError,
+  mapNames,
+  resultsStreamConfig,
+  tasksStreamConfig,
+  workerConsumerConfig,
+} from '../common/map-streams.ts';
+import { MapRequestError, parseMapBody } from '../proxy/map/request-body.ts';
+import { type MapOrder, ResultSequencer } from '../proxy/map/sequencer.ts';
+
+type Arrival = [index: number, failed?: boolean];
+
+function run(
+  count: number,
+  order: MapOrder,
+  arrivals: Arrival[],
+  lastEventId?: number,
+): { sent: number[]; complete: boolean; failed: number } {
+  const sequencer = new ResultSequencer<number>({ count, order, lastEventId });
+  const sent: number[] = [];
+  for (const [index, failed = false] of arrivals) sent.push(...sequencer.accept(index, failed, index));
+  return { sent, complete: sequencer.complete, failed: sequencer.failed };
+}
+
+describe('ResultSequencer', () => {
+  it.each<[string, number, MapOrder, Arrival[], number | undefined, number[], boolean, number]>([
+    ['input order holds later results', 4, 'input', [[2], [0], [3], [1]], undefined, [0, 1, 2, 3], true, 0],
+    ['input order, nothing missing yet', 3, 'input', [[1], [2]], undefined, [], false, 0],
+    ['completion order passes them on', 3, 'completion', [[2], [0], [1]], undefined, [2, 0, 1], true, 0],
+    [
+      'a task that ran twice is sent once',
+      3,
+      'completion',
+      [[1], [1], [0], [2], [0]],
+      undefined,
+      [1, 0, 2],
+      true,
+      0,
+    ],
+    ['duplicate held result is sent once', 3, 'input', [[2], [2], [1], [0]], undefined, [0, 1, 2], true, 0],
+    [
+      'errors count as failed, once',
+      3,
+      'input',
+      [[0, true], [0, true], [1], [2, true]],
+      undefined,
+      [0, 1, 2],
+      true,
+      2,
+    ],
+    [
+      'out-of-range indices are ignored',
+      2,
+      'input',
+      [[5], [-1], [0.5], [0], [1]],
+      undefined,
+      [0, 1],
+      true,
+      0,
+    ],
+    ['input resume skips up to Last-Event-ID', 5, 'input', [[0], [3], [1], [2], [4]], 2, [3, 4], true, 0],
+    ['completion resume skips up to its record', 4, 'completion', [[2], [0], [3], [1]], 0, [3, 1], true, 0],
+    ['resume of a finished map sends nothing', 2, 'input', [[1, true], [0]], 1, [], true, 1],
+    ['empty map is complete at once', 0, 'input', [], undefined, [], true, 0],
+  ])('%s', (_name, count, order, arrivals, lastEventId, sent, complete, failed) => {
+    expect(run(count, order, arrivals, lastEventId)).toEqual({ sent, complete, failed });
+  });
+
+  it('sends every index exactly once, in input order, for any arrival order with duplicates', () => {
+    fc.assert(
+      fc.property(
+        fc
+          .integer({ min: 1, max: 60 })
+          .chain((count) =>
+            fc.tuple(
+              fc.constant(count),
+              fc.shuffledSubarray([...Array(count).keys()], { minLength: count, maxLength: count }),
+              fc.array(fc.integer({ min: 0, max: count - 1 }), { maxLength: 20 }),
+            ),
+          ),
+        ([count, permutation, duplicates]) => {
+          const arrivals: Arrival[] = [...permutation, ...duplicates].map((i) => [i]);
+          arrivals.splice(Math.floor(arrivals.length / 2), 0, ...duplicates.map((i): Arrival => [i]));
+          const { sent, complete } = run(count, 'input', arrivals);
+          expect(sent).toEqual([...Array(count).keys()]);
+          expect(complete).toBe(true);
+        },
+      ),
+    );
+  });
+});
+
+describe('parseMapBody', () => {
+  const limits = { maxInputs: 3, maxInputBytes: 20 };
+  const parse = (body: string) => parseMapBody(Buffer.from(body), limits);
+
+  it.each<[string, string, number, string, RegExp]>([
+    ['not JSON', '{"inputs": [1,', 400, 'invalid_json', /^body: not JSON/],
+    ['not an object', '[1, 2]', 400, 'invalid_map_body', /^body: must be a JSON object with inputs/],
+    ['missing inputs', '{"order": "input"}', 400, 'invalid_map_body', /^inputs: must be an array/],
+    ['inputs not an array', '{"inputs": {"a": 1}}', 400, 'invalid_map_body', /^inputs: must be an array/],
+    [
+      'unknown order',
+      '{"inputs": [], "order": "random"}',
+      400,
+      'invalid_map_body',
+      /^order: must be "input" or "completion"/,
+    ],
+    [
+      'keep not a boolean',
+      '{"inputs": [], "keep": "yes"}',
+      400,
+      'invalid_map_body',
+      /^keep: must be true or false/,
+    ],
+    ['unknown field', '{"inputs": [], "orders": "input"}', 400, 'invalid_map_body', /^orders: unknown field/],
+    [
+      'too many inputs',
+      '{"inputs": [1, 2, 3, 4]}',
+      413,
+      'too_many_inputs',
+      /^inputs: 4 inputs, more than the limit of 3/,
+    ],
+    [
+      'one input too large',
+      '{"inputs": [1, "xxxxxxxxxxxxxxxxxxxxxxxxx"]}',
+      413,
+      'input_too_large',
+      /^inputs\[1\]: 27 bytes/,
+    ],
+  ])('%s -> %i %s', (_name, body, status, code, message) => {
+    let caught: unknown;
+    try {
+      parse(body);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(MapRequestError);
+    const err = caught as MapRequestError;
+    expect([err.status, err.code]).toEqual([status, code]);
+    expect(err.message).toMatch(message);
+  });
+
+  it('serializes each input once and applies defaults', () => {
+    expect(parse('{"inputs": [1, "a", {"b": [true, null]}]}')).toEqual({
+      inputs: ['1', '"a"', '{"b":[true,null]}'],
+      order: 'input',
+      keep: false,
+    });
+    expect(parse('{"inputs": [], "order": "completion", "keep": true}')).toEqual({
+      inputs: [],
+      order: 'completion',
+      keep: true,
+    });
+  });
+});
+
+describe('map stream names', () => {
+  it("names a function's streams and subjects", () => {
+    const names = mapNames('team-a/echo');
+    expect(names).toMatchObject({
+      tasksStream: 'SLUICE_TASKS_team-a_echo',
+      resultsStream: 'SLUICE_RESULTS_team-a_echo',
+      tasksSubjects: 'sluice.team-a.echo.tasks.>',
+      resultsSubjects: 'sluice.team-a.echo.results.>',
+      cancelSubject: 'sluice.team-a.echo.cancel',
+      workerConsumer: 'sluice-workers',
+    });
+    expect(names.tasksOf('r-1')).toBe('sluice.team-a.echo.tasks.r-1');
+    expect(names.resultsOf('r-1')).toBe('sluice.team-a.echo.results.r-1');
+    expect(() => names.resultsOf('a.b')).toThrow(MapNameError);
+    expect(() => names.tasksOf('*')).toThrow(MapNameError);
+  });
+
+  it('never gives two functions the same stream or subjects', () => {
+    const label = fc.stringMatching(/^[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?$/);
+    fc.assert(
+      fc.property(label, label, label, label, (ns1, n1, ns2, n2) => {
+        fc.pre(ns1 !== ns2 || n1 !== n2);
+        const a = mapNames(`${ns1}/${n1}`);
+        const b = mapNames(`${ns2}/${n2}`);
+        expect(a.tasksStream).not.toBe(b.tasksStream);
+        expect(a.resultsStream).not.toBe(b.resultsStream);
+        expect(a.tasksSubjects).not.toBe(b.tasksSubjects);
+      }),
+    );
+  });
+
+  it.each(['echo', 'a/b/c', 'Team/echo', 'ns/ec.ho', 'ns/-echo', `ns/${'x'.repeat(64)}`, 'ns/'])(
+    'refuses %j',
+    (fn) => {
+      expect(() => mapNames(fn)).toThrow(MapNameError);
+    },
+  );
+
+  it('derives the stream and consumer configs from spec.map', () => {
+    const settings = { ackWaitSeconds: 30, maxDeliver: 3, retentionSeconds: 600 };
+    expect(tasksStreamConfig('ns/fn')).toMatchObject({
+      name: 'SLUICE_TASKS_ns_fn',
+      subjects: ['sluice.ns.fn.tasks.>'],
+      retention: 'workqueue',
+      max_age: 0,
+    });
+    expect(resultsStreamConfig('ns/fn', settings)).toMatchObject({
+      name: 'SLUICE_RESULTS_ns_fn',
+      subjects: ['sluice.ns.fn.results.>'],
+      retention: 'limits',
+      max_age: 600e9,
+      duplicate_window: 120e9, // covers 30 s x (3 + 1) deliveries
+    });
+    expect(resultsStreamConfig('ns/fn', { ...settings, retentionSeconds: 60 }).duplicate_window).toBe(60e9);
+    expect(workerConsumerConfig('ns/fn', settings)).toMatchObject({
+      durable_name: 'sluice-workers',
+      ack_policy: 'explicit',
+      ack_wait: 30e9,
+      max_deliver: 4,
+      filter_subject: 'sluice.ns.fn.tasks.>',
+    });
+  });
+});
