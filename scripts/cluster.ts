@@ -6,7 +6,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { existsSync, openSync } from 'node:fs';
-import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -21,6 +21,8 @@ const BIN = join(ROOT, '.sluice', 'bin');
 const LOGS = join(STATE_DIR, 'logs');
 const PKI = join(STATE_DIR, 'pki');
 const STATE_FILE = join(STATE_DIR, 'cluster.json');
+const LOCK = join(STATE_DIR, 'cluster.lock');
+const USERS = join(STATE_DIR, 'users');
 // etcd on tmpfs when there is one: fsync on a shared disk dominates API write latency, and the
 // plane's data is throwaway anyway.
 const ETCD_DATA = existsSync('/dev/shm')
@@ -60,6 +62,16 @@ interface PlaneState {
   apiserverPort: number;
   etcdPort: number;
   pids: Partial<Record<ComponentName, number>>;
+  /** Who started it: a plane started for a test run is stopped when its last test run ends. */
+  origin: Origin;
+}
+
+export type Origin = 'cli' | 'tests';
+
+export interface UpOptions {
+  origin?: Origin;
+  /** A process (a test run) that uses the plane until it calls release(pid). */
+  user?: number;
 }
 
 export interface UpResult {
@@ -95,6 +107,12 @@ async function binary(name: ComponentName): Promise<string> {
   }
 }
 
+// Debian's etcd 3.4.23 predates the watch-progress fix (3.4.31) that kube-apiserver requires
+// for streaming lists, so it refuses them ("RequestWatchProgress is disabled"). client-go 1.34+
+// asks for them first and falls back only after the failed watch, which made kwok and the
+// controllers seconds late on every change; switching the client feature off lists directly.
+const CLIENT_FEATURES = { KUBE_FEATURE_WatchListClient: 'false' };
+
 /** The plane being started: each pid is recorded the moment its process exists, so that `down`
  * can stop it even when a later step fails. */
 let plane: PlaneState | undefined;
@@ -103,7 +121,11 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
   if (!plane) throw new ClusterError('no plane state to record the process in');
   const log = openSync(join(LOGS, `${name}.log`), 'a');
   // Detached in its own process group, so the plane outlives `npm run cluster -- up`.
-  const child = spawn(await binary(name), args, { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(await binary(name), args, {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env: { ...process.env, ...CLIENT_FEATURES },
+  });
   if (!child.pid) throw new ClusterError(`could not start ${name}`);
   child.unref();
   plane.pids[name] = child.pid;
@@ -487,7 +509,11 @@ export async function status(): Promise<{ ready: boolean; server?: string; compo
  * Starts the plane, or reuses the running one: when etcd and the API server still answer, only
  * the components that died are started again. Returns once every simulated node is Ready.
  */
-export async function up(): Promise<UpResult> {
+export async function up(options: UpOptions = {}): Promise<UpResult> {
+  return withLock(() => upLocked(options));
+}
+
+async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> {
   const began = Date.now();
   await mkdir(LOGS, { recursive: true });
   await ensurePki();
@@ -501,9 +527,9 @@ export async function up(): Promise<UpResult> {
   let fresh = false;
   let current: PlaneState;
   if (!reusable || !state) {
-    await down();
+    await stopAll();
     const [etcdPort, apiserverPort] = [await freePort(), await freePort()];
-    current = plane = { etcdPort, apiserverPort, pids: {} };
+    current = plane = { etcdPort, apiserverPort, pids: {}, origin };
     await startEtcd(etcdPort);
     await startApiserver(apiserverPort, etcdPort);
     await writeKubeconfig(apiserverPort);
@@ -527,6 +553,10 @@ export async function up(): Promise<UpResult> {
   );
   const failure = results.find((r) => r.status === 'rejected');
   if (failure) throw failure.reason;
+  if (user !== undefined) {
+    await mkdir(USERS, { recursive: true });
+    await writeFile(join(USERS, String(user)), '');
+  }
   if (!(await nodesReady(current.apiserverPort))) {
     await ensureNodes(current.apiserverPort);
     await waitFor(() => nodesReady(current.apiserverPort), {
@@ -545,6 +575,10 @@ export async function up(): Promise<UpResult> {
 
 /** Stops every component the state file names, by pid, newest first; drops etcd's data. */
 export async function down(): Promise<void> {
+  await withLock(stopAll);
+}
+
+async function stopAll(): Promise<void> {
   const state = await readState();
   if (state) {
     for (const name of [...ORDER].reverse()) {
@@ -554,6 +588,58 @@ export async function down(): Promise<void> {
   }
   await rm(STATE_FILE, { force: true });
   await rm(ETCD_DATA, { recursive: true, force: true });
+  await rm(USERS, { recursive: true, force: true });
+}
+
+/**
+ * Ends a user's (a test run's) use of the plane. The last user of a plane that a test run
+ * started stops it; a plane started with `npm run cluster -- up` keeps running. Returns
+ * whether it stopped the plane.
+ */
+export async function release(user: number): Promise<boolean> {
+  return withLock(async () => {
+    await rm(join(USERS, String(user)), { force: true });
+    const others = await readdir(USERS).catch(() => [] as string[]);
+    const live = others.filter((pid) => alive(Number(pid)));
+    if (live.length > 0 || (await readState())?.origin !== 'tests') return false;
+    await stopAll();
+    return true;
+  });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** One up/down/release at a time across processes (parallel test runs share the plane). */
+async function withLock<T>(work: () => Promise<T>): Promise<T> {
+  await mkdir(STATE_DIR, { recursive: true });
+  await waitFor(
+    async () => {
+      try {
+        await mkdir(LOCK);
+        await writeFile(join(LOCK, 'pid'), String(process.pid));
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const holder = Number(await readFile(join(LOCK, 'pid'), 'utf8').catch(() => '0'));
+        // A holder that died leaves a stale lock.
+        if (holder > 0 && !alive(holder)) await rm(LOCK, { recursive: true, force: true });
+        return false;
+      }
+    },
+    { timeoutMs: 300_000, intervalMs: 100, what: `the cluster lock ${LOCK}` },
+  );
+  try {
+    return await work();
+  } finally {
+    await rm(LOCK, { recursive: true, force: true });
+  }
 }
 
 async function main(command: string | undefined): Promise<number> {

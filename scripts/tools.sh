@@ -49,7 +49,8 @@ go_build() {
         local name=${pair%%=*} pkg=${pair#*=}
         [ -x "$dir/bin/$name" ] && continue
         log "go build $pkg (first build takes minutes; cached in $dir)"
-        go get "$pkg" >/dev/null 2>&1 || true
+        # No `go get $pkg` here: without a version it upgrades the pinned module (KWOK_VERSION
+        # v0.7.0 became v0.8.0); go build -mod=mod resolves the version go.mod requires.
         go build -trimpath -ldflags "${LDFLAGS:-}" -o "$dir/bin/$name.tmp" "$pkg"
         mv "$dir/bin/$name.tmp" "$dir/bin/$name"
       done
