@@ -45,6 +45,16 @@ export class MapProtocolError extends SluiceError {
   }
 }
 
+/** The proxy ended the whole map with an `error` event that names no input (e.g. it was cancelled). */
+export class MapFailedError extends SluiceError {
+  readonly errorCode: string | undefined;
+
+  constructor(message: string, errorCode: string | undefined) {
+    super('ERR_MAP_FAILED', message);
+    this.errorCode = errorCode;
+  }
+}
+
 /** Bad arguments to a client function (inputs not an array, a bad URL). */
 export class ClientUsageError extends SluiceError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -3,6 +3,7 @@ import {
   ClientUsageError,
   ConnectionError,
   HttpStatusError,
+  MapFailedError,
   MapProtocolError,
   NotEventStreamError,
 } from './errors.ts';
@@ -12,6 +13,7 @@ export {
   ClientUsageError,
   ConnectionError,
   HttpStatusError,
+  MapFailedError,
   MapProtocolError,
   NotEventStreamError,
 } from './errors.ts';
@@ -105,6 +107,11 @@ export interface MapOptions {
   order?: MapOrder;
   headers?: RequestHeaders;
   signal?: AbortSignal;
+  /**
+   * Keep the map running when the connection breaks, so it can be resumed (default true). With
+   * false the proxy cancels the remaining tasks as soon as the first connection goes.
+   */
+  keep?: boolean;
   /** Called once, when the proxy has queued the inputs. */
   onAccepted?: (accepted: MapAccepted) => void;
   /** Resume attempts in a row without a result in between before giving up (default 5). */
@@ -140,7 +147,7 @@ export async function* map(
   options: MapOptions = {},
 ): AsyncGenerator<MapResult, MapSummary> {
   if (!Array.isArray(inputs)) throw new ClientUsageError('map inputs must be an array');
-  const { signal, maxReconnects = 5, order = 'input' } = options;
+  const { signal, maxReconnects = 5, order = 'input', keep = true } = options;
   let retryMs = options.retryMs ?? 1000;
   const base = functionBase(url);
   let accepted: MapAccepted | undefined;
@@ -159,7 +166,7 @@ export async function* map(
     } else {
       target = new URL('_sluice/map', base);
       headers.set('content-type', 'application/json');
-      init = { method: 'POST', headers, body: JSON.stringify({ inputs, order }), signal };
+      init = { method: 'POST', headers, body: JSON.stringify({ inputs, order, keep }), signal };
     }
     let broke: unknown;
     try {
@@ -177,6 +184,14 @@ export async function* map(
             options.onAccepted?.(accepted);
           }
         } else if (event.event === 'result' || event.event === 'error') {
+          const data = parseData<{ index: unknown; error: { code?: string; message?: string } }>(event);
+          if (event.event === 'error' && data.index === undefined) {
+            // An error that names no input ends the whole map (cancelled, results lost).
+            throw new MapFailedError(
+              `map ${accepted?.requestId ?? ''} failed: ${data.error?.message ?? event.data}`,
+              data.error?.code,
+            );
+          }
           const result = toResult(event, accepted?.count);
           failures = 0;
           if (event.id !== undefined) lastEventId = event.id;

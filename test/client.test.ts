@@ -7,6 +7,7 @@ import {
   ConnectionError,
   functionBase,
   HttpStatusError,
+  MapFailedError,
   type MapResult,
   map,
   NotEventStreamError,
@@ -232,7 +233,11 @@ describe('map()', () => {
       ['POST', '/fn/_sluice/map', undefined],
       ['GET', '/fn/_sluice/map/r1', '1'],
     ]);
-    expect(JSON.parse(requests[0]!.body)).toEqual({ inputs: ['w', 'x', 'y', 'z'], order: 'completion' });
+    expect(JSON.parse(requests[0]!.body)).toEqual({
+      inputs: ['w', 'x', 'y', 'z'],
+      order: 'completion',
+      keep: true,
+    });
   });
 
   it('does not re-post inputs when the stream breaks before accepted', async () => {
@@ -255,6 +260,25 @@ describe('map()', () => {
     const error = (await collect(map(url, [1])).catch((err: unknown) => err)) as HttpStatusError;
     expect([error.status, error.errorCode]).toEqual([400, 'bad_request']);
     expect(error.message).toContain('inputs: expected an array');
+  });
+
+  it('ends with MapFailedError when the proxy fails the whole map (an error naming no index)', async () => {
+    const url = await serve((_req, res) => {
+      sse(res);
+      res.write(mapEvent('accepted', { requestId: 'r', count: 2 }));
+      res.write(mapEvent('result', { index: 0, output: 1 }, 0));
+      res.end(mapEvent('error', { error: { code: 'map_failed', message: 'the map was cancelled' } }));
+    });
+    const seen: number[] = [];
+    const error = await (async () => {
+      for await (const result of map(url, [1, 2])) seen.push(result.index);
+    })().catch((err: unknown) => err);
+    expect(seen).toEqual([0]);
+    expect(error).toBeInstanceOf(MapFailedError);
+    expect([(error as MapFailedError).code, (error as MapFailedError).errorCode]).toEqual([
+      'ERR_MAP_FAILED',
+      'map_failed',
+    ]);
   });
 
   it('rejects a result whose index is outside the accepted count', async () => {

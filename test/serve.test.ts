@@ -1,8 +1,10 @@
+import { once } from 'node:events';
 import { accessSync, constants, mkdtempSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stream } from '../client/index.ts';
+import { map, stream } from '../client/index.ts';
 import { freePort, waitFor } from './support/net.ts';
 import { type Started, start, startSluice } from './support/process.ts';
 
@@ -134,6 +136,43 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
       expect(lines[12].error.status).toBe(500);
       expect(cli.output()).toContain('12/13 succeeded, 1 failed');
       expect(cli.child.exitCode).toBe(1);
+    },
+  );
+
+  it.runIf(hasOnPath('nats-server'))(
+    'map() resumes a broken map stream from /_sluice/map/<requestId> and yields each index once',
+    async () => {
+      // A TCP relay in front of serve whose connections the test cuts, as a network would.
+      const front = Number(new URL(url).port);
+      const sockets = new Set<Socket>();
+      const firstBytes: string[] = [];
+      const relay = createServer((client) => {
+        const upstream = connect(front, '127.0.0.1');
+        client.once('data', (d: Buffer) => firstBytes.push(d.toString('latin1').split('\r\n')[0]!));
+        client.pipe(upstream).pipe(client);
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('error', () => {});
+          s.once('close', () => sockets.delete(s));
+        }
+      });
+      relay.listen(0, '127.0.0.1');
+      await once(relay, 'listening');
+      const relayUrl = `http://127.0.0.1:${(relay.address() as AddressInfo).port}/`;
+      try {
+        const inputs = Array.from({ length: 16 }, (_, i) => ({ sleepMs: 150 * i }));
+        const indices: number[] = [];
+        for await (const result of map(relayUrl, inputs, { retryMs: 50 })) {
+          indices.push(result.index);
+          if (indices.length === 2) for (const s of sockets) s.destroy();
+        }
+        expect(indices).toEqual(Array.from({ length: 16 }, (_, i) => i));
+        expect(firstBytes[0]).toBe('POST /_sluice/map HTTP/1.1');
+        expect(firstBytes[1]).toMatch(/^GET \/_sluice\/map\/[\w-]+ HTTP\/1.1$/);
+      } finally {
+        for (const s of sockets) s.destroy();
+        relay.close();
+      }
     },
   );
 

@@ -3,7 +3,8 @@
 //                              JSON body may carry {"n", "pause", "text"}. Each event has an
 //                              id, and a reconnect with Last-Event-ID resumes after it.
 //   POST /map                  answers one map input (JSON) with {"echo": input, "pid": ...};
-//                              {"fail": "why"} answers 500 so a failing input can be seen.
+//                              {"fail": "why"} answers 500 so a failing input can be seen;
+//                              {"sleepMs": n} takes n ms, for watching results arrive.
 import { createServer } from 'node:http';
 
 const port = Number(process.env.PORT ?? 9000);
@@ -37,6 +38,9 @@ async function answerMap(req, res) {
   }
   if (input && typeof input === 'object' && 'fail' in input) {
     return sendJson(res, 500, { error: { code: 'ASKED_TO_FAIL', message: String(input.fail) } });
+  }
+  if (input && typeof input === 'object' && Number.isInteger(input.sleepMs)) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(input.sleepMs, 60_000)));
   }
   sendJson(res, 200, { echo: input, pid: process.pid });
 }
