@@ -7,31 +7,27 @@
 //  3. apply → Deployment latency again with those 1,000 in its caches (is it flat?);
 //  4. steady state: writes the operator makes while nothing changes (should be 0).
 // The operator runs as a `sluice operator` child process, measured through its /metrics.
-import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { createLogger } from '../common/log.ts';
+import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
-import { KUBECONFIG_PATH, up } from '../scripts/cluster.ts';
+import { up } from '../scripts/cluster.ts';
+import { applyObject, waitForCrd } from '../test/support/cluster.ts';
 import { freePort, waitFor } from '../test/support/net.ts';
 import { startSluice } from '../test/support/process.ts';
 
 const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);
 const MANY = Number(process.env.BENCH_FUNCTIONS ?? 1000);
 const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 600_000);
-const run = promisify(execFile);
 const log = createLogger('bench', 'warn');
 
-await up();
-const kubeconfig = process.env.KUBECONFIG_BENCH ?? KUBECONFIG_PATH;
-await run('kubectl', ['apply', '--server-side', '--force-conflicts', '-f', 'crds/streamingfunction.yaml'], {
-  env: { ...process.env, KUBECONFIG: kubeconfig },
-});
-await run('kubectl', ['wait', '--for=condition=established', 'crd/streamingfunctions.sluice.dev'], {
-  env: { ...process.env, KUBECONFIG: kubeconfig },
-});
+const plane = await up();
+const kubeconfig = plane.kubeconfig;
+// The CRD from the schema in code, as the test harness installs it.
+await applyObject(kubeconfig, streamingFunctionCrd());
+await waitForCrd(kubeconfig);
 const kube = await KubeClient.load(kubeconfig);
 const ns = `bench-${randomUUID().slice(0, 6)}`;
 await kube.request('POST', '/api/v1/namespaces', { body: { metadata: { name: ns } } });
@@ -96,6 +92,19 @@ await waitFor(() => fetch(`http://127.0.0.1:${metricsPort}/readyz`).then((r) => 
   what: 'the operator ready',
 });
 
+/** The operator sent nothing for 2 s: every watch event it had coming was handled. */
+async function settled(): Promise<void> {
+  await waitFor(
+    async () => {
+      const a = await metrics();
+      await new Promise((r) => setTimeout(r, 2000));
+      const b = await metrics();
+      return sum(b.requests) === sum(a.requests);
+    },
+    { timeoutMs: 300_000, intervalMs: 0, what: 'the operator to go quiet' },
+  );
+}
+
 function create(name: string) {
   return kube.request('POST', resourcePath('sluice.dev/v1alpha1', 'streamingfunctions', ns), {
     body: {
@@ -155,15 +164,7 @@ try {
 }
 const readyCount = names.filter((n) => readySeen.has(n)).length;
 // Let the status writes of the last pods settle before counting.
-await waitFor(
-  async () => {
-    const a = await metrics();
-    await new Promise((r) => setTimeout(r, 1000));
-    const b = await metrics();
-    return sum(b.requests) === sum(a.requests);
-  },
-  { timeoutMs: 120_000, intervalMs: 0 },
-);
+await settled();
 const after = await metrics();
 clearInterval(sampler);
 peakRss = Math.max(peakRss, after.rss);
@@ -173,6 +174,11 @@ const delta = Object.fromEntries(
 
 // 3. latency again with MANY + FIRST functions in the caches.
 const later = await sequentialLatencies('late', 20);
+await waitFor(() => later.every((_, i) => readySeen.has(`late-${i}`)), {
+  timeoutMs: READY_TIMEOUT_MS,
+  intervalMs: 200,
+});
+await settled();
 
 // 4. steady state: nothing changes for 10 s; count what the operator writes meanwhile.
 const idleBefore = await metrics();

@@ -30,6 +30,17 @@ const DEPLOYMENT: OwnedKind = { kind: 'Deployment', apiVersion: 'apps/v1', plura
 const SERVICE: OwnedKind = { kind: 'Service', apiVersion: 'v1', plural: 'services' };
 const INGRESS: OwnedKind = { kind: 'Ingress', apiVersion: 'networking.k8s.io/v1', plural: 'ingresses' };
 
+/** Status needs a pod's identity, node and conditions only; a full pod is many times larger. */
+function slimPod(pod: KubeObject): KubeObject {
+  const { name, namespace, uid, resourceVersion, labels, ownerReferences, deletionTimestamp } =
+    pod.metadata ?? {};
+  return {
+    metadata: { name, namespace, uid, resourceVersion, labels, ownerReferences, deletionTimestamp },
+    spec: { nodeName: pod.spec?.nodeName },
+    status: { conditions: pod.status?.conditions },
+  };
+}
+
 /** A reconcile failure that retrying cannot fix; it becomes a condition, not a hot loop. */
 export class TerminalError extends SluiceError {
   readonly retryable = false;
@@ -94,6 +105,7 @@ export class Controller {
       labelSelector: MANAGED_SELECTOR,
       onChange: enqueueOwner,
       log,
+      transform: slimPod,
     });
   }
 

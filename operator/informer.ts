@@ -11,6 +11,13 @@ export interface InformerOptions<T extends KubeObject> {
   log: Logger;
   /** Server-side watch timeout; a quiet watch is renewed from the last resourceVersion. */
   watchSeconds?: number;
+  /** Shapes each object before it is cached (default: drop managedFields, which nothing reads). */
+  transform?: (object: T) => T;
+}
+
+function withoutManagedFields<T extends KubeObject>(object: T): T {
+  if (object.metadata?.managedFields) delete object.metadata.managedFields;
+  return object;
 }
 
 const key = (o: KubeObject) => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
@@ -31,9 +38,12 @@ export class Informer<T extends KubeObject> {
   private syncedOnce = false;
   relists = 0;
 
+  private readonly transform: (object: T) => T;
+
   constructor(client: KubeClient, options: InformerOptions<T>) {
     this.client = client;
     this.options = options;
+    this.transform = options.transform ?? withoutManagedFields;
   }
 
   get synced(): boolean {
@@ -69,7 +79,8 @@ export class Informer<T extends KubeObject> {
         limit: 500,
         continue: continueToken,
       });
-      for (const item of page.items) {
+      for (const raw of page.items) {
+        const item = this.transform(raw);
         const k = key(item);
         seen.add(k);
         const old = this.objects.get(k);
@@ -93,9 +104,9 @@ export class Informer<T extends KubeObject> {
   }
 
   private handle(event: WatchEvent<T>): void {
-    const { type, object } = event;
+    const { type } = event;
     if (type === 'ERROR') {
-      const status = object as unknown as { code?: number; reason?: string; message?: string };
+      const status = event.object as unknown as { code?: number; reason?: string; message?: string };
       throw new KubeApiError(
         'WATCH',
         this.options.path,
@@ -104,8 +115,9 @@ export class Informer<T extends KubeObject> {
         status.message ?? '',
       );
     }
-    this.resourceVersion = object.metadata?.resourceVersion ?? this.resourceVersion;
+    this.resourceVersion = event.object.metadata?.resourceVersion ?? this.resourceVersion;
     if (type === 'BOOKMARK') return;
+    const object = this.transform(event.object);
     const k = key(object);
     if (type === 'DELETED') {
       this.objects.delete(k);

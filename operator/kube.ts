@@ -1,7 +1,7 @@
 import https from 'node:https';
 import { createInterface } from 'node:readline';
-import { KubeConfig } from '@kubernetes/client-node';
 import { SluiceError } from '../common/errors.ts';
+import { type Connection, loadConnection, loadConnectionWithClientLibrary } from './kubeconfig.ts';
 
 /** The fields every Kubernetes object has that the operator reads. */
 export interface KubeObject {
@@ -83,56 +83,41 @@ const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 /**
  * A small REST client over one keep-alive HTTPS agent. client-node 2.0's generated clients
  * build a new TLS agent per request (a handshake per call and sockets left behind), which does
- * not fit a controller issuing thousands of requests; its KubeConfig still does the loading:
- * $KUBECONFIG, ~/.kube/config, or the in-cluster service account. Every request is counted
- * by method, so tests and the benchmark can see what a reconcile cost.
+ * not fit a controller issuing thousands of requests. Every request is counted by method, so
+ * tests and the benchmark can see what a reconcile cost.
  */
 export class KubeClient {
   readonly server: string;
   readonly requests = new Map<string, number>();
-  private readonly config: KubeConfig;
+  private readonly connection: Connection;
   private readonly agent: https.Agent;
   private headers: Record<string, string> = {};
   private headersAt = 0;
 
-  private constructor(config: KubeConfig, tls: https.AgentOptions) {
-    this.config = config;
-    this.server = config.getCurrentCluster()!.server.replace(/\/$/, '');
-    this.agent = new https.Agent({ ...tls, keepAlive: true, maxSockets: 64 });
+  private constructor(connection: Connection) {
+    this.connection = connection;
+    this.server = connection.server;
+    this.agent = new https.Agent({
+      ca: connection.ca,
+      cert: connection.cert,
+      key: connection.key,
+      rejectUnauthorized: connection.rejectUnauthorized,
+      servername: connection.servername,
+      keepAlive: true,
+      maxSockets: 64,
+    });
   }
 
   /** `kubeconfig` empty: $KUBECONFIG, then ~/.kube/config, then the in-cluster service account. */
   static async load(kubeconfig = ''): Promise<KubeClient> {
-    const config = new KubeConfig();
-    try {
-      if (kubeconfig) config.loadFromFile(kubeconfig);
-      else config.loadFromDefault();
-    } catch (err) {
-      throw new SluiceError('ERR_KUBECONFIG', `cannot load kubeconfig ${kubeconfig || '(default)'}`, {
-        cause: err,
-      });
-    }
-    if (!config.getCurrentCluster()) throw new SluiceError('ERR_KUBECONFIG', 'kubeconfig names no cluster');
-    const options: https.RequestOptions = {};
-    await config.applyToHTTPSOptions(options);
-    const client = new KubeClient(config, {
-      ca: options.ca,
-      cert: options.cert,
-      key: options.key,
-      rejectUnauthorized: options.rejectUnauthorized,
-    });
-    await client.authHeaders();
-    return client;
+    const connection = loadConnection(kubeconfig) ?? (await loadConnectionWithClientLibrary(kubeconfig));
+    return new KubeClient(connection);
   }
 
-  /** Bearer tokens (the in-cluster one is rotated) are re-read once a minute. */
-  private async authHeaders(): Promise<Record<string, string>> {
+  /** Tokens (the in-cluster one is rotated on disk) are re-read once a minute. */
+  private authHeaders(): Record<string, string> {
     if (Date.now() - this.headersAt > 60_000) {
-      const options: https.RequestOptions = {};
-      await this.config.applyToHTTPSOptions(options);
-      this.headers = Object.fromEntries(
-        Object.entries(options.headers ?? {}).map(([k, v]) => [k, String(v)]),
-      );
+      this.headers = this.connection.headers();
       this.headersAt = Date.now();
     }
     return this.headers;
@@ -161,7 +146,7 @@ export class KubeClient {
     this.requests.set(method, (this.requests.get(method) ?? 0) + 1);
     const url = this.url(path, options.query);
     const body = options.body === undefined ? undefined : JSON.stringify(options.body);
-    const headers: Record<string, string> = { ...(await this.authHeaders()), accept: 'application/json' };
+    const headers: Record<string, string> = { ...this.authHeaders(), accept: 'application/json' };
     if (body !== undefined) headers['content-type'] = options.contentType ?? 'application/json';
     return new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
       const req = https.request(url, { method, headers, agent: this.agent, signal: options.signal }, resolve);
