@@ -48,10 +48,6 @@ export class TokenFile {
     watchFile(path, { interval: pollMs, persistent: false }, this.#listener);
   }
 
-  get count(): number {
-    return this.#digests.length;
-  }
-
   /**
    * Compares SHA-256 digests with timingSafeEqual against every token (no early exit), so the
    * time taken says nothing about how much of a token matched or which one did.

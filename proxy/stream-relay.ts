@@ -40,10 +40,10 @@ export function errorEvent(code: string, message: string): string {
 
 /**
  * Relays one response from the function to the client as it arrives: every chunk is written
- * as soon as the socket read that brought it is processed (backpressure pauses the function,
- * nothing waits for more data). It also owns
- * the stream's clocks: the heartbeat and the idle timer look at the time of the last write
- * (set per chunk, a single assignment) and re-arm themselves, so a chunk never touches a timer.
+ * as soon as the socket read that brought it is processed (backpressure pauses the function;
+ * nothing waits for more data). It also owns the stream's clock: idle limit, heartbeat and
+ * max duration compare against the times of the last reads and writes (one assignment per
+ * chunk), so a chunk never touches a timer.
  */
 export class StreamRelay {
   readonly res: ServerResponse;
@@ -75,10 +75,6 @@ export class StreamRelay {
 
   get events(): number {
     return this.#tracker?.events ?? 0;
-  }
-
-  get isEventStream(): boolean {
-    return this.#tracker !== undefined;
   }
 
   /** The function's response headers arrived: send them on at once, then relay the body. */
