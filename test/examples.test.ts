@@ -41,7 +41,7 @@ if (!hasNats)
 
 const running: Started[] = [];
 afterEach(async () => {
-  await Promise.all(running.splice(0).map((s) => s.stop()));
+  await Promise.all(running.splice(0).map((s) => s.stop('SIGTERM', 15_000)));
 });
 
 async function serve(example: string, env: NodeJS.ProcessEnv = {}, args: string[] = []) {

@@ -59,7 +59,7 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
     ({ serve, url } = await serveEcho(['--replicas', '2']));
   });
   afterAll(async () => {
-    await serve?.stop('SIGKILL');
+    await serve?.stop('SIGTERM', 15_000); // serve stops its children; a SIGKILL would orphan them
   });
 
   it('prefixes every process', () => {
@@ -217,7 +217,7 @@ describe('sluice serve without nats-server', () => {
     }));
   });
   afterAll(async () => {
-    await serve?.stop();
+    await serve?.stop('SIGTERM', 15_000);
   });
 
   it('answers map with 503 saying how to get nats-server, and still streams', async () => {
