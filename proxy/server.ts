@@ -54,6 +54,8 @@ export class PublicHandler {
   readonly #agent = new Agent({ keepAlive: true, timeout: 4000 });
   readonly #proxy;
   #draining = false;
+  /** Set while draining: called when the last in-flight exchange closes. */
+  #onAllClosed: (() => void) | undefined;
   // Shared by every stream: an idle stream should cost as little as possible.
   readonly #limits: RelayLimits;
   readonly #countEvents: (count: number) => void;
@@ -99,16 +101,17 @@ export class PublicHandler {
   /** Stops taking new requests; after `drainMs`, ends what is still in flight with a `shutdown` error. */
   async drain(drainMs: number): Promise<void> {
     this.#draining = true;
-    const deadline = performance.now() + drainMs;
-    while (this.#exchanges.size > 0 && performance.now() < deadline) {
+    if (this.#exchanges.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
       await Promise.race([
-        ...[...this.#exchanges.values()].map(
-          (e) => new Promise<void>((resolve) => e.res.once('close', () => resolve())),
-        ),
-        new Promise<void>((resolve) =>
-          setTimeout(resolve, Math.max(0, deadline - performance.now())).unref(),
-        ),
+        new Promise<void>((resolve) => {
+          this.#onAllClosed = resolve;
+        }),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, drainMs);
+        }),
       ]);
+      clearTimeout(timer);
     }
     const ended = [...this.#exchanges.values()].map((exchange) => {
       const closed = new Promise<void>((resolve) => exchange.res.once('close', () => resolve()));
@@ -141,6 +144,7 @@ export class PublicHandler {
     const arrived = performance.now();
     res.once('close', () => {
       this.#exchanges.delete(req);
+      if (this.#exchanges.size === 0) this.#onAllClosed?.();
       // A client that leaves while queued frees its place in the line.
       exchange.queue?.abort(new Error('client closed the connection'));
       this.#logFinished(exchange, performance.now() - arrived);

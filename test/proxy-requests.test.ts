@@ -282,6 +282,22 @@ describe('admin port', () => {
 });
 
 describe('graceful shutdown', () => {
+  it('stops waiting as soon as the last stream ends, long before --drain runs out', {
+    timeout: 10_000,
+  }, async () => {
+    px = await startProxy(fn.url, ['--drain', '30']);
+    const client = curl(`${px.url}/last`);
+    kills.push(() => client.child.kill());
+    const stream = await fn.nextStream();
+    const closing = px.proxy.close();
+    await stream.write('data: last words\n\n');
+    stream.res.end();
+    await closing; // within the 10 s test timeout, not after 30 s
+    expect(await client.exit).toBe(0);
+    expect(client.events().map((e) => e.data)).toEqual(['last words']);
+    px = undefined;
+  });
+
   it('fails readiness, refuses new requests, lets streams drain, then ends them with a shutdown error', async () => {
     px = await startProxy(fn.url, ['--drain', '1']);
     const { url, adminUrl, proxy: running } = px;
