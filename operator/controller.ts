@@ -10,7 +10,14 @@ import {
   FIELD_MANAGER,
   HASH_ANNOTATION,
 } from './desired.ts';
-import { API_VERSION, functionView, KIND, PLURAL, type StreamingFunction } from './function.ts';
+import {
+  API_VERSION,
+  functionView,
+  InvalidSpecError,
+  KIND,
+  PLURAL,
+  type StreamingFunction,
+} from './function.ts';
 import { Informer } from './informer.ts';
 import { isNotFound, KubeApiError, type KubeClient, type KubeObject, resourcePath } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
@@ -129,7 +136,15 @@ export class Controller {
     const [namespace = '', name = ''] = key.split('/');
     const object = this.functions.get(namespace, name);
     if (!object) return undefined; // deleted: owned objects go with it through ownerReferences
-    const fn = functionView(object);
+    let fn: StreamingFunction;
+    try {
+      fn = functionView(object);
+    } catch (err) {
+      if (!(err instanceof InvalidSpecError)) throw err;
+      // Stored before a schema rule existed: say so on the object; retrying will not help.
+      await this.reportInvalidSpec(object, err);
+      throw err;
+    }
     const { streams } = this.o;
     const hasFinalizer = fn.metadata.finalizers?.includes(STREAMS_FINALIZER) ?? false;
 
@@ -150,6 +165,15 @@ export class Controller {
       pods: [],
       ingress: undefined,
       gpuResourceName: this.o.config.gpuResourceName,
+    };
+    // One Event per verb and reconcile ("created Deployment, Service, Ingress"), also when a
+    // later step fails: what was written is reported.
+    const created: string[] = [];
+    const updated: string[] = [];
+    const report = () => {
+      const target = `${namespace}/${name}`;
+      if (created.length) this.event(fn, 'Normal', 'Created', `created ${created.join(', ')} ${target}`);
+      if (updated.length) this.event(fn, 'Normal', 'Updated', `updated ${updated.join(', ')} ${target}`);
     };
     try {
       if (wantsStreams && (await streams.ensure(fn))) {
@@ -176,18 +200,18 @@ export class Controller {
           this.event(fn, 'Warning', 'NotOwned', observed.notOwned);
           break;
         }
-        if (outcome !== 'unchanged') {
-          const verb = outcome === 'created' ? 'Created' : 'Updated';
-          this.event(fn, 'Normal', verb, `${verb.toLowerCase()} ${kind.kind} ${namespace}/${name}`);
-        }
+        if (outcome === 'created') created.push(kind.kind);
+        if (outcome === 'updated') updated.push(kind.kind);
       }
     } catch (err) {
+      report();
       const terminal = err instanceof KubeApiError ? !err.retryable : err instanceof TerminalError;
       this.event(fn, 'Warning', 'ReconcileFailed', errorMessage(err));
       if (!terminal) throw err;
       observed.failure = errorMessage(err);
       this.o.metrics.errors.inc({ kind: 'terminal' });
     }
+    if (!observed.failure) report();
     observed.pods = this.pods
       .list()
       .filter(
@@ -198,6 +222,27 @@ export class Controller {
       );
     await this.writeStatus(fn, observed);
     return undefined;
+  }
+
+  private async reportInvalidSpec(object: KubeObject, err: InvalidSpecError): Promise<void> {
+    const m = object.metadata ?? {};
+    const previous = (object.status?.conditions ?? []).find((c: { type: string }) => c.type === 'Ready');
+    if (previous?.reason === 'InvalidSpec' && previous.message === err.message) return;
+    await this.o.client.mergePatch(resourcePath(API_VERSION, PLURAL, m.namespace, m.name, 'status'), {
+      status: {
+        observedGeneration: m.generation,
+        conditions: [
+          {
+            type: 'Ready',
+            status: 'False',
+            reason: 'InvalidSpec',
+            message: err.message.slice(0, 32_768),
+            observedGeneration: m.generation,
+            lastTransitionTime: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+          },
+        ],
+      },
+    });
   }
 
   private ownedBy(object: KubeObject, fn: StreamingFunction): boolean {

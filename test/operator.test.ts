@@ -134,19 +134,12 @@ describe('sluice operator against a real API server', () => {
       async () => {
         const list = await kube.get<{ items: KubeObject[] }>(resourcePath('v1', 'events', ns));
         const ours = list.items.filter((e) => e.involvedObject?.kind === 'StreamingFunction');
-        return ours.filter((e) => e.reason === 'Created').length === 3 ? ours : undefined;
+        return ours.some((e) => e.reason === 'Created') ? ours : undefined;
       },
-      { what: 'Created events' },
+      { what: 'a Created event' },
     );
-    expect(events.map((e) => e.source?.component)).toEqual([
-      'sluice-operator',
-      'sluice-operator',
-      'sluice-operator',
-    ]);
-    expect(events.map((e) => e.message).sort()).toEqual([
-      `created Deployment ${ns}/echo`,
-      `created Ingress ${ns}/echo`,
-      `created Service ${ns}/echo`,
+    expect(events.map((e) => [e.reason, e.message, e.source?.component])).toEqual([
+      ['Created', `created Deployment, Service, Ingress ${ns}/echo`, 'sluice-operator'],
     ]);
   });
 
