@@ -247,9 +247,14 @@ export class MapRequests {
         this.#o.outageMs,
       );
     };
+    let resubscribe = false;
     const onUp = () => {
       clearTimeout(outage);
       outage = undefined;
+      // A restarted server lost the ephemeral consumer: start a new one after the last record
+      // seen instead of waiting for missed heartbeats to notice.
+      resubscribe = true;
+      void messages?.close();
     };
     const onClientGone = () => void messages?.close();
     link.on('down', onDown);
@@ -261,34 +266,36 @@ export class MapRequests {
         this.#done(writer, requestId, sequencer);
         return 'done';
       }
-      const consumer = await js.consumers.get(names.resultsStream, {
-        filter_subjects: `${names.resultsOf(requestId)}.>`,
-      });
-      messages = await consumer.consume({ max_messages: 1024 });
       const kindAt = names.resultsOf(requestId).length + 1;
-      if (res.destroyed) return 'client_left';
-      if (failure) throw failure;
-      for await (const msg of messages) {
-        const kind = msg.subject.slice(kindAt) as RecordKind;
-        if (kind === 'result' || kind === 'error') {
-          const data = msg.string();
-          const index = (JSON.parse(data) as { index: number }).index;
-          for (const event of sequencer.accept(index, kind === 'error', { kind, index, data })) {
-            writer.event(event.kind, event.data, event.index);
+      let nextSeq = 1;
+      while (!failure && !res.destroyed) {
+        messages = await this.#openResults(requestId, nextSeq, () => !!failure || res.destroyed);
+        if (!messages) break;
+        resubscribe = false;
+        for await (const msg of messages) {
+          nextSeq = msg.seq + 1;
+          const kind = msg.subject.slice(kindAt) as RecordKind;
+          if (kind === 'result' || kind === 'error') {
+            const data = msg.string();
+            const index = (JSON.parse(data) as { index: number }).index;
+            for (const event of sequencer.accept(index, kind === 'error', { kind, index, data })) {
+              writer.event(event.kind, event.data, event.index);
+            }
+            if (sequencer.complete) {
+              this.#done(writer, requestId, sequencer);
+              return 'done';
+            }
+            if (writer.backedUp) await writer.drained();
+          } else if (kind === 'cancelled') {
+            fail(
+              new MapFailedError(
+                'the map was cancelled when its first client left (send "keep": true to resume)',
+              ),
+            );
+            break;
           }
-          if (sequencer.complete) {
-            this.#done(writer, requestId, sequencer);
-            return 'done';
-          }
-          if (writer.backedUp) await writer.drained();
-        } else if (kind === 'cancelled') {
-          fail(
-            new MapFailedError(
-              'the map was cancelled when its first client left (send "keep": true to resume)',
-            ),
-          );
-          break;
         }
+        if (!resubscribe) break;
       }
       if (res.destroyed) return 'client_left';
       throw failure ?? new MapFailedError('the results stream ended early');
@@ -307,6 +314,29 @@ export class MapRequests {
       writer.close();
       await messages?.close();
       metrics.requestsActive.dec();
+    }
+  }
+
+  /**
+   * An ordered consumer on the request's records from stream sequence `startSeq`; retried
+   * while NATS comes back (the outage timer bounds how long), undefined once `gaveUp()`.
+   */
+  async #openResults(requestId: string, startSeq: number, gaveUp: () => boolean) {
+    const { js, names } = this.#o;
+    let waitMs = 100;
+    for (;;) {
+      try {
+        const consumer = await js.consumers.get(names.resultsStream, {
+          filter_subjects: `${names.resultsOf(requestId)}.>`,
+          opt_start_seq: startSeq,
+        });
+        return await consumer.consume({ max_messages: 1024, expires: 5_000 });
+      } catch (err) {
+        if (gaveUp()) return undefined;
+        this.#o.log.debug({ requestId, err: errorMessage(err) }, 'results consumer not ready; retrying');
+        await sleep(waitMs);
+        waitMs = Math.min(waitMs * 2, 2_000);
+      }
     }
   }
 
