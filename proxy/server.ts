@@ -231,6 +231,9 @@ export class PublicHandler {
     // A body without a declared length is counted as it streams through.
     const chunked = declaredLength(req) === undefined && req.headers['transfer-encoding'] !== undefined;
     stripHopByHop(req.headers);
+    // Node already answered `Expect: 100-continue` to the client; passing it on would only make
+    // http-proxy-3 skip its 'proxyReq' event (no Nagle-off, no abort handle for this request).
+    delete req.headers.expect;
     let buffer: BodyLimit | undefined;
     if (chunked) {
       buffer = new BodyLimit(config.maxBody);

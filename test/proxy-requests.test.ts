@@ -185,6 +185,15 @@ describe('request checks', () => {
     expect(given.headers.get('x-request-id')).toBe('trace-42');
   });
 
+  it('answers Expect: 100-continue itself and forwards the whole body', async () => {
+    const { url } = await proxy();
+    const client = curl(`${url}/echo`, ['-H', 'Expect: 100-continue', '--data-binary', 'x'.repeat(5000)]);
+    expect(await client.exit).toBe(0);
+    const seen = JSON.parse(client.stdout()) as { bodyLength: number; headers: Record<string, string> };
+    expect(seen.bodyLength).toBe(5000);
+    expect(seen.headers.expect).toBeUndefined();
+  });
+
   it('strips --path-prefix so the function sees paths relative to its ingress path', async () => {
     const { url } = await proxy(['--path-prefix', '/fn']);
     const seenUrl = async (path: string) =>
