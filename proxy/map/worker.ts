@@ -154,7 +154,7 @@ export class MapWorker {
   }
 
   #heartbeatMs(): number {
-    return Math.max(100, Math.floor(this.#o.ackWaitMs / 3));
+    return Math.max(100, Math.floor(this.#o.ackWaitMs / 4));
   }
 
   #parse(msg: JsMsg): Task | undefined {

@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
  *   {"sleep": ms, ...}         → waits ms first (then as below; {"echo": input} if nothing else)
  *   {"status": code}           → answers that status with text "failing on purpose"
  *   {"bytes": n}               → JSON string of n "x" characters
+ *   {"stamp": n}               → JSON {"n": n, "t": CLOCK_MONOTONIC ms when answered} (benchmark)
  *   anything else              → JSON {"echo": input}
  * `GET /attempts` → JSON {"<input as JSON>": attempts seen by this process}.
  */
@@ -19,7 +20,19 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes } = input as { sleep?: number; status?: number; bytes?: number };
+    const { sleep, status, bytes, stamp } = input as {
+      sleep?: number;
+      status?: number;
+      bytes?: number;
+      stamp?: number;
+    };
+    if (stamp !== undefined) {
+      return {
+        status: 200,
+        type: 'application/json',
+        body: JSON.stringify({ n: stamp, t: Number(process.hrtime.bigint()) / 1e6 }),
+      };
+    }
     if (sleep) await new Promise((r) => setTimeout(r, sleep));
     if (status) return { status, type: 'text/plain', body: 'failing on purpose' };
     if (bytes) return { status: 200, type: 'application/json', body: JSON.stringify('x'.repeat(bytes)) };
