@@ -8,6 +8,7 @@ import {
   desiredIngress,
   desiredService,
   FIELD_MANAGER,
+  FUNCTION_LABEL,
   HASH_ANNOTATION,
 } from './desired.ts';
 import {
@@ -88,7 +89,7 @@ export class Controller {
     // An owned object or pod changed: reconcile the function it belongs to.
     const enqueueOwner = (obj: KubeObject) => {
       const owner = obj.metadata?.ownerReferences?.find((r) => r.kind === KIND && r.controller);
-      const name = owner?.name ?? obj.metadata?.labels?.['sluice.dev/function'];
+      const name = owner?.name ?? obj.metadata?.labels?.[FUNCTION_LABEL];
       if (name) options.enqueue(`${obj.metadata?.namespace}/${name}`);
     };
     this.functions = new Informer(client, {
@@ -113,6 +114,10 @@ export class Controller {
       onChange: enqueueOwner,
       log,
       transform: slimPod,
+      indexBy: (pod) => {
+        const fn = pod.metadata?.labels?.[FUNCTION_LABEL];
+        return fn ? `${pod.metadata?.namespace}/${fn}` : undefined;
+      },
     });
   }
 
@@ -212,14 +217,7 @@ export class Controller {
       this.o.metrics.errors.inc({ kind: 'terminal' });
     }
     if (!observed.failure) report();
-    observed.pods = this.pods
-      .list()
-      .filter(
-        (p) =>
-          p.metadata?.namespace === namespace &&
-          p.metadata?.labels?.['sluice.dev/function'] === name &&
-          !p.metadata?.deletionTimestamp,
-      );
+    observed.pods = this.pods.byIndex(key).filter((p) => !p.metadata?.deletionTimestamp);
     await this.writeStatus(fn, observed);
     return undefined;
   }

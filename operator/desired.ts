@@ -156,8 +156,8 @@ export function desiredDeployment(fn: StreamingFunction, config: BuilderConfig):
             {
               name: 'sluice-proxy',
               image: config.proxyImage,
-              command: ['sluice', 'proxy'],
-              args: proxyArgs(fn, config),
+              // The image's entrypoint is the sluice CLI (tini -- node bin/sluice.js).
+              args: ['proxy', ...proxyArgs(fn, config)],
               env: [{ name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }],
               ports: [
                 { name: 'http', containerPort: PROXY_PORT, protocol: 'TCP' },

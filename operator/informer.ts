@@ -13,6 +13,8 @@ export interface InformerOptions<T extends KubeObject> {
   watchSeconds?: number;
   /** Shapes each object before it is cached (default: drop managedFields, which nothing reads). */
   transform?: (object: T) => T;
+  /** An index key for byIndex(), e.g. the function a pod belongs to; undefined leaves it out. */
+  indexBy?: (object: T) => string | undefined;
 }
 
 function withoutManagedFields<T extends KubeObject>(object: T): T {
@@ -32,6 +34,7 @@ export class Informer<T extends KubeObject> {
   private readonly client: KubeClient;
   private readonly options: InformerOptions<T>;
   private readonly objects = new Map<string, T>();
+  private readonly index = new Map<string, Set<string>>();
   private resourceVersion = '';
   private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
@@ -56,6 +59,32 @@ export class Informer<T extends KubeObject> {
 
   list(): T[] {
     return [...this.objects.values()];
+  }
+
+  /** Objects whose indexBy() key is `value`, without scanning the cache. */
+  byIndex(value: string): T[] {
+    return [...(this.index.get(value) ?? [])].map((k) => this.objects.get(k)!);
+  }
+
+  private put(k: string, object: T): void {
+    this.remove(k);
+    this.objects.set(k, object);
+    const value = this.options.indexBy?.(object);
+    if (value === undefined) return;
+    const keys = this.index.get(value) ?? new Set<string>();
+    keys.add(k);
+    this.index.set(value, keys);
+  }
+
+  private remove(k: string): void {
+    const old = this.objects.get(k);
+    if (!old) return;
+    this.objects.delete(k);
+    const value = this.options.indexBy?.(old);
+    if (value === undefined) return;
+    const keys = this.index.get(value);
+    keys?.delete(k);
+    if (keys?.size === 0) this.index.delete(value);
   }
 
   /** Resolves once the first list is in the cache; the watch goes on in the background. */
@@ -84,7 +113,7 @@ export class Informer<T extends KubeObject> {
         const k = key(item);
         seen.add(k);
         const old = this.objects.get(k);
-        this.objects.set(k, item);
+        this.put(k, item);
         if (!old) this.options.onChange(item, 'added');
         else if (old.metadata?.resourceVersion !== item.metadata?.resourceVersion)
           this.options.onChange(item, 'modified');
@@ -94,7 +123,7 @@ export class Informer<T extends KubeObject> {
     } while (continueToken);
     for (const [k, old] of this.objects) {
       if (!seen.has(k)) {
-        this.objects.delete(k);
+        this.remove(k);
         this.options.onChange(old, 'deleted');
       }
     }
@@ -120,11 +149,11 @@ export class Informer<T extends KubeObject> {
     const object = this.transform(event.object);
     const k = key(object);
     if (type === 'DELETED') {
-      this.objects.delete(k);
+      this.remove(k);
       this.options.onChange(object, 'deleted');
     } else {
       const existed = this.objects.has(k);
-      this.objects.set(k, object);
+      this.put(k, object);
       this.options.onChange(object, existed ? 'modified' : 'added');
     }
   }

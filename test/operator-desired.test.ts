@@ -125,6 +125,8 @@ describe('desiredDeployment', () => {
       check: (d) => {
         const p = container(d, 'sluice-proxy');
         expect(p.image).toBe('sluice:test');
+        expect(p.command).toBeUndefined(); // the image's entrypoint is the sluice CLI
+        expect(p.args[0]).toBe('proxy');
         expect(p.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'admin' });
         expect(p.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'admin' });
         expect(p.ports.find((x: { name: string }) => x.name === 'admin').containerPort).toBe(9090);
