@@ -185,6 +185,13 @@ describe('request checks', () => {
     expect(given.headers.get('x-request-id')).toBe('trace-42');
   });
 
+  it('keeps client connections alive longer than load balancers do (620 s > GCP 600 s, ALB 60 s)', async () => {
+    const { url } = await proxy();
+    const client = curl(`${url}/echo`, ['--include']);
+    expect(await client.exit).toBe(0);
+    expect(client.stdout()).toMatch(/^keep-alive: timeout=620\r$/im);
+  });
+
   it('answers Expect: 100-continue itself and forwards the whole body', async () => {
     const { url } = await proxy();
     const client = curl(`${url}/echo`, ['-H', 'Expect: 100-continue', '--data-binary', 'x'.repeat(5000)]);
