@@ -32,12 +32,23 @@ export class PrefixedLog {
     );
   }
 
-  follow(stream: Readable | null, format: (line: string) => string = (l) => l): void {
+  /** Prints each line of `stream` through `format`; a line formatted to undefined is left out. */
+  follow(stream: Readable | null, format: (line: string) => string | undefined = (l) => l): void {
     if (!stream) return;
-    createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (l) =>
-      this.line(format(l)),
-    );
+    createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (l) => {
+      const text = format(l);
+      if (text !== undefined) this.line(text);
+    });
   }
+}
+
+/** nats-server's warnings and errors; its start-up banner and other [INF] lines only at debug level. */
+export function formatNatsLine(
+  line: string,
+  level = process.env.SLUICE_LOG_LEVEL ?? 'info',
+): string | undefined {
+  if (level === 'debug' || level === 'trace') return line;
+  return line.includes('[INF]') ? undefined : line;
 }
 
 /** pino's JSON lines (the proxy's) shortened to `level msg key=value ...` for a terminal. */
@@ -73,7 +84,7 @@ export interface SupervisedOptions {
   log: PrefixedLog;
   /** Serve's own messages (restarts), under its own prefix. */
   report: (message: string) => void;
-  format?: (line: string) => string;
+  format?: (line: string) => string | undefined;
   /** Called on every exit, before any restart, so the front stops routing to a dead replica. */
   onExit?: () => void;
   /** Called with the spawn error when the command cannot be started at all (ENOENT, EACCES). */

@@ -8,7 +8,7 @@ import { ingressPath, type StreamingFunction } from '../operator/schema.ts';
 import type { ServeOptions } from './serve.ts';
 import { type Backend, createFront, sendError } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
-import { formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
+import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
 
 const SLUICE_BIN = fileURLToPath(new URL('../bin/sluice.js', import.meta.url));
 const STOP_GRACE_MS = 5_000;
@@ -122,11 +122,13 @@ export async function runServe(file: string, override: string[], options: ServeO
       cwd,
       log: new PrefixedLog('nats', 6),
       report: (m) => serveLog.line(m),
+      format: formatNatsLine,
     });
     supervised.push(nats);
     nats.start();
     await waitForPort(natsPort, 15_000);
     natsUrl = `nats://127.0.0.1:${natsPort}`;
+    serveLog.line(`map: nats-server with JetStream on ${natsUrl} (store ${natsDir})`);
   } else if (fn.spec.map.enabled) {
     serveLog.line(`map is off: ${NATS_MISSING}`);
   }

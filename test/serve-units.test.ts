@@ -7,7 +7,7 @@ import {
   parseManifest,
   proxyArgs,
 } from '../cli/serve-manifest.ts';
-import { formatPinoLine } from '../cli/serve-process.ts';
+import { formatNatsLine, formatPinoLine } from '../cli/serve-process.ts';
 
 const manifest = (spec: string, name = 'fn') =>
   `apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata:\n  name: ${name}\nspec:\n${spec}`;
@@ -136,5 +136,16 @@ describe('formatPinoLine', () => {
     ['{"no":"msg"}', '{"no":"msg"}'],
   ])('%s', (line, expected) => {
     expect(formatPinoLine(line)).toBe(expected);
+  });
+});
+
+describe('formatNatsLine', () => {
+  it.each([
+    ['[1] 2026/11/21 [INF] Starting nats-server', 'info', undefined],
+    ['[1] 2026/11/21 [WRN] Disk low', 'info', '[1] 2026/11/21 [WRN] Disk low'],
+    ['[1] 2026/11/21 [ERR] boom', 'info', '[1] 2026/11/21 [ERR] boom'],
+    ['[1] 2026/11/21 [INF] Starting nats-server', 'debug', '[1] 2026/11/21 [INF] Starting nats-server'],
+  ])('%s at %s', (line, level, expected) => {
+    expect(formatNatsLine(line, level)).toBe(expected);
   });
 });

@@ -38,6 +38,36 @@ function alive(pid: number): boolean {
   }
 }
 
+/** A TCP relay in front of `port` whose connections the test cuts, as a network would. */
+async function cuttableRelay(port: number) {
+  const sockets = new Set<Socket>();
+  const requestLines: string[] = [];
+  const relay = createServer((client) => {
+    const upstream = connect(port, '127.0.0.1');
+    client.once('data', (d: Buffer) => requestLines.push(d.toString('latin1').split('\r\n')[0]!));
+    client.pipe(upstream).pipe(client);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.once('close', () => sockets.delete(s));
+    }
+  });
+  relay.listen(0, '127.0.0.1');
+  await once(relay, 'listening');
+  const cut = () => {
+    for (const s of sockets) s.destroy();
+  };
+  return {
+    url: `http://127.0.0.1:${(relay.address() as AddressInfo).port}/`,
+    requestLines,
+    cut,
+    close: () => {
+      cut();
+      relay.close();
+    },
+  };
+}
+
 async function serveEcho(
   args: string[],
   env: NodeJS.ProcessEnv = process.env,
@@ -103,6 +133,22 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
     );
   });
 
+  it('stream() reconnects through the proxy with Last-Event-ID and the function resumes after it', async () => {
+    const relay = await cuttableRelay(Number(new URL(url).port));
+    try {
+      const seen: string[] = [];
+      for await (const event of stream(`${relay.url}?n=6&pause=150`, { retryMs: 50 })) {
+        seen.push(event.id ?? event.event);
+        if (seen.length === 2) relay.cut();
+      }
+      expect(seen).toEqual(['0', '1', '2', '3', '4', '5', 'done']);
+      expect(relay.requestLines).toEqual(['GET /?n=6&pause=150 HTTP/1.1', 'GET /?n=6&pause=150 HTTP/1.1']);
+      await waitFor(() => serve.output().includes('streamed events 2..5'), { what: 'the resumed stream' });
+    } finally {
+      relay.close();
+    }
+  });
+
   it('sluice invoke prints each event as it arrives', async () => {
     const invoke = startSluice(['invoke', `${url}/`, '--data', '{"n":2,"pause":0,"text":"hi"}']);
     await waitFor(() => invoke.child.exitCode !== null, { what: 'invoke to finish' });
@@ -142,35 +188,20 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
   it.runIf(hasOnPath('nats-server'))(
     'map() resumes a broken map stream from /_sluice/map/<requestId> and yields each index once',
     async () => {
-      // A TCP relay in front of serve whose connections the test cuts, as a network would.
-      const front = Number(new URL(url).port);
-      const sockets = new Set<Socket>();
-      const firstBytes: string[] = [];
-      const relay = createServer((client) => {
-        const upstream = connect(front, '127.0.0.1');
-        client.once('data', (d: Buffer) => firstBytes.push(d.toString('latin1').split('\r\n')[0]!));
-        client.pipe(upstream).pipe(client);
-        for (const s of [client, upstream]) {
-          sockets.add(s);
-          s.on('error', () => {});
-          s.once('close', () => sockets.delete(s));
-        }
-      });
-      relay.listen(0, '127.0.0.1');
-      await once(relay, 'listening');
-      const relayUrl = `http://127.0.0.1:${(relay.address() as AddressInfo).port}/`;
+      const relay = await cuttableRelay(Number(new URL(url).port));
+      const relayUrl = relay.url;
+      const firstBytes = relay.requestLines;
       try {
         const inputs = Array.from({ length: 16 }, (_, i) => ({ sleepMs: 150 * i }));
         const indices: number[] = [];
         for await (const result of map(relayUrl, inputs, { retryMs: 50 })) {
           indices.push(result.index);
-          if (indices.length === 2) for (const s of sockets) s.destroy();
+          if (indices.length === 2) relay.cut();
         }
         expect(indices).toEqual(Array.from({ length: 16 }, (_, i) => i));
         expect(firstBytes[0]).toBe('POST /_sluice/map HTTP/1.1');
         expect(firstBytes[1]).toMatch(/^GET \/_sluice\/map\/[\w-]+ HTTP\/1.1$/);
       } finally {
-        for (const s of sockets) s.destroy();
         relay.close();
       }
     },
