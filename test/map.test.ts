@@ -257,6 +257,47 @@ describe('map when things break', () => {
     }
   });
 
+  it('reports an input whose last attempt died with its replica as an error, not a lost index', async () => {
+    const replicas = await startReplicas(2, {
+      nats: nats.url,
+      fn: 'default/lost',
+      flags: ['--concurrency', '1', '--map-ack-wait', '1', '--map-max-deliver', '1'],
+    });
+    try {
+      const input = { sleep: 4000, lost: true };
+      let requestId: string | undefined;
+      const leave = new AbortController();
+      const posting = postMap(
+        replicas[0]!,
+        { inputs: [input], keep: true },
+        {
+          signal: leave.signal,
+          onEvent: (e) => {
+            if (e.event === 'accepted') requestId = e.json.requestId as string;
+          },
+        },
+      );
+      const runner = await waitFor(
+        async () => {
+          for (const r of replicas) if ((await r.attempts())[JSON.stringify(input)]) return r;
+          return undefined;
+        },
+        { what: 'a replica to run the input' },
+      );
+      await runner.stop('SIGKILL');
+      leave.abort();
+      await posting.catch(() => {});
+      const survivor = replicas.find((r) => r !== runner)!;
+      const { events } = await readMap(`${survivor.url}/_sluice/map/${await waitFor(() => requestId)}`);
+      expectEachIndexOnce(events, 1);
+      expect(events[1]).toMatchObject({ event: 'error', id: '0', json: { index: 0, attempts: 1 } });
+      expect((events[1]!.json.error as { message: string }).message).toMatch(/no result after 1 attempts/);
+      expect(await totalAttempts([survivor], input)).toBe(0); // reported, not run a second time
+    } finally {
+      await Promise.all(replicas.map((r) => r.stop()));
+    }
+  });
+
   it('sends no duplicate results when a slow function outlives a short ack wait', async () => {
     const replicas = await startReplicas(3, {
       nats: nats.url,

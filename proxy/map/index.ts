@@ -72,7 +72,6 @@ export async function startMap({
       name: `sluice-proxy ${config.function} ${replica}`,
       reconnect: true,
       maxReconnectAttempts: -1,
-      waitOnFirstConnect: true,
       reconnectDelayHandler: delay,
       pingInterval: 10_000,
       maxPingOut: 2,

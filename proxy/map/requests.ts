@@ -124,7 +124,8 @@ export class MapRequests {
     const outcome = await ending;
     stopPublishing.abort();
     await published.catch(() => {});
-    if (outcome === 'client_left' && !accepted.keep) await this.#cancel(requestId);
+    // Nobody will read these results any more: stop the work, unless asked to keep it for resume.
+    if (outcome !== 'done' && !accepted.keep) await this.#cancel(requestId);
   }
 
   async #resume(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
@@ -289,7 +290,7 @@ export class MapRequests {
           } else if (kind === 'cancelled') {
             fail(
               new MapFailedError(
-                'the map was cancelled when its first client left (send "keep": true to resume)',
+                'the map was cancelled: its client left or it failed (send "keep": true to resume)',
               ),
             );
             break;
@@ -346,7 +347,7 @@ export class MapRequests {
   }
 
   /**
-   * The client left a map it did not ask to keep: record that (a resume then says so), tell
+   * The client left (or the map failed) and it was not asked to be kept: record that (a resume then says so), tell
    * every replica to abort its running tasks of it, and purge the ones still queued.
    */
   async #cancel(requestId: string): Promise<void> {
@@ -355,7 +356,7 @@ export class MapRequests {
       await js.publish(`${names.resultsOf(requestId)}.cancelled`, '{}');
       nc.publish(names.cancelSubject, requestId);
       const purged = await jsm.streams.purge(names.tasksStream, { filter: `${names.tasksOf(requestId)}.>` });
-      log.info({ requestId, purged: purged.purged }, 'map cancelled: the client left');
+      log.info({ requestId, purged: purged.purged }, 'map cancelled');
     } catch (err) {
       log.warn({ requestId, err: errorMessage(err) }, 'could not cancel a map whose client left');
     }
