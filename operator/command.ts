@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { SluiceError } from '../common/errors.ts';
 import { exitOnSettingError, parseSettings } from '../common/settings.ts';
 import { type OperatorConfig, operatorCommand, operatorConfigSchema, operatorSettings } from './config.ts';
 
@@ -12,7 +13,14 @@ export function registerOperatorCommand(program: Command): void {
       exitOnSettingError('operator', err);
     }
     const { runOperator } = await import('./main.ts');
-    await runOperator(config);
+    try {
+      await runOperator(config);
+    } catch (err) {
+      // Start-up failures (no kubeconfig, API server unreachable) are one line, then exit 1.
+      if (!(err instanceof SluiceError)) throw err;
+      process.stderr.write(`sluice operator: ${err.message}\n`);
+      process.exit(1);
+    }
   });
   program.addCommand(command);
 }
