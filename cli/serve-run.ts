@@ -68,6 +68,13 @@ export async function runServe(file: string, override: string[], options: ServeO
     );
   }
 
+  const authSecret = fn.spec.auth?.secretName;
+  if (authSecret && !process.env.SLUICE_AUTH_TOKENS_FILE) {
+    serveLog.line(
+      `spec.auth.secretName (${authSecret}) is a cluster Secret: set SLUICE_AUTH_TOKENS_FILE to a file of tokens to require them here`,
+    );
+  }
+
   const supervised: Supervised[] = [];
   let stopping = false;
   const fatal = (message: string) => {
