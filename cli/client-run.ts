@@ -138,6 +138,7 @@ async function readData(data: string): Promise<string> {
 }
 
 function reportError(command: string, err: unknown): number {
+  if (err instanceof SluiceError && err.code === 'ERR_INTERRUPTED') return 130;
   if (err instanceof SluiceError) {
     process.stderr.write(`sluice ${command}: ${err.message} [${err.code}]\n`);
     return err.code === 'ERR_CLI_USAGE' ? 2 : 1;
