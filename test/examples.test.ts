@@ -125,6 +125,14 @@ describe.runIf(hasPython)('Python examples', () => {
     expect(seen.map((e) => e.data)).toEqual(
       [0, 1, 2].map((i) => `finished processing some data from GPU ${i}`),
     );
+    // A client that leaves the CPU endpoint ends the GPU function's stream too.
+    const controller = new AbortController();
+    await (async () => {
+      for await (const _ of stream(`${url}/?chunks=50`, { signal: controller.signal })) controller.abort();
+    })().catch(() => {});
+    await waitFor(() => /\[fake-video-render-0 proxy\] .*outcome=client_closed/.test(render.serve.output()), {
+      what: `the GPU function's stream to be closed:\n${render.serve.output()}`,
+    });
   });
 
   it("text-model: MLServer's documented REST client (httpx_sse) reads V2 responses word by word", async () => {
