@@ -239,17 +239,33 @@ async function main(): Promise<void> {
   }
 
   console.log(`\n## Idle streams through the proxy\n`);
-  const idle = await idleStreamCost(proxied, proxy.pid!, IDLE_STREAMS);
+  // Each idle measurement gets a fresh process, so all three start from the same state.
+  proxy.kill('SIGKILL');
+  const fresh = await startSluiceProxy();
+  const idle = await idleStreamCost(fresh.url, fresh.child.pid!, IDLE_STREAMS);
   console.log(
     `- ${IDLE_STREAMS} idle streams, default Node flags: proxy RSS ${idle.rssMb.toFixed(0)} MB, ${idle.perStreamKb.toFixed(2)} KB per idle stream`,
   );
-  proxy.kill('SIGKILL');
+  fresh.child.kill('SIGKILL');
   // The same with V8 told to favour memory over speed (the knob a memory-tight pod would use).
   const small = await startSluiceProxy(['--optimize-for-size']);
   const smallIdle = await idleStreamCost(small.url, small.child.pid!, IDLE_STREAMS);
   console.log(
     `- ${IDLE_STREAMS} idle streams, node --optimize-for-size: proxy RSS ${smallIdle.rssMb.toFixed(0)} MB, ${smallIdle.perStreamKb.toFixed(2)} KB per idle stream`,
   );
+  small.child.kill('SIGKILL');
+  // The floor: a bare http-proxy-3 forwarder, measured the same way.
+  const barePort = await freePort();
+  const bare = spawnRaised([process.execPath, 'bench/bare-forwarder.ts', String(barePort), direct]);
+  await waitForPort(barePort);
+  const bareIdle = await idleStreamCost(`http://127.0.0.1:${barePort}`, bare.pid!, IDLE_STREAMS);
+  console.log(
+    `- ${IDLE_STREAMS} idle streams, bare http-proxy-3 forwarder (bench/bare-forwarder.ts): RSS ${bareIdle.rssMb.toFixed(0)} MB, ${bareIdle.perStreamKb.toFixed(2)} KB per idle stream`,
+  );
+  console.log(
+    `- Sluice's own share per idle stream (sluice − bare): ${(idle.perStreamKb - bareIdle.perStreamKb).toFixed(2)} KB`,
+  );
+  bare.kill('SIGKILL');
 
   console.log(
     `\nload average at end: ${loadavg()
