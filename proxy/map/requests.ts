@@ -330,6 +330,8 @@ export class MapRequests {
         const consumer = await js.consumers.get(names.resultsStream, {
           filter_subjects: `${names.resultsOf(requestId)}.>`,
           opt_start_seq: startSeq,
+          // Deleted by the server a minute after its request stops pulling.
+          inactive_threshold: 60_000,
         });
         return await consumer.consume({ max_messages: 1024, expires: 5_000 });
       } catch (err) {
