@@ -1,7 +1,8 @@
 // `npm run bench`: the streaming data plane, side by side in one run on this machine —
 // direct to the function, through `sluice proxy`, and through nginx (proxy_buffering off).
-// The function, the proxy, nginx and this client are separate processes (the ~10,000 idle
-// streams need ~3 descriptors each in the proxy alone). Prints ratios measured in this run.
+// The function, the proxy, nginx and this client are separate processes: an idle stream holds
+// two descriptors in the proxy and one each in the function and the client, so no process
+// could hold two roles at ~10,000 streams. Prints ratios measured in this run.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
