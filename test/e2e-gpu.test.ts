@@ -168,7 +168,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     }
     await functions?.delete();
     if (dir) await rm(dir, { recursive: true, force: true });
-  });
+  }, 120_000);
 
   it('helm install --wait brought up the operator and printed the next steps', async () => {
     const deployment = await kubectl(['get', 'deployment', '-n', system.name, '-o', 'json']);
@@ -179,7 +179,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     ]);
     expect(installOutput).toContain('kubectl get sfn');
     expect(installOutput).toContain(`It watches only namespace ${functions.name}`);
-  });
+  }, 120_000);
 
   it('places a 2×H100 function on H100 nodes and turns it Ready with its URL', async () => {
     const apply = await kubectl([
@@ -216,7 +216,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     const table = await kubectl(['get', 'sfn', 'gpu-h100', '-n', functions.name]);
     expect(table.stdout).toMatch(/^NAME\s+GPU\s+READY\s+REPLICAS\s+URL\s+AGE/);
     expect(table.stdout).toMatch(/gpu-h100\s+2\s+True\s+1\s+http:\/\/gpu-h100\./);
-  });
+  }, 120_000);
 
   it('reports a function asking for 64 GPUs as Scheduled=False InsufficientGPU with the scheduler message', async () => {
     await applyObject(kubeconfigPath(), {
@@ -260,7 +260,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     expect(events[0]!.type).toBe('Warning');
     expect(events[0]!.message).toContain('Insufficient nvidia.com/gpu');
     expect(condition(await sfn('huge'), 'Ready')?.status).toBe('False');
-  });
+  }, 120_000);
 
   it('never puts a CPU function on a GPU node', async () => {
     await applyObject(kubeconfigPath(), {
@@ -277,7 +277,9 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       },
       { timeoutMs: 50_000, what: '4 cpu pods Ready' },
     ).catch((err) => {
-      throw new Error(`${err.message}: ${JSON.stringify(seen.map((p) => [p.spec.nodeName, p.status]))} ${JSON.stringify(sfn)}`);
+      throw new Error(
+        `${err.message}: ${JSON.stringify(seen.map((p) => [p.spec.nodeName, p.status]))} ${JSON.stringify(sfn)}`,
+      );
     });
     for (const pod of placed) {
       expect(GPU_NODES).not.toContain(pod.spec.nodeName);
@@ -285,7 +287,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
         'nvidia.com/gpu',
       );
     }
-  });
+  }, 120_000);
 
   it('scales minReplicas up and down by moving pods', async () => {
     expect((await setReplicas('gpu-h100', 3)).code).toBe(0);
@@ -310,7 +312,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       timeoutMs: 30_000,
       what: 'status.readyReplicas 1',
     });
-  });
+  }, 120_000);
 
   it('deletes an Ingress the spec no longer wants', async () => {
     const ingress = () => kubectl(['get', 'ingress', 'gpu-h100', '-n', functions.name]);
@@ -327,7 +329,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     ]);
     expect(patch.code).toBe(0);
     await waitFor(async () => (await ingress()).stderr.includes('NotFound'), { what: 'the Ingress deleted' });
-  });
+  }, 120_000);
 
   it('removes the pods of a deleted function', async () => {
     const del = await kubectl([
@@ -349,7 +351,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     }
     const left = await kubectl(['get', 'deployments,services,ingresses', '-n', functions.name, '-o', 'name']);
     expect(left.stdout.trim()).toBe('');
-  });
+  }, 120_000);
 
   it("the chart's RBAC grants exactly the API calls the operator made, and none was refused", async () => {
     // Stop first: the Lease release on shutdown is one of the calls.
@@ -372,5 +374,5 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     }
     const expected = [...granted].filter((g) => !AUTHORIZATION_ONLY.some((a) => g.endsWith(`|${a}`))).sort();
     expect([...used].sort()).toEqual(expected);
-  });
+  }, 120_000);
 });
