@@ -2,12 +2,13 @@
 # Installs or builds every external tool the tests and the local control plane use.
 # Idempotent: Debian packages are installed only when missing; Go binaries are built once
 # into a cache outside the repo (SLUICE_CACHE, default ~/.cache/sluice) and linked into
-# .sluice/bin. Usage: scripts/tools.sh [apt|k8s|kwok|helm|all]   (default: all)
+# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|all]   (default: all)
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/.sluice/bin
@@ -85,6 +86,16 @@ go 1.24
 require sigs.k8s.io/kwok $KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok
 }
 
+# Debian's etcd 3.4.23 predates the watch-progress fix (3.4.31/3.5.13) that kube-apiserver 1.34
+# checks for; without it the API server refuses streaming lists ("RequestWatchProgress is
+# disabled") and clients that ask for them (kwok) fall back with back-off, so simulated pods
+# took 30 s to turn Ready. Build etcd from its module and link it over the Debian one.
+etcd_tools() {
+  go_build "etcd-$ETCD_VERSION" "module sluice.local/etcd-tools
+go 1.24
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION" etcd=go.etcd.io/etcd/server/v3
+}
+
 helm_tools() {
   LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" go_build "helm-$HELM_VERSION" "module sluice.local/helm-tools
 go 1.24
@@ -96,6 +107,7 @@ case "${1:-all}" in
   k8s) k8s_tools ;;
   kwok) kwok_tools ;;
   helm) helm_tools ;;
-  all) apt_tools; k8s_tools; kwok_tools; helm_tools ;;
-  *) echo "usage: $0 [apt|k8s|kwok|helm|all]" >&2; exit 2 ;;
+  etcd) etcd_tools ;;
+  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools ;;
+  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|all]" >&2; exit 2 ;;
 esac
