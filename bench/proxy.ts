@@ -80,6 +80,14 @@ function stream(
     const parser = createParser({ onEvent: (e) => onEvent(e.data) });
     const req = request(url, { agent: useAgent }, (res) => {
       res.setEncoding('utf8');
+      if (res.statusCode !== 200) {
+        let body = '';
+        res.on('data', (chunk: string) => {
+          body += chunk;
+        });
+        res.on('end', () => reject(new Error(`${url}: ${res.statusCode} ${body}`)));
+        return;
+      }
       res.on('data', (chunk: string) => {
         if (firstByte === 0) firstByte = monotonicMs() - sent;
         parser.feed(chunk);
@@ -115,7 +123,7 @@ async function eventsPerSecond(base: string, streams: number, perStream: number)
     ),
   );
   const seconds = (monotonicMs() - started) / 1000;
-  if (events !== streams * perStream) throw new Error(`lost events: ${events} of ${streams * perStream}`);
+  if (events !== streams * perStream) throw new Error(`${base}: ${events} of ${streams * perStream} events`);
   return events / seconds;
 }
 
