@@ -107,12 +107,6 @@ async function binary(name: ComponentName): Promise<string> {
   }
 }
 
-// Debian's etcd 3.4.23 predates the watch-progress fix (3.4.31) that kube-apiserver requires
-// for streaming lists, so it refuses them ("RequestWatchProgress is disabled"). client-go 1.34+
-// asks for them first and falls back only after the failed watch, which made kwok and the
-// controllers seconds late on every change; switching the client feature off lists directly.
-const CLIENT_FEATURES = { KUBE_FEATURE_WatchListClient: 'false' };
-
 /** The plane being started: each pid is recorded the moment its process exists, so that `down`
  * can stop it even when a later step fails. */
 let plane: PlaneState | undefined;
@@ -121,11 +115,7 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
   if (!plane) throw new ClusterError('no plane state to record the process in');
   const log = openSync(join(LOGS, `${name}.log`), 'a');
   // Detached in its own process group, so the plane outlives `npm run cluster -- up`.
-  const child = spawn(await binary(name), args, {
-    detached: true,
-    stdio: ['ignore', log, log],
-    env: { ...process.env, ...CLIENT_FEATURES },
-  });
+  const child = spawn(await binary(name), args, { detached: true, stdio: ['ignore', log, log] });
   if (!child.pid) throw new ClusterError(`could not start ${name}`);
   child.unref();
   plane.pids[name] = child.pid;
