@@ -212,7 +212,8 @@ export function chartCrdTemplate(): string {
   if (!body.includes(anchor)) throw new Error('CRD metadata not where the chart template expects it');
   const keep =
     '  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n';
-  return `${HEADER}{{- if .Values.crds.enabled }}\n${body.replace(anchor, anchor + keep)}{{- end }}\n`;
+  // The header inside the condition: with crds.enabled=false the file renders empty.
+  return `{{- if .Values.crds.enabled }}\n${HEADER}${body.replace(anchor, anchor + keep)}{{- end }}\n`;
 }
 
 export const GENERATED_FILES = {

@@ -41,7 +41,7 @@ describe('generated CRD files', () => {
 
   it('the chart copy is gated by crds.enabled and kept on uninstall by crds.keep', () => {
     const template = chartCrdTemplate();
-    expect(template).toMatch(/^# .*\n\{\{- if \.Values\.crds\.enabled \}\}\n/);
+    expect(template).toMatch(/^\{\{- if \.Values\.crds\.enabled \}\}\n# Generated/);
     expect(template.trimEnd().endsWith('{{- end }}')).toBe(true);
     expect(template).toContain(
       '  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n',
