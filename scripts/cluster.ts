@@ -13,7 +13,7 @@ import { promisify } from 'node:util';
 import { errorMessage, SluiceError } from '../common/errors.ts';
 import { freePort, waitFor } from '../test/support/net.ts';
 
-export const ROOT = join(import.meta.dirname, '..');
+const ROOT = join(import.meta.dirname, '..');
 // SLUICE_CLUSTER_DIR runs a second, independent plane (the cluster test's up/down cycle uses it).
 export const STATE_DIR = resolve(process.env.SLUICE_CLUSTER_DIR ?? join(ROOT, '.sluice'));
 export const KUBECONFIG_PATH = join(STATE_DIR, 'kubeconfig');
@@ -234,12 +234,7 @@ interface ApiResponse {
 }
 
 /** One request to the API server as the admin user (no client library: this must start fast). */
-export async function apiRequest(
-  port: number,
-  method: string,
-  path: string,
-  body?: unknown,
-): Promise<ApiResponse> {
+async function apiRequest(port: number, method: string, path: string, body?: unknown): Promise<ApiResponse> {
   const [ca, cert, key] = await Promise.all(
     ['ca.crt', 'admin.crt', 'admin.key'].map((f) => readFile(join(PKI, f))),
   );
