@@ -356,6 +356,11 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
   it("the chart's RBAC grants exactly the API calls the operator made, and none was refused", async () => {
     // Stop first: the Lease release on shutdown is one of the calls.
     await operator.stop();
+    if (recorder.clientErrors.length > 0) {
+      console.warn(
+        `the operator sent bytes that are no HTTP request (${recorder.clientErrors.join(', ')}): a request body without Content-Length?`,
+      );
+    }
     const refused = recorder.calls.filter((c) => c.status === 401 || c.status === 403);
     expect(refused).toEqual([]);
     const used = new Set<string>();

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -78,6 +78,8 @@ export interface RecordedCall {
 
 export interface RecordingProxy {
   url: string;
+  /** Bytes a client sent that are no HTTP request (e.g. a body with no Content-Length). */
+  clientErrors: string[];
   /** PEM of the proxy's own self-signed certificate, for the client's kubeconfig. */
   caPem: string;
   calls: RecordedCall[];
@@ -117,8 +119,20 @@ export async function startRecordingProxy(
   ]);
   const caPem = await readFile(cert, 'utf8');
   const calls: RecordedCall[] = [];
+  const clientErrors: string[] = [];
+  // Like kube-apiserver (Go's net/http), answer what a connection asked before closing it on
+  // bytes that are no request; Node's default would drop the answer with the connection.
+  const inFlight = new Map<Socket, number>();
+  const broken = new Set<Socket>();
   const agent = new https.Agent({ ca: upstreamCa, keepAlive: true });
   const server = https.createServer({ key: await readFile(key), cert: caPem }, (req, res) => {
+    const socket = req.socket;
+    inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+    res.on('close', () => {
+      const left = (inFlight.get(socket) ?? 1) - 1;
+      inFlight.set(socket, left);
+      if (left === 0 && broken.has(socket)) socket.destroy();
+    });
     const forward = https.request(
       {
         host: upstream.hostname,
@@ -138,12 +152,18 @@ export async function startRecordingProxy(
     res.on('close', () => forward.destroy()); // the client ended a watch: end it upstream too
     req.pipe(forward);
   });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    clientErrors.push(err.code ?? err.message);
+    if (inFlight.get(socket)) broken.add(socket);
+    else socket.destroy();
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `https://127.0.0.1:${port}`,
     caPem,
     calls,
+    clientErrors,
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
