@@ -123,13 +123,23 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
   return child.pid;
 }
 
+/**
+ * The process has exited: no /proc entry, or a zombie waiting for init to reap it (detached
+ * processes are not our children). Its cmdline empties earlier, while it is still exiting.
+ */
+export async function exited(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  return stat === undefined || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+}
+
 async function stopPid(pid: number, name: ComponentName): Promise<void> {
   if (!(await runs(pid, name))) return;
   process.kill(pid, 'SIGTERM');
   try {
-    await waitFor(async () => !(await runs(pid, name)), { timeoutMs: 10_000, what: `${name} to exit` });
+    await waitFor(() => exited(pid), { timeoutMs: 10_000, what: `${name} to exit` });
   } catch {
     process.kill(pid, 'SIGKILL');
+    await waitFor(() => exited(pid), { timeoutMs: 5_000, what: `${name} to exit after SIGKILL` });
   }
 }
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { V1Pod } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GPU_PRODUCT_LABEL, GPU_TAINT, SIMULATED_NODES } from '../scripts/cluster.ts';
+import { exited, GPU_PRODUCT_LABEL, GPU_TAINT, SIMULATED_NODES } from '../scripts/cluster.ts';
 import { clients, type Namespace, throwawayNamespace } from './support/cluster.ts';
 import { waitFor } from './support/net.ts';
 
@@ -24,12 +24,6 @@ function cluster(command: string, env: NodeJS.ProcessEnv = {}) {
       stdout: err.stdout + err.stderr,
     }),
   );
-}
-
-/** Gone, or a zombie waiting for init to reap it (detached processes are no longer our children). */
-async function exited(pid: number): Promise<boolean> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  return stat === undefined || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
 }
 
 describe('simulated nodes', () => {
