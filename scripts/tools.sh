@@ -2,7 +2,7 @@
 # Installs or builds every external tool the tests and the local control plane use.
 # Idempotent: Debian packages are installed only when missing; Go binaries are built once
 # into a cache outside the repo (SLUICE_CACHE, default ~/.cache/sluice) and linked into
-# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|all]   (default: all)
+# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|python|all]   (default: all)
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -19,7 +19,6 @@ log() { printf '[tools] %s\n' "$*" >&2; }
 apt_tools() {
   local missing=()
   command -v nats-server >/dev/null || missing+=(nats-server)
-  command -v etcd >/dev/null || missing+=(etcd-server)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   command -v python3 >/dev/null || missing+=(python3)
   if ((${#missing[@]})); then
@@ -27,10 +26,9 @@ apt_tools() {
     local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts nginx and etcd as services on install; tests start their own.
-    $sudo systemctl disable --now nginx etcd 2>/dev/null || { $sudo pkill -x nginx || true; $sudo pkill -x etcd || true; }
+    # Debian starts nginx as a service on install; tests start their own.
+    $sudo systemctl disable --now nginx 2>/dev/null || $sudo pkill -x nginx || true
   fi
-  ln -sf "$(command -v etcd)" "$BIN/etcd"
 }
 
 # Builds Go main packages of one module into $CACHE/<name>-<version>/ and links them.
@@ -90,6 +88,9 @@ require sigs.k8s.io/kwok $KWOK_VERSION" kwok=sigs.k8s.io/kwok/cmd/kwok
 # checks for; without it the API server refuses streaming lists ("RequestWatchProgress is
 # disabled") and clients that ask for them (kwok) fall back with back-off, so simulated pods
 # took 30 s to turn Ready. Build etcd from its module and link it over the Debian one.
+# etcd from Go, not Debian: Debian's etcd 3.4.23 lacks watch-progress requests (3.4.31+), so
+# kube-apiserver 1.34 refuses watch-list requests ("RequestWatchProgress is disabled") and
+# kwok's pods took 5-40 s to turn Ready instead of 0.2 s.
 etcd_tools() {
   go_build "etcd-$ETCD_VERSION" "module sluice.local/etcd-tools
 go 1.24
@@ -108,6 +109,7 @@ case "${1:-all}" in
   kwok) kwok_tools ;;
   helm) helm_tools ;;
   etcd) etcd_tools ;;
-  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools ;;
-  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|all]" >&2; exit 2 ;;
+  python) bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
+  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools; bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
+  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|python|all]" >&2; exit 2 ;;
 esac
