@@ -1,7 +1,7 @@
 import { Command } from 'commander';
-import { registerClientCommands } from './client-commands.ts';
 import { registerOperatorCommand } from '../operator/command.ts';
 import { registerProxyCommand } from '../proxy/command.ts';
+import { registerClientCommands } from './client-commands.ts';
 import { registerServeCommand } from './serve.ts';
 
 // Each register* adds one subcommand whose action imports its runtime lazily, so
