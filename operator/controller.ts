@@ -68,7 +68,7 @@ export interface ControllerOptions {
   enqueue: (key: string) => void;
 }
 
-type Outcome = 'created' | 'updated' | 'unchanged' | 'notOwned';
+type Outcome = 'created' | 'updated' | 'unchanged';
 
 /**
  * Reads the world from informer caches, computes the desired objects with pure builders,
@@ -177,6 +177,8 @@ export class Controller {
     const updated: string[] = [];
     const report = () => {
       const target = `${namespace}/${name}`;
+      const order = [DEPLOYMENT.kind, SERVICE.kind, INGRESS.kind];
+      for (const list of [created, updated]) list.sort((a, b) => order.indexOf(a) - order.indexOf(b));
       if (created.length) this.event(fn, 'Normal', 'Created', `created ${created.join(', ')} ${target}`);
       if (updated.length) this.event(fn, 'Normal', 'Updated', `updated ${updated.join(', ')} ${target}`);
     };
@@ -192,21 +194,30 @@ export class Controller {
         [SERVICE, desiredService(fn)],
         [INGRESS, desiredIngress(fn, this.o.config)],
       ];
-      for (const [kind, object] of desired) {
-        if (!object) {
-          await this.deleteOwned(fn, kind);
-          continue;
-        }
-        const { outcome, live } = await this.ensure(fn, kind, object);
-        if (kind === DEPLOYMENT) observed.deployment = live;
-        if (kind === INGRESS) observed.ingress = live;
-        if (outcome === 'notOwned') {
-          observed.notOwned = `${kind.kind} ${namespace}/${name} exists and is not owned by this StreamingFunction; it was left as it is`;
-          this.event(fn, 'Warning', 'NotOwned', observed.notOwned);
-          break;
-        }
-        if (outcome === 'created') created.push(kind.kind);
-        if (outcome === 'updated') updated.push(kind.kind);
+      // Look first (reads, in parallel), write only if nothing foreign is in the way: a
+      // function whose Service name is taken gets no Deployment either.
+      const looks = await Promise.all(
+        desired.map(async ([kind, object]) => ({
+          kind,
+          object,
+          live: object ? await this.live(fn, kind) : undefined,
+        })),
+      );
+      const foreign = looks.find((l) => l.live && !this.ownedBy(l.live, fn));
+      if (foreign) {
+        observed.notOwned = `${foreign.kind.kind} ${namespace}/${name} exists and is not owned by this StreamingFunction; it was left as it is`;
+        this.event(fn, 'Warning', 'NotOwned', observed.notOwned);
+      } else {
+        await Promise.all(
+          looks.map(async ({ kind, object, live }) => {
+            if (!object) return this.deleteOwned(fn, kind);
+            const result = await this.ensure(fn, kind, object, live);
+            if (kind === DEPLOYMENT) observed.deployment = result.live;
+            if (kind === INGRESS) observed.ingress = result.live;
+            if (result.outcome === 'created') created.push(kind.kind);
+            if (result.outcome === 'updated') updated.push(kind.kind);
+          }),
+        );
       }
     } catch (err) {
       report();
@@ -247,23 +258,28 @@ export class Controller {
     return (object.metadata?.ownerReferences ?? []).some((r) => r.uid === fn.metadata.uid && r.controller);
   }
 
+  /** The object of this kind and name: from the cache of labelled objects, else from the server. */
+  private async live(fn: StreamingFunction, kind: OwnedKind): Promise<KubeObject | undefined> {
+    const { namespace, name } = fn.metadata;
+    const cached = this.owned.get(kind.kind)!.get(namespace, name);
+    if (cached) return cached;
+    // Not in the cache: it may still exist without our labels (someone else's object).
+    try {
+      return await this.o.client.get<KubeObject>(resourcePath(kind.apiVersion, kind.plural, namespace, name));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      return undefined;
+    }
+  }
+
+  /** Applies `desired` unless the live object (owned by `fn`) already carries all of it. */
   private async ensure(
     fn: StreamingFunction,
     kind: OwnedKind,
     desired: KubeObject,
+    live: KubeObject | undefined,
   ): Promise<{ outcome: Outcome; live: KubeObject | undefined }> {
-    const { namespace, name } = fn.metadata;
-    const path = resourcePath(kind.apiVersion, kind.plural, namespace, name);
-    let live = this.owned.get(kind.kind)!.get(namespace, name);
-    if (!live) {
-      // Not in the cache of labelled objects: it may still exist without our labels.
-      try {
-        live = await this.o.client.get<KubeObject>(path);
-      } catch (err) {
-        if (!isNotFound(err)) throw err;
-      }
-    }
-    if (live && !this.ownedBy(live, fn)) return { outcome: 'notOwned', live: undefined };
+    const path = resourcePath(kind.apiVersion, kind.plural, fn.metadata.namespace, fn.metadata.name);
     const hash = desiredHash(desired);
     if (live && live.metadata?.annotations?.[HASH_ANNOTATION] === hash && covers(desired, live)) {
       return { outcome: 'unchanged', live };

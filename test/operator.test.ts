@@ -227,6 +227,8 @@ describe('sluice operator against a real API server', () => {
     // Its spec was not written (the controller-manager still updates its status).
     expect(after.metadata?.generation).toBe(before.metadata?.generation);
     expect(after.metadata?.managedFields?.map((m) => m.manager)).not.toContain('sluice-operator');
+    // Nothing else of the function was made either: it is not half-deployed beside a stranger.
+    expect(await get(resourcePath('v1', 'services', ns, 'echo'))).toBeUndefined();
     expect(after.spec.template.spec.containers[0].image).toBe('someone/else:7');
     expect(after.metadata?.ownerReferences).toBeUndefined();
   });
