@@ -147,7 +147,12 @@ export class KubeClient {
     const url = this.url(path, options.query);
     const body = options.body === undefined ? undefined : JSON.stringify(options.body);
     const headers: Record<string, string> = { ...this.authHeaders(), accept: 'application/json' };
-    if (body !== undefined) headers['content-type'] = options.contentType ?? 'application/json';
+    if (body !== undefined) {
+      headers['content-type'] = options.contentType ?? 'application/json';
+      // Node frames DELETE bodies neither chunked nor by length unless told: without this the
+      // API server ignores DELETE preconditions and reads the body as the next request.
+      headers['content-length'] = String(Buffer.byteLength(body));
+    }
     return new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
       const req = https.request(url, { method, headers, agent: this.agent, signal: options.signal }, resolve);
       req.on('error', (err) => reject(new KubeApiError(method, path, 0, 'Unreachable', err.message, err)));
