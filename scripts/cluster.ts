@@ -430,6 +430,9 @@ async function startControllerManager(): Promise<number> {
     `--cluster-signing-cert-file=${pki('ca.crt')}`,
     `--cluster-signing-key-file=${pki('ca.key')}`,
     '--use-service-account-credentials=false',
+    // The default 20 requests/s paces how fast Deployments become pods in tests and benches.
+    '--kube-api-qps=200',
+    '--kube-api-burst=400',
   ]);
   await waitUntil('kube-controller-manager', pid, () => httpsHealthy(port), 30_000);
   return pid;
