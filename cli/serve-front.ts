@@ -7,6 +7,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { Socket } from 'node:net';
+import { endToEndHeaders } from '../proxy/headers.ts';
 
 export interface Backend {
   name: string;
@@ -14,18 +15,6 @@ export interface Backend {
   ready: boolean;
   inFlight: number;
 }
-
-// Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are not forwarded.
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'upgrade',
-]);
 
 /** Least requests in flight among ready backends; ties go round-robin so idle replicas share the load. */
 export function pickBackend(backends: readonly Backend[], turn: number): Backend | undefined {
@@ -65,10 +54,7 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
       if (!released) backend.inFlight -= 1;
       released = true;
     };
-    const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value !== undefined && !HOP_BY_HOP.has(name)) headers[name] = value;
-    }
+    const headers = endToEndHeaders(req.headers);
     const upstream = request({
       host: '127.0.0.1',
       port: backend.port,
@@ -79,11 +65,7 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
     });
     upstream.on('socket', (socket) => socket.setNoDelay(true));
     upstream.on('response', (response: IncomingMessage) => {
-      const out: Record<string, string | string[]> = {};
-      for (const [name, value] of Object.entries(response.headers)) {
-        if (value !== undefined && !HOP_BY_HOP.has(name) && name !== 'transfer-encoding') out[name] = value;
-      }
-      res.writeHead(response.statusCode ?? 502, out);
+      res.writeHead(response.statusCode ?? 502, endToEndHeaders(response.headers));
       res.flushHeaders();
       response.pipe(res);
       // The proxy ended the stream abruptly: end the client's the same way rather than cleanly.

@@ -1,5 +1,5 @@
 import { Option } from 'commander';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { SettingError } from './errors.ts';
 
 /**
@@ -56,3 +56,13 @@ export function exitOnSettingError(command: string, err: unknown): never {
   }
   throw err;
 }
+
+/** `host:port` (IPv6 in brackets) as a listen address, parsed into its parts. */
+export const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')
+  .transform((value) => {
+    const at = value.lastIndexOf(':');
+    return { host: value.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(value.slice(at + 1)) };
+  })
+  .refine((a) => a.port <= 65535, 'port must be at most 65535');

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { z } from 'zod';
-import { parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+import { hostPort, parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
 
 /** Every `sluice operator` setting (SPEC §3): a flag, its SLUICE_* twin, and its default. */
 export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
@@ -100,14 +100,6 @@ export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
   ] as const satisfies readonly SettingSpec[];
 }
 
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')
-  .transform((value) => {
-    const at = value.lastIndexOf(':');
-    return { host: value.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(value.slice(at + 1)) };
-  })
-  .refine((a) => a.port <= 65535, 'port must be at most 65535');
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const bool = z.enum(['true', 'false'], { error: 'expected true or false' }).transform((v) => v === 'true');
 

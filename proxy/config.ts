@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { z } from 'zod';
-import { parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+import { hostPort, parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
 
 /** Every `sluice proxy` setting (SPEC §2): a flag, its SLUICE_* twin, and its default. */
 export const proxySettings = [
@@ -146,15 +146,6 @@ export const proxySettings = [
   },
 ] as const satisfies readonly SettingSpec[];
 
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port')
-  .transform((value) => {
-    const at = value.lastIndexOf(':');
-    const host = value.slice(0, at).replace(/^\[|\]$/g, '');
-    return { host, port: Number(value.slice(at + 1)) };
-  })
-  .refine((a) => a.port <= 65535, 'port must be at most 65535');
 const seconds = (min: number) =>
   z.coerce.number({ error: 'expected a number of seconds' }).finite().min(min, `must be at least ${min}`);
 const count = (min: number, max = Number.MAX_SAFE_INTEGER) =>
