@@ -1,4 +1,4 @@
-import { Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { z } from 'zod';
 import { SettingError } from './errors.ts';
 
@@ -66,3 +66,20 @@ export const hostPort = z
     return { host: value.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(value.slice(at + 1)) };
   })
   .refine((a) => a.port <= 65535, 'port must be at most 65535');
+
+/** Parses argv (without the program and subcommand) with `env` as the source of SLUICE_* twins. */
+export function parseCommandOptions(
+  command: Command,
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+): Record<string, unknown> {
+  command.exitOverride();
+  const saved = process.env;
+  process.env = env; // commander reads env twins from process.env
+  try {
+    command.parse(argv, { from: 'user' });
+  } finally {
+    process.env = saved;
+  }
+  return command.opts();
+}

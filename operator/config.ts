@@ -1,7 +1,13 @@
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { z } from 'zod';
-import { hostPort, parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+import {
+  hostPort,
+  parseCommandOptions,
+  parseSettings,
+  type SettingSpec,
+  settingOption,
+} from '../common/settings.ts';
 
 /** Every `sluice operator` setting (SPEC §3): a flag, its SLUICE_* twin, and its default. */
 export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
@@ -134,13 +140,6 @@ export function loadOperatorConfig(
   argv: string[] = [],
   env: NodeJS.ProcessEnv = process.env,
 ): OperatorConfig {
-  const command = operatorCommand(env).exitOverride();
-  const saved = process.env;
-  process.env = env; // commander reads env twins from process.env
-  try {
-    command.parse(argv, { from: 'user' });
-  } finally {
-    process.env = saved;
-  }
-  return parseSettings(operatorConfigSchema, operatorSettings(env), command.opts());
+  const options = parseCommandOptions(operatorCommand(env), argv, env);
+  return parseSettings(operatorConfigSchema, operatorSettings(env), options);
 }

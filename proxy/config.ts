@@ -1,6 +1,12 @@
 import { Command } from 'commander';
 import { z } from 'zod';
-import { hostPort, parseSettings, type SettingSpec, settingOption } from '../common/settings.ts';
+import {
+  hostPort,
+  parseCommandOptions,
+  parseSettings,
+  type SettingSpec,
+  settingOption,
+} from '../common/settings.ts';
 
 /** Every `sluice proxy` setting (SPEC §2): a flag, its SLUICE_* twin, and its default. */
 export const proxySettings = [
@@ -200,13 +206,5 @@ export function proxyCommand(): Command {
 
 /** Parses argv (without `node sluice proxy`) and the environment; throws SettingError. */
 export function loadProxyConfig(argv: string[] = [], env: NodeJS.ProcessEnv = process.env): ProxyConfig {
-  const command = proxyCommand().exitOverride();
-  const saved = process.env;
-  process.env = env; // commander reads env twins from process.env
-  try {
-    command.parse(argv, { from: 'user' });
-  } finally {
-    process.env = saved;
-  }
-  return parseSettings(proxyConfigSchema, proxySettings, command.opts());
+  return parseSettings(proxyConfigSchema, proxySettings, parseCommandOptions(proxyCommand(), argv, env));
 }
