@@ -30,6 +30,8 @@ export function pickBackend(backends: readonly Backend[], turn: number): Backend
 
 export interface FrontOptions {
   backends: readonly Backend[];
+  /** How long a request that arrives while no replica is ready waits for one (default 30 s). */
+  readyWaitMs?: number;
   /** Answers a request itself instead of forwarding it (map without NATS); true when it did. */
   intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
 }
@@ -44,8 +46,16 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
   const agent = new Agent({ keepAlive: true });
   const sockets = new Set<Socket>();
   let turn = 0;
-  const server = createServer({ noDelay: true }, (req, res) => {
+  const readyWaitMs = options.readyWaitMs ?? 30_000;
+  const server = createServer({ noDelay: true }, async (req, res) => {
     if (options.intercept?.(req, res)) return;
+    // Right after start-up (or while every function restarts) a request waits for a replica
+    // to turn ready, as the proxy's own queue would, instead of failing with a 502.
+    if (!(await someReady(options.backends, readyWaitMs, res))) {
+      if (res.destroyed) return;
+      res.setHeader('retry-after', '1');
+      return sendError(res, 503, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
+    }
     const backend = pickBackend(options.backends, turn++);
     if (!backend) return sendError(res, 503, 'no_replica', 'no replica is running');
     backend.inFlight += 1;
@@ -101,6 +111,21 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
       agent.destroy();
     },
   };
+}
+
+/** Resolves true once a backend is ready, false after `timeoutMs` or when the client leaves. */
+async function someReady(
+  backends: readonly Backend[],
+  timeoutMs: number,
+  res: ServerResponse,
+): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!backends.some((b) => b.ready)) {
+    if (res.destroyed || Date.now() >= deadline) return false;
+    // Readiness is polled by serve every few hundred ms; a short wait here costs nothing.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return true;
 }
 
 export function sendError(res: ServerResponse, status: number, code: string, message: string): void {

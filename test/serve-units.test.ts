@@ -1,5 +1,7 @@
-import { describe, expect, it } from 'vitest';
-import { type Backend, pickBackend } from '../cli/serve-front.ts';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Backend, createFront, pickBackend } from '../cli/serve-front.ts';
 import {
   functionCommand,
   functionEnv,
@@ -8,6 +10,7 @@ import {
   proxyArgs,
 } from '../cli/serve-manifest.ts';
 import { formatNatsLine, formatPinoLine } from '../cli/serve-process.ts';
+import { freePort, waitFor } from './support/net.ts';
 
 const manifest = (spec: string, name = 'fn') =>
   `apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata:\n  name: ${name}\nspec:\n${spec}`;
@@ -147,5 +150,52 @@ describe('formatNatsLine', () => {
     ['[1] 2026/11/21 [INF] Starting nats-server', 'debug', '[1] 2026/11/21 [INF] Starting nats-server'],
   ])('%s at %s', (line, level, expected) => {
     expect(formatNatsLine(line, level)).toBe(expected);
+  });
+});
+
+describe('front port before any replica is ready', () => {
+  const servers: Server[] = [];
+  afterEach(() => {
+    for (const server of servers.splice(0)) {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
+  async function listen(server: Server): Promise<number> {
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return (server.address() as AddressInfo).port;
+  }
+
+  it('holds a request until a replica turns ready, then forwards it', async () => {
+    // The replica's port has no listener yet, as right after `sluice serve` starts.
+    const backendPort = await freePort();
+    const backend: Backend = { name: 'r0', port: backendPort, ready: false, inFlight: 0 };
+    const front = createFront({ backends: [backend] });
+    let arrived = false;
+    front.server.on('request', () => {
+      arrived = true;
+    });
+    const frontPort = await listen(front.server);
+    const response = fetch(`http://127.0.0.1:${frontPort}/`);
+    await waitFor(() => arrived, { what: 'the request to reach the front port' });
+    const replica = createServer((_req, res) => res.end('from the replica'));
+    servers.push(replica);
+    await new Promise<void>((resolve) => replica.listen(backendPort, '127.0.0.1', resolve));
+    backend.ready = true;
+    const answer = await response;
+    expect(answer.status).toBe(200);
+    expect(await answer.text()).toBe('from the replica');
+  });
+
+  it('answers 503 with Retry-After when none turns ready in time', async () => {
+    const backend: Backend = { name: 'r0', port: 1, ready: false, inFlight: 0 };
+    const front = createFront({ backends: [backend], readyWaitMs: 100 });
+    const frontPort = await listen(front.server);
+    const answer = await fetch(`http://127.0.0.1:${frontPort}/`);
+    expect(answer.status).toBe(503);
+    expect(answer.headers.get('retry-after')).toBe('1');
+    expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('no_replica');
   });
 });
