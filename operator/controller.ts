@@ -327,6 +327,12 @@ export class Controller {
   private async writeStatus(fn: StreamingFunction, observed: Observed): Promise<void> {
     const status = computeStatus(fn, observed);
     if (sameStatus(status, fn.status)) return;
+    // `kubectl describe sfn` should say why nothing runs, not only the pods' own events.
+    const scheduled = status.conditions?.find((c) => c.type === 'Scheduled');
+    const before = fn.status?.conditions?.find((c) => c.type === 'Scheduled');
+    if (scheduled?.status === 'False' && (before?.status !== 'False' || before.reason !== scheduled.reason)) {
+      this.event(fn, 'Warning', scheduled.reason, scheduled.message ?? '');
+    }
     try {
       await this.o.client.mergePatch(
         resourcePath(API_VERSION, PLURAL, fn.metadata.namespace, fn.metadata.name, 'status'),

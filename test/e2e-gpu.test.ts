@@ -259,6 +259,25 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     );
     expect(events[0]!.type).toBe('Warning');
     expect(events[0]!.message).toContain('Insufficient nvidia.com/gpu');
+    const own = await waitFor(
+      async () => {
+        const r = await kubectl([
+          'get',
+          'events',
+          '-n',
+          functions.name,
+          '--field-selector',
+          'involvedObject.kind=StreamingFunction,involvedObject.name=huge,reason=InsufficientGPU',
+          '-o',
+          'json',
+        ]);
+        const items = JSON.parse(r.stdout).items as Manifest[];
+        return items.length > 0 ? items : undefined;
+      },
+      { what: 'an InsufficientGPU event on the StreamingFunction' },
+    );
+    expect(own[0]!.type).toBe('Warning');
+    expect(own[0]!.message).toContain('Insufficient nvidia.com/gpu');
     expect(condition(await sfn('huge'), 'Ready')?.status).toBe('False');
   }, 120_000);
 
