@@ -10,6 +10,8 @@ KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+# Go's official tarball installs here; a non-login shell may not have it on PATH.
+[ -d /usr/local/go/bin ] && PATH=$PATH:/usr/local/go/bin
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/.sluice/bin
 mkdir -p "$CACHE" "$BIN"
