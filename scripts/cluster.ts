@@ -6,7 +6,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { existsSync, openSync } from 'node:fs';
-import { access, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -479,8 +479,17 @@ async function readState(): Promise<PlaneState | undefined> {
   }
 }
 
+let stateWrites = 0;
+
+/**
+ * Atomic (write, then rename): components start in parallel and each records its pid, and a
+ * torn file would make the next `up` think no plane runs, start a second one and wipe the
+ * first one's etcd data under the tests using it.
+ */
 async function writeState(state: PlaneState): Promise<void> {
-  await writeFile(STATE_FILE, `${JSON.stringify(state, null, 2)}\n`);
+  const temporary = `${STATE_FILE}.${process.pid}.${++stateWrites}`;
+  await writeFile(temporary, `${JSON.stringify(state, null, 2)}\n`);
+  await rename(temporary, STATE_FILE);
 }
 
 export interface ComponentStatus {
@@ -516,11 +525,17 @@ async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> 
   await mkdir(LOGS, { recursive: true });
   await ensurePki();
   const state = await readState();
+  // A running plane is never torn down because one /readyz was slow: under test load the
+  // apiserver can take seconds to answer, and a restart would wipe what other runs are using.
   const reusable =
     state !== undefined &&
     (await runs(state.pids.etcd, 'etcd')) &&
     (await runs(state.pids['kube-apiserver'], 'kube-apiserver')) &&
-    (await apiReady(state.apiserverPort));
+    (await waitFor(() => apiReady(state.apiserverPort), {
+      timeoutMs: 60_000,
+      intervalMs: 250,
+      what: 'the running kube-apiserver to be ready',
+    }).catch(() => false));
   let started = false;
   let fresh = false;
   let current: PlaneState;
