@@ -240,41 +240,34 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     expect(podScheduled.message).toContain('Insufficient nvidia.com/gpu');
     expect(scheduled.message).toContain(podScheduled.message);
     // The scheduler's Event, which `kubectl describe` and `kubectl get events` show.
-    const events = await waitFor(
-      async () => {
-        const r = await kubectl([
-          'get',
-          'events',
-          '-n',
-          functions.name,
-          '--field-selector',
-          `involvedObject.name=${pod!.metadata.name},reason=FailedScheduling`,
-          '-o',
-          'json',
-        ]);
-        const items = JSON.parse(r.stdout).items as Manifest[];
-        return items.length > 0 ? items : undefined;
-      },
-      { what: 'a FailedScheduling event' },
+    const eventsOf = (fieldSelector: string, what: string) =>
+      waitFor(
+        async () => {
+          const r = await kubectl([
+            'get',
+            'events',
+            '-n',
+            functions.name,
+            '--field-selector',
+            fieldSelector,
+            '-o',
+            'json',
+          ]);
+          const items = JSON.parse(r.stdout).items as Manifest[];
+          return items.length > 0 ? items : undefined;
+        },
+        { what },
+      );
+    const events = await eventsOf(
+      `involvedObject.name=${pod!.metadata.name},reason=FailedScheduling`,
+      'a FailedScheduling event',
     );
     expect(events[0]!.type).toBe('Warning');
     expect(events[0]!.message).toContain('Insufficient nvidia.com/gpu');
-    const own = await waitFor(
-      async () => {
-        const r = await kubectl([
-          'get',
-          'events',
-          '-n',
-          functions.name,
-          '--field-selector',
-          'involvedObject.kind=StreamingFunction,involvedObject.name=huge,reason=InsufficientGPU',
-          '-o',
-          'json',
-        ]);
-        const items = JSON.parse(r.stdout).items as Manifest[];
-        return items.length > 0 ? items : undefined;
-      },
-      { what: 'an InsufficientGPU event on the StreamingFunction' },
+    // And the operator's own, on the function, for `kubectl describe sfn`.
+    const own = await eventsOf(
+      'involvedObject.kind=StreamingFunction,involvedObject.name=huge,reason=InsufficientGPU',
+      'an InsufficientGPU event on the StreamingFunction',
     );
     expect(own[0]!.type).toBe('Warning');
     expect(own[0]!.message).toContain('Insufficient nvidia.com/gpu');
