@@ -11,12 +11,12 @@ import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { createLogger } from '../common/log.ts';
+import { freePort, waitFor } from '../common/net.ts';
 import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { up } from '../scripts/cluster.ts';
 import { applyObject, waitForCrd } from '../test/support/cluster.ts';
-import { freePort, waitFor } from '../test/support/net.ts';
 import { startSluice } from '../test/support/process.ts';
 
 const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);

@@ -10,7 +10,7 @@ import { Agent, type IncomingMessage, request } from 'node:http';
 import { loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { createParser } from 'eventsource-parser';
-import { freePort, waitFor, waitForPort } from '../test/support/net.ts';
+import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { startNginx } from '../test/support/nginx.ts';
 
 const FD_LIMIT = 20_000;

@@ -1,9 +1,9 @@
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SluiceError } from '../common/errors.ts';
+import { freePort, waitForPort } from '../common/net.ts';
 import { ingressPath, type StreamingFunction } from '../operator/schema.ts';
 import type { ServeOptions } from './serve.ts';
 import { type Backend, createFront, sendError } from './serve-front.ts';
@@ -133,7 +133,9 @@ export async function runServe(file: string, override: string[], options: ServeO
     });
     supervised.push(nats);
     nats.start();
-    await waitForPort(natsPort, 15_000);
+    await waitForPort(natsPort, '127.0.0.1', 15_000).catch((err: unknown) => {
+      throw new SluiceError('ERR_NATS_START', `nats-server did not listen on ${natsPort}`, { cause: err });
+    });
     natsUrl = `nats://127.0.0.1:${natsPort}`;
     serveLog.line(`map: nats-server with JetStream on ${natsUrl} (store ${natsDir})`);
   } else if (fn.spec.map.enabled) {
@@ -266,37 +268,4 @@ function findOnPath(binary: string): string | undefined {
     }
   }
   return undefined;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createNetServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === 'object' && address
-          ? resolvePort(address.port)
-          : reject(new Error('no free port')),
-      );
-    });
-  });
-}
-
-async function waitForPort(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const open = await new Promise<boolean>((done) => {
-      const socket = connect({ port, host: '127.0.0.1' });
-      socket.once('connect', () => {
-        socket.destroy();
-        done(true);
-      });
-      socket.once('error', () => done(false));
-    });
-    if (open) return;
-    if (Date.now() > deadline)
-      throw new SluiceError('ERR_NATS_START', `nats-server did not listen on ${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }

@@ -11,7 +11,8 @@ import { request } from 'node:https';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { errorMessage, SluiceError } from '../common/errors.ts';
-import { freePort, waitFor } from '../test/support/net.ts';
+import { freePort, waitFor } from '../common/net.ts';
+import { exited } from '../common/process.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 // SLUICE_CLUSTER_DIR runs a second, independent plane (the cluster test's up/down cycle uses it).
@@ -121,15 +122,6 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
   plane.pids[name] = child.pid;
   await writeState(plane);
   return child.pid;
-}
-
-/**
- * The process has exited: no /proc entry, or a zombie waiting for init to reap it (detached
- * processes are not our children). Its cmdline empties earlier, while it is still exiting.
- */
-export async function exited(pid: number): Promise<boolean> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  return stat === undefined || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
 }
 
 async function stopPid(pid: number, name: ComponentName): Promise<void> {
@@ -401,16 +393,21 @@ async function startApiserver(port: number, etcdPort: number): Promise<number> {
   return pid;
 }
 
-async function startScheduler(): Promise<number> {
-  const port = await freePort();
-  const pid = await startDetached('kube-scheduler', [
+/** What kube-scheduler and kube-controller-manager share: the admin kubeconfig, one instance, loopback. */
+function controlPlaneFlags(port: number): string[] {
+  return [
     `--kubeconfig=${KUBECONFIG_PATH}`,
     `--authentication-kubeconfig=${KUBECONFIG_PATH}`,
     `--authorization-kubeconfig=${KUBECONFIG_PATH}`,
     '--leader-elect=false',
     '--bind-address=127.0.0.1',
     `--secure-port=${port}`,
-  ]);
+  ];
+}
+
+async function startScheduler(): Promise<number> {
+  const port = await freePort();
+  const pid = await startDetached('kube-scheduler', [...controlPlaneFlags(port)]);
   await waitUntil('kube-scheduler', pid, () => httpsHealthy(port), 30_000);
   return pid;
 }
@@ -419,12 +416,7 @@ async function startControllerManager(): Promise<number> {
   const port = await freePort();
   const pki = (file: string) => join(PKI, file);
   const pid = await startDetached('kube-controller-manager', [
-    `--kubeconfig=${KUBECONFIG_PATH}`,
-    `--authentication-kubeconfig=${KUBECONFIG_PATH}`,
-    `--authorization-kubeconfig=${KUBECONFIG_PATH}`,
-    '--leader-elect=false',
-    '--bind-address=127.0.0.1',
-    `--secure-port=${port}`,
+    ...controlPlaneFlags(port),
     `--service-account-private-key-file=${pki('sa.key')}`,
     `--root-ca-file=${pki('ca.crt')}`,
     `--cluster-signing-cert-file=${pki('ca.crt')}`,

@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { V1Pod } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exited, GPU_PRODUCT_LABEL, GPU_TAINT, SIMULATED_NODES } from '../scripts/cluster.ts';
+import { waitFor } from '../common/net.ts';
+import { exited } from '../common/process.ts';
+import { GPU_PRODUCT_LABEL, GPU_TAINT, SIMULATED_NODES } from '../scripts/cluster.ts';
 import { clients, type Namespace, throwawayNamespace } from './support/cluster.ts';
-import { waitFor } from './support/net.ts';
 
 // The local control plane itself: simulated GPU nodes as the scheduler sees them, kwok making
 // pods Ready, and `npm run cluster -- up|status|down` as a user runs it.

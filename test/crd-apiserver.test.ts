@@ -1,9 +1,9 @@
 import { ApiException } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
 import { GROUP, PLURAL, VERSION, withDefaults } from '../operator/schema.ts';
 import { fullSpec, invalidCases, streamingFunction } from './crd-cases.ts';
 import { clients, kubectl, type Namespace, throwawayNamespace } from './support/cluster.ts';
-import { waitFor } from './support/net.ts';
 
 // The generated CRD in the real kube-apiserver (applied by test/global-setup.ts): bad resources
 // are refused by the server itself, naming the field; defaults come from the server.

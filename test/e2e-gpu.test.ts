@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
 import { GPU_PRODUCT_LABEL, SIMULATED_NODES } from '../scripts/cluster.ts';
 import {
@@ -20,7 +21,6 @@ import {
   throwawayNamespace,
 } from './support/cluster.ts';
 import { CHART, find, HELM, helm, helmMissing, type Manifest, parseManifests, ROOT } from './support/helm.ts';
-import { freePort, waitFor, waitForPort } from './support/net.ts';
 import { type Started, start, startSluice } from './support/process.ts';
 import {
   grants,

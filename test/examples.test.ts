@@ -4,7 +4,8 @@ import { delimiter, join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadManifest } from '../cli/serve-manifest.ts';
 import { map, stream } from '../client/index.ts';
-import { freePort, waitFor } from './support/net.ts';
+import { freePort, waitFor } from '../common/net.ts';
+import { exited } from '../common/process.ts';
 import { type Started, start, startSluice } from './support/process.ts';
 
 // Every example runs the way its README says: through `sluice serve`, with its real
@@ -209,15 +210,8 @@ describe.runIf(hasPython)('Python examples', () => {
       expect(group.length).toBeGreaterThanOrEqual(3); // torchrun and two ranks
       served.child.kill('SIGINT');
       await waitFor(() => served.child.exitCode !== null, { timeoutMs: 20_000, what: 'serve to exit' });
-      const alive = group.filter((pid) => {
-        try {
-          process.kill(pid, 0);
-          return true;
-        } catch {
-          return false;
-        }
-      });
-      expect(alive).toEqual([]);
+      const left = (await Promise.all(group.map(async (pid) => ((await exited(pid)) ? [] : [pid])))).flat();
+      expect(left).toEqual([]);
     },
   );
 

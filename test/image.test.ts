@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import dockerignoreModule from '@balena/dockerignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, waitFor, waitForPort } from './support/net.ts';
+import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { type Started, start } from './support/process.ts';
 
 const run = promisify(execFile);

@@ -2,6 +2,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mapNames } from '../common/map-streams.ts';
+import { waitFor } from '../common/net.ts';
 import {
   indices,
   type MapEvent,
@@ -12,7 +13,6 @@ import {
   totalAttempts,
 } from './support/map-replicas.ts';
 import { type NatsServer, startNats } from './support/nats.ts';
-import { waitFor } from './support/net.ts';
 import { metricValue } from './support/proxy-harness.ts';
 
 // Map fan-out end to end: a real `nats-server -js`, three replicas each made of a real

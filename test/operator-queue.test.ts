@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
 import { WorkQueue } from '../operator/queue.ts';
-import { waitFor } from './support/net.ts';
 
 /** A promise with its resolver, to hold a reconcile open while the test acts. */
 function gate() {

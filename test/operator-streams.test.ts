@@ -4,13 +4,13 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
 import { mapNames, WORKER_CONSUMER } from '../common/map-streams.ts';
+import { freePort, waitFor } from '../common/net.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { STREAMS_FINALIZER } from '../operator/controller.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { kubeconfigPath } from './support/cluster.ts';
 import { type NatsServer, startNats } from './support/nats.ts';
-import { freePort, waitFor } from './support/net.ts';
 
 const SECOND = 1_000_000_000;
 let kubeconfig = '';

@@ -3,11 +3,11 @@ import { randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
+import { freePort, waitFor } from '../common/net.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { kubeconfigPath } from './support/cluster.ts';
-import { freePort, waitFor } from './support/net.ts';
 import { type Started, startSluice } from './support/process.ts';
 
 const run = promisify(execFile);

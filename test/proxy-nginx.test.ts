@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
-import { waitFor } from './support/net.ts';
 import { type Nginx, startNginx } from './support/nginx.ts';
 import { curl, type ProxyUnderTest, startProxy } from './support/proxy-harness.ts';
 

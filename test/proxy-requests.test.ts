@@ -4,8 +4,8 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
-import { waitFor } from './support/net.ts';
 import { curl, metricValue, type ProxyUnderTest, startProxy } from './support/proxy-harness.ts';
 
 let fn: FunctionServer;

@@ -1,7 +1,7 @@
 import { EventSource } from 'eventsource';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
-import { waitFor } from './support/net.ts';
 import { curl, metricValue, type ProxyUnderTest, startProxy } from './support/proxy-harness.ts';
 
 let fn: FunctionServer;

@@ -10,7 +10,7 @@ import {
   proxyArgs,
 } from '../cli/serve-manifest.ts';
 import { formatNatsLine, formatPinoLine } from '../cli/serve-process.ts';
-import { freePort, waitFor } from './support/net.ts';
+import { freePort, waitFor } from '../common/net.ts';
 
 const manifest = (spec: string, name = 'fn') =>
   `apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata:\n  name: ${name}\nspec:\n${spec}`;

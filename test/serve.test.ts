@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { map, stream } from '../client/index.ts';
-import { freePort, waitFor } from './support/net.ts';
+import { freePort, waitFor } from '../common/net.ts';
+import { exited } from '../common/process.ts';
 import { type Started, start, startSluice } from './support/process.ts';
 
 // `sluice serve` end to end: real function processes (examples/echo), real `sluice proxy`
@@ -28,15 +29,6 @@ function latestPids(output: string): Map<string, number> {
   const pids = new Map<string, number>();
   for (const m of output.matchAll(/\[serve\] (.+?) started \(pid (\d+)\)/g)) pids.set(m[1]!, Number(m[2]));
   return pids;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A TCP relay in front of `port` whose connections the test cuts, as a network would. */
@@ -219,18 +211,20 @@ describe('sluice serve examples/echo.yaml (2 replicas, local NATS)', () => {
       const pid = latestPids(serve.output()).get('echo-0 fn');
       return pid !== oldPid ? pid : undefined;
     });
-    expect(alive(newPid)).toBe(true);
+    expect(await exited(newPid)).toBe(false);
     await waitFor(() => serve.output().includes(`[echo-0 fn] echo listening`), { what: 'the new function' });
   });
 
   it('Ctrl-C stops every process it started, nothing left running', async () => {
     const pids = [...latestPids(serve.output()).values()];
     expect(pids.length).toBe(5); // nats, 2 functions, 2 proxies
-    expect(pids.every(alive)).toBe(true);
+    const running = async () =>
+      (await Promise.all(pids.map(async (pid) => ((await exited(pid)) ? [] : [pid])))).flat();
+    expect(await running()).toEqual(pids);
     serve.child.kill('SIGINT');
     await waitFor(() => serve.child.exitCode !== null, { timeoutMs: 20_000, what: 'serve to exit' });
     expect(serve.output()).toContain('[serve] stopped');
-    expect(pids.filter(alive)).toEqual([]);
+    expect(await running()).toEqual([]);
   });
 });
 

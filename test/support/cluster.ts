@@ -9,9 +9,9 @@ import {
   KubernetesObjectApi,
 } from '@kubernetes/client-node';
 import { inject } from 'vitest';
+import { waitFor } from '../../common/net.ts';
 import { CRD_NAME } from '../../operator/crd.ts';
 import { KUBECONFIG_PATH } from '../../scripts/cluster.ts';
-import { waitFor } from './net.ts';
 
 // Helpers for tests against the local control plane that test/global-setup.ts starts.
 

@@ -1,6 +1,6 @@
 import { connect, createServer } from 'node:net';
 
-/** A free loopback TCP port (bound, then released; good enough for test servers). */
+/** A free loopback TCP port (bound, then released: another process may take it first, which is rare on loopback). */
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
