@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
+import { ingressPath, KIND, parseStreamingFunction, type StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
-import { ingressPath, KIND, parseStreamingFunction, type StreamingFunction } from '../operator/schema.ts';
 
 /** The manifest cannot be read, is not YAML, or breaks the CRD schema; `problems` name field paths. */
 export class ManifestError extends SluiceError {

@@ -1,3 +1,4 @@
+import { API_VERSION, KIND, PLURAL } from '../api/v1alpha1/schema.ts';
 import { errorMessage, SluiceError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { covers } from './compare.ts';
@@ -11,14 +12,7 @@ import {
   FUNCTION_LABEL,
   HASH_ANNOTATION,
 } from './desired.ts';
-import {
-  API_VERSION,
-  functionView,
-  InvalidSpecError,
-  KIND,
-  PLURAL,
-  type StreamingFunction,
-} from './function.ts';
+import { type FunctionView, functionView, InvalidSpecError } from './function.ts';
 import { Informer } from './informer.ts';
 import { isNotFound, KubeApiError, type KubeClient, type KubeObject, resourcePath } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
@@ -141,7 +135,7 @@ export class Controller {
     const [namespace = '', name = ''] = key.split('/');
     const object = this.functions.get(namespace, name);
     if (!object) return undefined; // deleted: owned objects go with it through ownerReferences
-    let fn: StreamingFunction;
+    let fn: FunctionView;
     try {
       fn = functionView(object);
     } catch (err) {
@@ -254,12 +248,12 @@ export class Controller {
     });
   }
 
-  private ownedBy(object: KubeObject, fn: StreamingFunction): boolean {
+  private ownedBy(object: KubeObject, fn: FunctionView): boolean {
     return (object.metadata?.ownerReferences ?? []).some((r) => r.uid === fn.metadata.uid && r.controller);
   }
 
   /** The object of this kind and name: from the cache of labelled objects, else from the server. */
-  private async live(fn: StreamingFunction, kind: OwnedKind): Promise<KubeObject | undefined> {
+  private async live(fn: FunctionView, kind: OwnedKind): Promise<KubeObject | undefined> {
     const { namespace, name } = fn.metadata;
     const cached = this.owned.get(kind.kind)!.get(namespace, name);
     if (cached) return cached;
@@ -274,7 +268,7 @@ export class Controller {
 
   /** Applies `desired` unless the live object (owned by `fn`) already carries all of it. */
   private async ensure(
-    fn: StreamingFunction,
+    fn: FunctionView,
     kind: OwnedKind,
     desired: KubeObject,
     live: KubeObject | undefined,
@@ -296,7 +290,7 @@ export class Controller {
     return { outcome: live ? 'updated' : 'created', live: applied };
   }
 
-  private async deleteOwned(fn: StreamingFunction, kind: OwnedKind): Promise<void> {
+  private async deleteOwned(fn: FunctionView, kind: OwnedKind): Promise<void> {
     const { namespace, name } = fn.metadata;
     const live = this.owned.get(kind.kind)!.get(namespace, name);
     if (!live || !this.ownedBy(live, fn)) return;
@@ -311,7 +305,7 @@ export class Controller {
   }
 
   /** Adds or removes the streams finalizer; the resourceVersion makes it fail on a stale read. */
-  private async setFinalizer(fn: StreamingFunction, present: boolean): Promise<void> {
+  private async setFinalizer(fn: FunctionView, present: boolean): Promise<void> {
     const others = (fn.metadata.finalizers ?? []).filter((f) => f !== STREAMS_FINALIZER);
     await this.o.client.mergePatch(
       resourcePath(API_VERSION, PLURAL, fn.metadata.namespace, fn.metadata.name),
@@ -324,7 +318,7 @@ export class Controller {
     );
   }
 
-  private async writeStatus(fn: StreamingFunction, observed: Observed): Promise<void> {
+  private async writeStatus(fn: FunctionView, observed: Observed): Promise<void> {
     const status = computeStatus(fn, observed);
     if (sameStatus(status, fn.status)) return;
     // `kubectl describe sfn` should say why nothing runs, not only the pods' own events.
@@ -344,7 +338,7 @@ export class Controller {
   }
 
   /** A core/v1 Event on the function; losing one is not worth failing a reconcile over. */
-  private event(fn: StreamingFunction, type: 'Normal' | 'Warning', reason: string, message: string): void {
+  private event(fn: FunctionView, type: 'Normal' | 'Warning', reason: string, message: string): void {
     const now = new Date().toISOString();
     const { namespace, name, uid } = fn.metadata;
     this.o.client

@@ -17,7 +17,7 @@ import {
   tasksStreamConfig,
   workerConsumerConfig,
 } from '../common/map-streams.ts';
-import type { StreamingFunction } from './function.ts';
+import type { FunctionView } from './function.ts';
 
 /** NATS trouble: always worth a retry (the server restarts, a leader moves). */
 export class StreamError extends SluiceError {
@@ -28,7 +28,7 @@ export class StreamError extends SluiceError {
   }
 }
 
-export function streamSettings(fn: StreamingFunction): MapStreamSettings {
+export function streamSettings(fn: FunctionView): MapStreamSettings {
   const { map } = fn.spec;
   return {
     ackWaitSeconds: map.ackWaitSeconds,
@@ -74,12 +74,12 @@ export class StreamManager {
     return this.connection.then((c) => c.jsm);
   }
 
-  private static fnName(fn: StreamingFunction): string {
+  private static fnName(fn: FunctionView): string {
     return `${fn.metadata.namespace}/${fn.metadata.name}`;
   }
 
   /** Creates or updates the streams and consumer; true when anything was written to NATS. */
-  async ensure(fn: StreamingFunction): Promise<boolean> {
+  async ensure(fn: FunctionView): Promise<boolean> {
     const name = StreamManager.fnName(fn);
     const settings = streamSettings(fn);
     const stamp = `${fn.metadata.uid}/${JSON.stringify(settings)}`;
@@ -122,7 +122,7 @@ export class StreamManager {
   }
 
   /** Deletes both streams (the consumer goes with the tasks stream); missing ones are fine. */
-  async remove(fn: StreamingFunction): Promise<void> {
+  async remove(fn: FunctionView): Promise<void> {
     const name = StreamManager.fnName(fn);
     const names = mapNames(name);
     try {

@@ -84,7 +84,7 @@ async function buildContext(): Promise<string[]> {
 const dockerfile = parseDockerfile(await readFile(join(ROOT, 'Dockerfile'), 'utf8'));
 const final = dockerfile.at(-1)!;
 const deps = dockerfile.find((s) => s.name === 'deps')!;
-const runtimeDirs = ['bin', 'cli', 'client', 'common', 'operator', 'proxy'];
+const runtimeDirs = ['api', 'bin', 'cli', 'client', 'common', 'operator', 'proxy'];
 
 describe('Dockerfile', () => {
   it('builds on Node 24 slim (bookworm) in both stages', () => {

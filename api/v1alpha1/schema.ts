@@ -1,10 +1,10 @@
 import { z } from 'zod';
 
-// The one source of the StreamingFunction resource (SPEC §1). The operator, the proxy and
-// `sluice serve` parse with it (zod applies the defaults), and scripts/gen-crd.ts turns it into
-// the CRD's OpenAPI schema (operator/crd.ts), so the API server applies the same defaults and
-// bounds. Keep this module free of imports other than zod: the sidecar image loads it.
-// Descriptions are user-facing: `kubectl explain sfn.spec...` prints them.
+// The one source of the StreamingFunction resource (SPEC §1), as kubebuilder keeps api/v1 apart
+// from its controllers. The operator and `sluice serve` parse with it (zod applies the defaults),
+// and scripts/gen-crd.ts turns it into the CRD's OpenAPI schema (operator/crd.ts), so the API
+// server applies the same defaults and bounds. api/ imports nothing but common/ and zod
+// (test/boundaries.test.ts). Descriptions are user-facing: `kubectl explain sfn.spec...` prints them.
 
 export const GROUP = 'sluice.dev';
 export const VERSION = 'v1alpha1';
