@@ -2,7 +2,8 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ingressPath, type StreamingFunction } from '../api/v1alpha1/schema.ts';
+import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
+import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
 import type { ServeOptions } from './serve.ts';
@@ -84,7 +85,7 @@ export async function runServe(file: string, override: string[], options: ServeO
 
   const replicas: Replica[] = [];
   let natsUrl = '';
-  const prefix = ingressPath(fn) === '/' ? '' : ingressPath(fn);
+  const prefix = pathPrefix(fn);
   const front = createFront({
     backends: replicas,
     intercept: (req, res) => {

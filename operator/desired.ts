@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
+import { proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
 import { API_VERSION, ingressPath, KIND, PROXY_ADMIN_PORT, PROXY_PORT } from '../api/v1alpha1/schema.ts';
 import type { OperatorConfig } from './config.ts';
 import type { FunctionView } from './function.ts';
 import type { KubeObject, OwnerReference } from './kube.ts';
-
-export { ingressPath };
 
 /** What the builders need from the operator's settings. */
 export type BuilderConfig = Pick<
@@ -54,40 +53,9 @@ function metadata(fn: FunctionView, extra: Record<string, unknown> = {}) {
   };
 }
 
-/** `/echo/` → `/echo`; `/` → '' (the proxy strips nothing). */
-function pathPrefix(fn: FunctionView): string {
-  if (!fn.spec.ingress.enabled) return '';
-  return ingressPath(fn).replace(/\/+$/, '');
-}
-
-/** The `sluice proxy` flags for this function (SPEC §2), in a stable order. */
+/** The sidecar's flags in a pod: the pod's ports, the operator's NATS and drain, the mounted tokens. */
 export function proxyArgs(fn: FunctionView, config: BuilderConfig): string[] {
-  const { spec } = fn;
-  const args = [
-    `--listen=0.0.0.0:${PROXY_PORT}`,
-    `--admin=0.0.0.0:${PROXY_ADMIN_PORT}`,
-    `--upstream=http://127.0.0.1:${spec.port}`,
-    `--concurrency=${spec.scaling.concurrency}`,
-    `--queue-timeout=${spec.scaling.queueTimeoutSeconds}`,
-    `--heartbeat=${spec.streaming.heartbeatSeconds}`,
-    `--idle-timeout=${spec.streaming.idleTimeoutSeconds}`,
-    `--max-duration=${spec.streaming.maxDurationSeconds}`,
-    `--drain=${config.drain}`,
-    `--function=${fn.metadata.namespace}/${fn.metadata.name}`,
-  ];
-  const prefix = pathPrefix(fn);
-  if (prefix) args.push(`--path-prefix=${prefix}`);
-  if (spec.map.enabled && config.nats) {
-    args.push(
-      `--nats=${config.nats}`,
-      `--map-path=${spec.map.path}`,
-      `--map-ack-wait=${spec.map.ackWaitSeconds}`,
-      `--map-max-deliver=${spec.map.maxDeliver}`,
-      `--map-retention=${spec.map.resultRetentionSeconds}`,
-    );
-  }
-  if (spec.auth?.secretName) args.push(`--auth-tokens-file=${AUTH_MOUNT}/tokens`);
-  return args;
+  return proxyFlags(fn, { drain: config.drain, nats: config.nats, authTokensFile: `${AUTH_MOUNT}/tokens` });
 }
 
 const restricted = {
