@@ -6,8 +6,9 @@ import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
 import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
+import { sendJsonError } from '../common/wire-errors.ts';
 import type { ServeOptions } from './serve.ts';
-import { type Backend, createFront, sendError } from './serve-front.ts';
+import { type Backend, createFront } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
 import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
 
@@ -93,7 +94,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       const path = (req.url ?? '/').split('?')[0]!;
       const local = prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
       if (local !== '/_sluice/map' && !local.startsWith('/_sluice/map/')) return false;
-      sendError(res, 503, 'map_unavailable', NATS_MISSING);
+      sendJsonError(res, 'map_unavailable', NATS_MISSING);
       return true;
     },
   });

@@ -7,8 +7,8 @@ import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import { type MapStreamSettings, mapNames } from '../../common/map-streams.ts';
 import { ensureMapTopology } from '../../common/map-topology.ts';
+import { sendJsonError } from '../../common/wire-errors.ts';
 import type { ProxyConfig } from '../config.ts';
-import { sendJsonError } from '../http-errors.ts';
 import type { MapDependencies, MapService } from '../map-service.ts';
 import { connectNats, NatsLink } from './connection.ts';
 import { createMapMetrics, type MapMetrics } from './metrics.ts';
@@ -71,7 +71,6 @@ export async function startMap(deps: MapDependencies): Promise<MapService> {
       if (!link.connected || !wired) {
         sendJsonError(
           res,
-          503,
           'nats_unavailable',
           `map is unavailable: not connected to NATS at ${config.nats}`,
           {
