@@ -6,7 +6,7 @@ import { createLogger } from '../common/log.ts';
 import { mapNames, WORKER_CONSUMER } from '../common/map-streams.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
-import { STREAMS_FINALIZER } from '../operator/controller.ts';
+import { STREAMS_FINALIZER } from '../operator/reconciler.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { kubeconfigPath } from './support/cluster.ts';
