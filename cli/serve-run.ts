@@ -7,7 +7,6 @@ import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
-import type { ServeOptions } from './serve.ts';
 import { type Backend, createFront } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
 import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
@@ -22,6 +21,13 @@ class ServeUsageError extends SluiceError {
   constructor(message: string) {
     super('ERR_SERVE_USAGE', message);
   }
+}
+
+/** `sluice serve`'s options, as commander parses them (cli/serve.ts). */
+export interface ServeOptions {
+  replicas?: string;
+  port: string;
+  host: string;
 }
 
 interface Replica extends Backend {

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import dockerignoreModule from '@balena/dockerignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
-import { type Started, start } from './support/process.ts';
+import { type Started, start } from '../harness/process.ts';
 
 const run = promisify(execFile);
 // A CommonJS module typed with an ES default export: Node hands over the function itself.

@@ -3,7 +3,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mapNames } from '../common/map-streams.ts';
 import { configCovers, deleteMapTopology, ensureMapTopology } from '../common/map-topology.ts';
-import { type NatsServer, startNats } from './support/nats.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
 
 const settings = { ackWaitSeconds: 30, maxDeliver: 3, retentionSeconds: 600 };
 const NANOS = 1_000_000_000;

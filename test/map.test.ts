@@ -11,8 +11,8 @@ import {
   readMap,
   startReplicas,
   totalAttempts,
-} from './support/map-replicas.ts';
-import { type NatsServer, startNats } from './support/nats.ts';
+} from '../harness/map-replicas.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
 import { metricValue } from './support/proxy-harness.ts';
 
 // Map fan-out end to end: a real `nats-server -js`, three replicas each made of a real

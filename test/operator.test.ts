@@ -4,11 +4,11 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
+import { type Started, startSluice } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { kubeconfigPath } from './support/cluster.ts';
-import { type Started, startSluice } from './support/process.ts';
 
 const run = promisify(execFile);
 const SFN = 'sluice.dev/v1alpha1';

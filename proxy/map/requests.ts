@@ -11,7 +11,7 @@ import { errorEventData, sendJsonError, WireError } from '../../common/wire-erro
 import { BodyTooLargeError, readBody } from '../body.ts';
 import { EventStreamWriter } from './event-stream.ts';
 import type { MapMetrics } from './metrics.ts';
-import { type AcceptedRecord, encodeRecord, type RecordKind, taskMsgId } from './records.ts';
+import { type AcceptedRecord, encodeRecord, maxRecordBytes, type RecordKind, taskMsgId } from './records.ts';
 import { MapRequestError, parseMapBody } from './request-body.ts';
 import { ResultSequencer } from './sequencer.ts';
 
@@ -40,8 +40,6 @@ export interface MapRequestsOptions {
 
 /** Task publishes awaiting their JetStream ack at once: one round trip per input would cap throughput. */
 const PUBLISH_WINDOW = 256;
-/** Room left in a NATS message for the headers JetStream adds. */
-const HEADER_ROOM = 512;
 
 interface Delivery {
   kind: 'result' | 'error';
@@ -85,7 +83,7 @@ export class MapRequests {
     let request: ReturnType<typeof parseMapBody>;
     try {
       const body = await readBody(req, this.#o.maxBody);
-      const maxInputBytes = (this.#o.nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+      const maxInputBytes = maxRecordBytes(this.#o.nc);
       request = parseMapBody(body, { maxInputs: this.#o.maxInputs, maxInputBytes });
     } catch (err) {
       if (err instanceof BodyTooLargeError || err instanceof MapRequestError) {

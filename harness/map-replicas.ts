@@ -1,5 +1,5 @@
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
-import { freePort, waitFor } from '../../common/net.ts';
+import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start, startSluice } from './process.ts';
 
 const MAP_FUNCTION = new URL('./map-function.ts', import.meta.url).pathname;
