@@ -98,7 +98,7 @@ export function sendJsonError(
     // Too late for a status line: the caller decides how to end a started response.
     return;
   }
-  const body = JSON.stringify({ error: { code, message } });
+  const body = jsonErrorBody(code, message);
   res.writeHead(wireStatus(code), {
     ...headers,
     'content-type': 'application/json; charset=utf-8',
@@ -108,7 +108,9 @@ export function sendJsonError(
   res.end(body);
 }
 
-/** The data of an `event: error` that ends a stream (no index: the whole stream failed). */
-export function errorEventData(code: WireCode, message: string): string {
+/** `{"error":{"code","message"}}`: a JSON error body, and the data of an `event: error` that ends a stream. */
+export function jsonErrorBody(code: WireCode, message: string): string {
   return JSON.stringify({ error: { code, message } });
 }
+
+export const errorEventData = jsonErrorBody;
