@@ -33,6 +33,13 @@ export const proxySettings = [
     description: 'the function',
   },
   {
+    flag: 'upstream-protocol',
+    env: 'SLUICE_UPSTREAM_PROTOCOL',
+    arg: '<http1|h2c>',
+    default: 'http1',
+    description: "the function's protocol: HTTP/1.1, or HTTP/2 cleartext (gRPC functions)",
+  },
+  {
     flag: 'concurrency',
     env: 'SLUICE_CONCURRENCY',
     arg: '<n>',
@@ -168,6 +175,7 @@ export const proxyConfigSchema = z.object({
   listen: hostPort,
   admin: hostPort,
   upstream: httpUrl,
+  upstreamProtocol: z.enum(['http1', 'h2c'], { error: 'expected http1 or h2c' }),
   concurrency: count(1, MAX_CONCURRENCY),
   queueTimeout: seconds(0),
   heartbeat: seconds(0),

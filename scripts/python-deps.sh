@@ -16,7 +16,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # The marker records what was installed, so an unchanged list costs no network round trip.
-REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4"
+REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4 mlserver>=1.7,<1.8"
 MARKER="$VENV/.sluice-requirements"
 if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$REQUIREMENTS" ]; then
   echo "$VENV/bin/python"
