@@ -232,7 +232,9 @@ export class PublicHandler {
     res.once('close', () => {
       // The client left (http-proxy #1520): the function must see its connection close now.
       // http-proxy-3 does this too; owning it here keeps it true whatever the library does.
-      if (!res.writableFinished) exchange.proxyReq?.destroy();
+      // writableEnded, not writableFinished: an HTTP/2 response reports its stream's, which a
+      // client's reset also finishes.
+      if (!res.writableEnded) exchange.proxyReq?.destroy();
       metrics.streamsActive.dec();
       if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
     });
@@ -291,7 +293,7 @@ export class PublicHandler {
         durationMs: round(durationMs),
         bytes: relay?.bytes ?? 0,
         events: relay?.events ?? 0,
-        outcome: relay?.failure?.code ?? (res.writableFinished ? 'complete' : 'client_closed'),
+        outcome: relay?.failure?.code ?? (res.writableEnded ? 'complete' : 'client_closed'),
       },
       'request finished',
     );

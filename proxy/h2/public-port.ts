@@ -41,6 +41,7 @@ export function createPublicPort(options: {
   const waiting = new Set<Socket>();
   http2.on('session', (session: ServerHttp2Session) => {
     sessions.add(session);
+    session.on('error', () => {}); // a client's broken connection; its requests see their streams close
     session.once('close', () => sessions.delete(session));
   });
 

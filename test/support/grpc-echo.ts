@@ -68,6 +68,8 @@ export interface SeenCall {
   cancelled: Promise<number>;
   isCancelled: () => boolean;
   received: Buffer[];
+  /** The call's deadline as the function's gRPC library sees it (Infinity: none). */
+  deadline: number;
 }
 
 export interface EchoServer {
@@ -119,6 +121,7 @@ export async function startEchoServer(options: grpc.ServerOptions = {}): Promise
       }),
       isCancelled: () => cancelled,
       received: [],
+      deadline: Number(call.getDeadline()),
     };
     (call as grpc.ServerUnaryCall<Buffer, Buffer>).on('cancelled', () => {
       cancelled = true;
