@@ -20,6 +20,7 @@ import { downstreamHeaders, upstreamRequestHeaders } from './headers.ts';
 import { UpstreamConnectError, type UpstreamPool } from './upstream-pool.ts';
 
 const KEEPALIVE = Buffer.from(': keepalive\n\n');
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** After the proxy ends a call, how long a client that reads nothing may hold it before it is cut. */
 const END_GRACE_MS = 10_000;
 
@@ -41,7 +42,7 @@ interface Sink {
 
 export interface CallLimits {
   heartbeatMs: number; // 0 = no heartbeat
-  idleMs: number;
+  idleMs: number; // Infinity = no limit (sluice serve's front port leaves limits to the proxies)
   maxDurationMs: number;
   /** The largest request body (HTTP) or single request message (gRPC). */
   maxBodyBytes: number;
@@ -57,9 +58,12 @@ export interface CallContext {
   pool: UpstreamPool;
   limits: CallLimits;
   counters: CallCounters;
-  requestId: string;
+  /** Set on the response as x-request-id; undefined keeps the one from upstream. */
+  requestId?: string;
   /** When the request reached the proxy (performance.now()): a grpc-timeout counts from there. */
   arrivedAt: number;
+  /** The code when no connection to the upstream can be made (default upstream_unavailable). */
+  unavailableCode?: 'upstream_unavailable' | 'replica_unavailable';
 }
 
 /**
@@ -156,8 +160,8 @@ export class H2Call {
     } catch (err) {
       if (err instanceof UpstreamConnectError) {
         this.fail({
-          code: 'upstream_unavailable',
-          message: `the function at ${pool.origin} did not answer (${err.message})`,
+          code: this.#ctx.unavailableCode ?? 'upstream_unavailable',
+          message: `${pool.origin} did not answer (${err.message})`,
         });
       }
       return; // otherwise the client left while waiting
@@ -256,7 +260,7 @@ export class H2Call {
     const res = this.#sink;
     const status = Number(headers[':status'] ?? 502);
     const out = downstreamHeaders(headers);
-    out['x-request-id'] = this.#ctx.requestId;
+    if (this.#ctx.requestId) out['x-request-id'] = this.#ctx.requestId;
     if (isEventStream(headers['content-type'])) {
       this.#events = new EventBoundaryTracker();
       out['cache-control'] = eventStreamCacheControl(headers['cache-control']);
@@ -417,7 +421,9 @@ export class H2Call {
     const now = performance.now();
     let next = Math.min(this.#lastActivity + idleMs, this.startedAt + maxDurationMs, this.#deadlineAt);
     if (this.#events && heartbeatMs > 0) next = Math.min(next, this.#lastToClient + heartbeatMs);
-    this.#clock = setTimeout(this.#tick, Math.max(1, next - now));
+    if (next === Number.POSITIVE_INFINITY) return; // no limits at all: no timer
+    // setTimeout takes at most 2^31-1 ms (more fires at once); a later tick re-arms for the rest.
+    this.#clock = setTimeout(this.#tick, Math.min(MAX_TIMER_MS, Math.max(1, next - now)));
   }
 
   #tick = (): void => {
