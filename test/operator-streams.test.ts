@@ -5,12 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
 import { mapNames, WORKER_CONSUMER } from '../common/map-streams.ts';
 import { freePort, waitFor } from '../common/net.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
-import { STREAMS_FINALIZER } from '../operator/controller.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
+import { STREAMS_FINALIZER } from '../operator/reconciler.ts';
 import { kubeconfigPath } from './support/cluster.ts';
-import { type NatsServer, startNats } from './support/nats.ts';
 
 const SECOND = 1_000_000_000;
 let kubeconfig = '';
@@ -91,7 +91,11 @@ describe('map streams follow the StreamingFunction (real nats-server -js, real A
     expect(results.config.subjects).toEqual([names.resultsSubjects]);
     const tasks = await waitFor(() => streamInfo(names.tasksStream), { what: 'the tasks stream' });
     expect(tasks.config.retention).toBe('workqueue');
-    const consumer = await jsm.consumers.info(names.tasksStream, WORKER_CONSUMER);
+    // The operator makes the streams, then the consumer: wait for the last of them.
+    const consumer = await waitFor(
+      () => jsm.consumers.info(names.tasksStream, WORKER_CONSUMER).catch(() => undefined),
+      { what: 'the worker consumer' },
+    );
     expect(consumer.config.ack_wait).toBe(30 * SECOND);
     expect(consumer.config.max_deliver).toBe(5); // one extra delivery reports the failure
 

@@ -4,11 +4,11 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
+import { type Started, startSluice } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { kubeconfigPath } from './support/cluster.ts';
-import { type Started, startSluice } from './support/process.ts';
 
 const run = promisify(execFile);
 const SFN = 'sluice.dev/v1alpha1';
@@ -64,6 +64,27 @@ const condition = (fn: KubeObject | undefined, type: string) =>
 
 /** The operator has nothing queued or running: whatever it was going to do, it did. */
 const idle = (op: RunningOperator) => op.queue.depth === 0 && op.queue.inFlight === 0;
+
+/**
+ * Nothing from an earlier step is still on its way: the Deployment has finished rolling out,
+ * the operator's caches hold the versions of the function and Deployment that the server has
+ * now (so the watch events of its own last writes have arrived), and it is idle. Until then a
+ * reconcile may still act on a cache that predates its own status write.
+ */
+async function settled(op: RunningOperator, ns: string, name: string): Promise<boolean> {
+  const [fn, deployment] = await Promise.all([get(fnPath(ns, name)), get(deployPath(ns, name))]);
+  const rolledOut =
+    deployment?.status?.observedGeneration === deployment?.metadata?.generation &&
+    condition(deployment, 'Progressing')?.reason === 'NewReplicaSetAvailable';
+  const cached = (informer: { get: (ns: string, name: string) => KubeObject | undefined } | undefined) =>
+    informer?.get(ns, name)?.metadata?.resourceVersion;
+  return (
+    rolledOut &&
+    cached(op.controller.functions) === fn?.metadata?.resourceVersion &&
+    cached(op.controller.owned.get('Deployment')) === deployment?.metadata?.resourceVersion &&
+    idle(op)
+  );
+}
 
 beforeAll(async () => {
   kubeconfig = kubeconfigPath();
@@ -152,7 +173,7 @@ describe('sluice operator against a real API server', () => {
       timeoutMs: 30_000,
       what: 'Ready',
     });
-    await waitFor(() => idle(op));
+    await waitFor(() => settled(op, ns, 'echo'), { timeoutMs: 30_000, what: 'the operator to settle' });
 
     // Steady state: make the operator look at the function again (a label only it ignores,
     // and a direct re-queue) and count what it sends.
@@ -311,7 +332,9 @@ describe('sluice operator against a real API server', () => {
         `--metrics=127.0.0.1:${port}`,
         '--leader-elect=true',
         `--leader-election-namespace=${ns}`,
-        '--lease-duration=3',
+        // Long enough that a leader on a loaded machine keeps renewing: the handover below
+        // comes from the leader releasing the Lease on SIGTERM, not from it expiring.
+        '--lease-duration=15',
         `--identity=${identity}`,
       ]);
       children.push(child);
@@ -343,7 +366,7 @@ describe('sluice operator against a real API server', () => {
     await waitFor(() => get(deployPath(ns, 'one')), { timeoutMs: 20_000 });
 
     await leader.child.stop('SIGTERM');
-    expect(leader.child.child.exitCode).toBe(0);
+    expect(leader.child.child.exitCode, leader.child.output()).toBe(0);
     await waitFor(async () => (await get(leasePath))?.spec?.holderIdentity === standby.identity, {
       timeoutMs: 20_000,
       what: 'the standby to take the Lease',

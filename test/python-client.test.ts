@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { start } from './support/process.ts';
+import { start } from '../harness/process.ts';
 
 // The Python client (clients/python) is tested by its own pytest suite, against a real
 // `sluice serve` from this checkout (nats-server for map, TCP connections cut for real); this

@@ -1,75 +1,62 @@
-"""The Python table of wire codes (`sluice.errors.WIRE_CODES`) against the codes the
-TypeScript proxy and `sluice serve` can send, read from their sources, so the two cannot
-drift apart silently. Today the codes are string literals at their call sites; when they move
-into one typed TypeScript table, point TYPESCRIPT_SOURCES and the patterns at that table."""
+"""The Python table of wire codes (`sluice.errors.WIRE_CODES`) against the proxy's one typed
+table, `WIRE_ERRORS` in common/wire-errors.ts (every code the proxy and `sluice serve` can
+send; test/wire-errors.test.ts keeps string codes from living anywhere else), read from the
+TypeScript source so the two cannot drift apart silently."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+import sluice
 from harness import REPO
-from sluice.errors import WIRE_CODES
+from sluice.errors import WIRE_CODES, ServerError
 
-# Everything that answers HTTP clients of a function: the sidecar and serve's front port.
-TYPESCRIPT_SOURCES = ["proxy", "cli/serve-front.ts", "cli/serve-run.ts"]
+WIRE_TABLE = REPO / "common" / "wire-errors.ts"
+# `  code: { status: 503, ...` or `  code: {\n    status: 503,`; `undefined`: only ever an event.
+ENTRY = re.compile(r"^ {2}([a-z_]+):\s*\{\s*status:\s*(\d{3}|undefined)\s*,", re.M)
 
-# Where a wire code is written as a literal.
-CODE_LITERALS = [
-    re.compile(r"sendJsonError\(\s*[\w.]+\s*,\s*\d{3}\s*,\s*'([a-z_]+)'"),  # JSON error answers
-    re.compile(r"sendError\(\s*\w+\s*,\s*\d{3}\s*,\s*'([a-z_]+)'"),  # serve's front
-    re.compile(r"new MapRequestError\(\s*\d{3}\s*,\s*'([a-z_]+)'"),  # refused map bodies
-    re.compile(r"\bcode:\s*'([a-z_]+)'"),  # relay failures (JSON answer or `event: error`)
-    re.compile(r"errorEvent\(\s*'([a-z_]+)'"),
-    re.compile(r"super\(\s*'([a-z_]+)'"),  # SluiceError subclasses whose `code` is sent as is
-    re.compile(r'\\?"code\\?"\s*:\s*\\?"([a-z_]+)'),  # JSON written by hand (CONNECT refusal)
-]
-# Call sites that send a code through a variable: only these forms are understood, so a new
-# kind of indirection fails the test instead of hiding a code. Group 1 is the code argument.
-SEND_SITES = [
-    re.compile(r"\b(?:sendJsonError|sendError)\(\s*[\w.]+\s*,\s*[^,]+,\s*([^,)]+)"),
-    re.compile(r"\berrorEvent\(\s*([^,)]+)"),
-]
-UNDERSTOOD_CODE_ARG = re.compile(r"^(?:'[a-z_]+'|SHUTDOWN\.code|failure\.code|err\.code)$")
-
-
-def typescript_files() -> list[Path]:
-    files: list[Path] = []
-    for source in TYPESCRIPT_SOURCES:
-        path = REPO / source
-        files += sorted(path.rglob("*.ts")) if path.is_dir() else [path]
-    return [f for f in files if not f.name.endswith(".test.ts")]
+# The status each class stands for, so a code that moves to another status is noticed too.
+CLASS_STATUS: dict[type[ServerError], int | None] = {
+    sluice.BadRequest: 400,
+    sluice.Unauthorized: 401,
+    sluice.NotFound: 404,
+    sluice.MapNotFound: 404,
+    sluice.MethodNotAllowed: 405,
+    sluice.PayloadTooLarge: 413,
+    sluice.InternalError: 500,
+    sluice.UpstreamError: 502,
+    sluice.QueueTimeout: 503,
+    sluice.ShuttingDown: 503,
+    sluice.NoReplica: 503,
+    sluice.MapUnavailable: 503,
+    sluice.StreamTimeout: 504,
+    sluice.MapFailed: None,
+}
 
 
-def codes_sent_by_typescript() -> set[str]:
-    codes: set[str] = set()
-    for file in typescript_files():
-        text = file.read_text()
-        for pattern in CODE_LITERALS:
-            codes.update(pattern.findall(text))
-    return codes
+def typescript_wire_errors() -> dict[str, int | None]:
+    text = WIRE_TABLE.read_text()
+    start = text.index("export const WIRE_ERRORS = {")
+    block = text[start : text.index("} as const", start)]
+    return {
+        code: None if status == "undefined" else int(status)
+        for code, status in ENTRY.findall(block)
+    }
 
 
 def test_every_code_the_proxy_sends_has_an_exception_class_and_no_other() -> None:
-    sent = codes_sent_by_typescript()
-    missing = sorted(sent - set(WIRE_CODES))
-    stale = sorted(set(WIRE_CODES) - sent)
-    assert not missing, f"codes the proxy sends that WIRE_CODES lacks: {missing}"
-    assert not stale, f"codes in WIRE_CODES the proxy no longer sends: {stale}"
+    sent = typescript_wire_errors()
+    missing = sorted(set(sent) - set(WIRE_CODES))
+    stale = sorted(set(WIRE_CODES) - set(sent))
+    assert not missing, f"codes in {WIRE_TABLE.name} that WIRE_CODES lacks: {missing}"
+    assert not stale, f"codes in WIRE_CODES that {WIRE_TABLE.name} no longer has: {stale}"
 
 
-def test_every_send_site_names_its_code_in_a_form_this_test_reads() -> None:
-    sites = 0
-    unread: list[str] = []
-    for file in typescript_files():
-        text = file.read_text()
-        for pattern in SEND_SITES:
-            for call in pattern.finditer(text):
-                if text[: call.start()].rstrip().endswith("function"):
-                    continue  # the definition, not a call
-                sites += 1
-                if not UNDERSTOOD_CODE_ARG.match(call.group(1).strip()):
-                    line = text.count("\n", 0, call.start()) + 1
-                    unread.append(f"{file.relative_to(REPO)}:{line}: {call.group(1).strip()!r}")
-    assert not unread, "send sites whose code this test cannot read: " + ", ".join(unread)
-    assert sites >= len(WIRE_CODES) // 2, f"only {sites} send sites found: are the patterns stale?"
+def test_each_code_maps_to_the_class_of_its_status() -> None:
+    sent = typescript_wire_errors()
+    wrong = {
+        code: (sent[code], cls.__name__)
+        for code, cls in WIRE_CODES.items()
+        if code in sent and CLASS_STATUS[cls] != sent[code]
+    }
+    assert not wrong, f"code: (status in {WIRE_TABLE.name}, Python class): {wrong}"

@@ -1,8 +1,9 @@
 """Every error the client raises on purpose, and the one table from the proxy's wire codes
 (`{"error": {"code": ...}}` bodies and `event: error` data) to exception classes.
 
-The wire codes are the ones the proxy and `sluice serve` send (README's proxy table);
-`tests/test_wire_codes.py` reads them from the TypeScript sources so this table cannot drift.
+The wire codes are the proxy's and `sluice serve`'s, one typed table in the TypeScript
+sources (`WIRE_ERRORS` in common/wire-errors.ts); `tests/test_wire_codes.py` reads that table, so
+this one cannot drift from it (codes and the status each class stands for).
 """
 
 from __future__ import annotations
