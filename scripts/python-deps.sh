@@ -24,7 +24,7 @@ fi
 
 # The markers record what was installed, so an unchanged list costs no network round trip.
 # hatchling is the client's build backend, there so its editable install needs no network.
-REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4 pytest>=8 mypy>=1.10 hatchling>=1.18"
+REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4 pytest>=8 mypy>=1.10 hatchling>=1.27"
 MARKER="$VENV/.sluice-requirements"
 if [ ! -f "$MARKER" ] || [ "$(cat "$MARKER")" != "$REQUIREMENTS" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
