@@ -3,7 +3,13 @@ import type { Http2ServerResponse } from 'node:http2';
 import { grpcStatusName } from '../../common/grpc.ts';
 import { isGrpcCall } from '../../common/wire-errors.ts';
 import type { ProxyMetrics } from '../metrics.ts';
-import { type CallLimits, type DownstreamRequest, type DownstreamResponse, H2Call } from './call.ts';
+import {
+  type CallCounters,
+  type CallLimits,
+  type DownstreamRequest,
+  type DownstreamResponse,
+  H2Call,
+} from './call.ts';
 import { UpstreamPool } from './upstream-pool.ts';
 
 /** Header blocks (response headers, trailers) the proxy accepts from the function and relays. */
@@ -22,9 +28,18 @@ export interface H2ForwarderOptions {
 export class H2Forwarder {
   readonly pool: UpstreamPool;
   readonly #options: H2ForwarderOptions;
+  readonly #counters: CallCounters;
 
   constructor(options: H2ForwarderOptions) {
     this.#options = options;
+    const { metrics } = options;
+    // Bound once: a labelled inc() per chunk would hash its labels every time.
+    const toFunction = metrics.grpcMessages.labels('to_function');
+    const fromFunction = metrics.grpcMessages.labels('from_function');
+    this.#counters = {
+      events: (count) => metrics.events.inc(count),
+      messages: (direction, count) => (direction === 'to_function' ? toFunction : fromFunction).inc(count),
+    };
     this.pool = new UpstreamPool(options.upstream, {
       session: {
         // Trailers with large custom metadata must pass (grpc-node#1533), not stall the call.
@@ -47,10 +62,7 @@ export class H2Forwarder {
       limits,
       requestId: context.requestId,
       arrivedAt: context.arrivedAt,
-      counters: {
-        events: (count) => metrics.events.inc(count),
-        messages: (direction, count) => metrics.grpcMessages.inc({ direction }, count),
-      },
+      counters: this.#counters,
     });
     metrics.streamsActive.inc();
     res.once('close', () => {

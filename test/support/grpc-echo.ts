@@ -194,3 +194,9 @@ export async function startEchoServer(options: grpc.ServerOptions = {}): Promise
       }),
   };
 }
+
+// As a process (the benchmark runs the function apart from the proxy and the client).
+if (import.meta.main) {
+  const server = await startEchoServer();
+  process.stdout.write(`${JSON.stringify({ port: server.port })}\n`);
+}
