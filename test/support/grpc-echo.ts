@@ -108,7 +108,11 @@ function finalStatus(metadata: grpc.Metadata): {
   };
 }
 
-export async function startEchoServer(options: grpc.ServerOptions = {}): Promise<EchoServer> {
+export async function startEchoServer(
+  options: grpc.ServerOptions = {},
+  listenPort = 0,
+  onCancel: (call: SeenCall) => void = () => {},
+): Promise<EchoServer> {
   const calls: SeenCall[] = [];
   const seen = (name: string, call: AnyCall): SeenCall => {
     let cancelledAt: (at: number) => void = () => {};
@@ -126,6 +130,7 @@ export async function startEchoServer(options: grpc.ServerOptions = {}): Promise
     (call as grpc.ServerUnaryCall<Buffer, Buffer>).on('cancelled', () => {
       cancelled = true;
       cancelledAt(performance.now());
+      onCancel(entry);
     });
     calls.push(entry);
     return entry;
@@ -179,7 +184,7 @@ export async function startEchoServer(options: grpc.ServerOptions = {}): Promise
     },
   });
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, bound) =>
+    server.bindAsync(`127.0.0.1:${listenPort}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>
       err ? reject(err) : resolve(bound),
     ),
   );
@@ -195,8 +200,11 @@ export async function startEchoServer(options: grpc.ServerOptions = {}): Promise
   };
 }
 
-// As a process (the benchmark runs the function apart from the proxy and the client).
+// As a process: the benchmark runs the function apart from the proxy and the client, and
+// `sluice serve` runs it on $PORT. It prints a line for each call the client cancelled.
 if (import.meta.main) {
-  const server = await startEchoServer();
+  const server = await startEchoServer({}, Number(process.env.PORT ?? 0), (call) =>
+    process.stdout.write(`cancelled ${call.method} ${call.metadata.get('x-echo-id')[0] ?? ''}\n`),
+  );
   process.stdout.write(`${JSON.stringify({ port: server.port })}\n`);
 }
