@@ -351,6 +351,23 @@ describe('errors a gRPC client understands', () => {
     expect((await unary(c, 'now')).value).toBe('now');
   });
 
+  it('a request message over --max-body: RESOURCE_EXHAUSTED; the limit is per message, not per call', async () => {
+    const fn = await echo();
+    const px = await proxy(`http://${fn.target}`, ['--max-body', '1000']);
+    const c = client(px);
+    const big = await unary(c, 'x'.repeat(2000));
+    expect(big.err?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(big.err?.details).toContain('--max-body');
+    // Many messages under the limit add up to more than it, and pass.
+    const call = c.Bidi();
+    const finished = collect(call);
+    for (let n = 0; n < 5; n++) call.write(Buffer.from(String(n).repeat(900)));
+    call.end();
+    const { messages, status } = await finished;
+    expect(status.code).toBe(grpc.status.OK);
+    expect(messages).toHaveLength(5);
+  });
+
   it('missing or wrong bearer token in the authorization metadata: UNAUTHENTICATED', async () => {
     const fn = await echo();
     const file = join(tmpdir(), `sluice-grpc-tokens-${process.pid}`);

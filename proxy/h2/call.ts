@@ -196,6 +196,7 @@ export class H2Call {
     this.#finishClock();
     this.#waiting.abort(failure);
     this.#upstream?.close(constants.NGHTTP2_CANCEL);
+    this.req.resume(); // a request body still coming is drained, not left to stall its window
     const res = this.#sink;
     if (res.destroyed || res.writableEnded) return;
     if (!res.headersSent) {
@@ -221,6 +222,7 @@ export class H2Call {
     const { req } = this;
     const { maxBodyBytes } = this.#ctx.limits;
     req.on('data', (chunk: Buffer) => {
+      if (this.#done) return; // ended early: the rest of the body is read and dropped
       this.#lastActivity = performance.now();
       this.#requestBytes += chunk.length;
       if (this.#requestMessages) {
