@@ -7,10 +7,8 @@ ARG NODE_IMAGE=node:24-bookworm-slim
 FROM ${NODE_IMAGE} AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Production dependencies only, at the locked versions; nothing needs an install script at run time.
-# `npm install`, not `npm ci`: the lockfile lacks the other platforms' optional binaries of biome (a
-# dev tool the project's registry does not carry), and npm ci refuses such a lockfile outright.
-RUN npm install --omit=dev --ignore-scripts --no-save --no-audit --no-fund && npm cache clean --force
+# Production dependencies only, exactly as locked; nothing needs an install script at run time.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 FROM ${NODE_IMAGE}
 # tini as PID 1: forwards SIGTERM to Node (which then drains streams) and reaps zombies.

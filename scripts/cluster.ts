@@ -32,6 +32,20 @@ const ETCD_DATA = existsSync('/dev/shm')
 
 const run = promisify(execFile);
 
+// The plane's addresses come from 198.18.0.0/15 (RFC 2544's benchmarking range), never from a
+// private range a real network may use: pods in 198.18.0.0/16, Services in 198.19.0.0/16.
+export const POD_CIDR = '198.18.0.0/16';
+export const SERVICE_CIDR = '198.19.0.0/16';
+/** The first address of the Service range: the `kubernetes` Service's ClusterIP. */
+const KUBERNETES_SERVICE_IP = '198.19.0.1';
+const KWOK_NODE_IP = '198.18.0.1';
+
+/**
+ * Every process a plane starts carries this variable (its state directory), so `down` finds
+ * them by process, not only through the state file: a pid the file lost is still stopped.
+ */
+export const PLANE_MARKER = 'SLUICE_PLANE';
+
 export class ClusterError extends SluiceError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('ERR_CLUSTER', message, options);
@@ -116,7 +130,11 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
   if (!plane) throw new ClusterError('no plane state to record the process in');
   const log = openSync(join(LOGS, `${name}.log`), 'a');
   // Detached in its own process group, so the plane outlives `npm run cluster -- up`.
-  const child = spawn(await binary(name), args, { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(await binary(name), args, {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env: { ...process.env, [PLANE_MARKER]: STATE_DIR },
+  });
   if (!child.pid) throw new ClusterError(`could not start ${name}`);
   child.unref();
   plane.pids[name] = child.pid;
@@ -125,13 +143,21 @@ async function startDetached(name: ComponentName, args: string[]): Promise<numbe
 }
 
 async function stopPid(pid: number, name: ComponentName): Promise<void> {
-  if (!(await runs(pid, name))) return;
-  process.kill(pid, 'SIGTERM');
+  if (await runs(pid, name)) await stopProcess(pid, name);
+}
+
+/** SIGTERM, then SIGKILL after 10 s; resolves once the process has exited. */
+async function stopProcess(pid: number, what: string): Promise<void> {
   try {
-    await waitFor(() => exited(pid), { timeoutMs: 10_000, what: `${name} to exit` });
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return; // already gone
+  }
+  try {
+    await waitFor(() => exited(pid), { timeoutMs: 10_000, what: `${what} to exit` });
   } catch {
     process.kill(pid, 'SIGKILL');
-    await waitFor(() => exited(pid), { timeoutMs: 5_000, what: `${name} to exit after SIGKILL` });
+    await waitFor(() => exited(pid), { timeoutMs: 5_000, what: `${what} to exit after SIGKILL` });
   }
 }
 
@@ -163,10 +189,19 @@ async function openssl(args: string[]): Promise<void> {
   await run('openssl', args, { cwd: PKI });
 }
 
-/** A CA, the API server's serving cert, an admin client cert (system:masters), SA keys. Kept. */
-async function ensurePki(): Promise<void> {
+const APISERVER_EXTENSIONS =
+  `subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${KUBERNETES_SERVICE_IP},DNS:kubernetes,` +
+  'DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n';
+
+/**
+ * A CA, the API server's serving cert, an admin client cert (system:masters), SA keys. Kept
+ * across runs; made anew (returns true) when the serving cert's names changed, e.g. the
+ * Service range moved.
+ */
+async function ensurePki(): Promise<boolean> {
   await mkdir(PKI, { recursive: true });
-  if (existsSync(join(PKI, 'admin.crt'))) return;
+  const current = await readFile(join(PKI, 'apiserver.ext'), 'utf8').catch(() => '');
+  if (existsSync(join(PKI, 'admin.crt')) && current === APISERVER_EXTENSIONS) return false;
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await openssl([
     'req',
@@ -182,8 +217,8 @@ async function ensurePki(): Promise<void> {
     '/CN=sluice-local-ca',
   ]);
   const sign = async (name: string, subject: string, extensions: string) => {
-    await writeFile(join(PKI, `${name}.ext`), extensions);
     await openssl(['req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject]);
+    await writeFile(join(PKI, `${name}.ext.new`), extensions);
     await openssl(
       ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial'].concat([
         '-out',
@@ -191,19 +226,18 @@ async function ensurePki(): Promise<void> {
         '-days',
         '3650',
         '-extfile',
-        `${name}.ext`,
+        `${name}.ext.new`,
       ]),
     );
+    // Written last: a half-made set is made again by the next up.
+    await rename(join(PKI, `${name}.ext.new`), join(PKI, `${name}.ext`));
   };
-  await sign(
-    'apiserver',
-    '/CN=kube-apiserver',
-    'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n',
-  );
   await sign('admin', '/O=system:masters/CN=sluice-admin', 'extendedKeyUsage=clientAuth\n');
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   await writeFile(join(PKI, 'sa.key'), privateKey.export({ type: 'pkcs8', format: 'pem' }));
   await writeFile(join(PKI, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
+  await sign('apiserver', '/CN=kube-apiserver', APISERVER_EXTENSIONS);
+  return true;
 }
 
 async function writeKubeconfig(port: number): Promise<void> {
@@ -382,7 +416,7 @@ async function startApiserver(port: number, etcdPort: number): Promise<number> {
     `--service-account-issuer=https://127.0.0.1:${port}/`,
     `--service-account-key-file=${pki('sa.pub')}`,
     `--service-account-signing-key-file=${pki('sa.key')}`,
-    '--service-cluster-ip-range=10.96.0.0/16',
+    `--service-cluster-ip-range=${SERVICE_CIDR}`,
     '--allow-privileged=true',
     '--profiling=false',
     // The default reconciler would publish 127.0.0.1 as the kubernetes Service's endpoint,
@@ -452,8 +486,8 @@ async function startKwok(apiserverPort: number): Promise<number> {
     `--config=${join(import.meta.dirname, 'kwok-stages.yaml')}`,
     '--manage-all-nodes=false',
     `--manage-nodes-with-annotation-selector=${KWOK_NODE_ANNOTATION}=fake`,
-    '--cidr=10.244.0.0/16',
-    '--node-ip=10.244.0.1',
+    `--cidr=${POD_CIDR}`,
+    `--node-ip=${KWOK_NODE_IP}`,
     '--node-lease-duration-seconds=40',
   ]);
   await ensureNodes(apiserverPort);
@@ -472,16 +506,23 @@ async function readState(): Promise<PlaneState | undefined> {
 }
 
 let stateWrites = 0;
+let lastWrite: Promise<void> = Promise.resolve();
 
 /**
- * Atomic (write, then rename): components start in parallel and each records its pid, and a
- * torn file would make the next `up` think no plane runs, start a second one and wipe the
- * first one's etcd data under the tests using it.
+ * Atomic (write, then rename) and one at a time, each writing the state as it is when its turn
+ * comes. Components start in parallel and each records its pid: with overlapping writes the
+ * last rename wins, and a rename of an older snapshot dropped pids that had been recorded, so
+ * the next `up` started those components again and the old processes ran on, unknown to `down`.
+ * A torn file would make the next `up` think no plane runs and wipe the first one's etcd data.
  */
-async function writeState(state: PlaneState): Promise<void> {
-  const temporary = `${STATE_FILE}.${process.pid}.${++stateWrites}`;
-  await writeFile(temporary, `${JSON.stringify(state, null, 2)}\n`);
-  await rename(temporary, STATE_FILE);
+function writeState(state: PlaneState): Promise<void> {
+  const write = async () => {
+    const temporary = `${STATE_FILE}.${process.pid}.${++stateWrites}`;
+    await writeFile(temporary, `${JSON.stringify(state, null, 2)}\n`);
+    await rename(temporary, STATE_FILE);
+  };
+  lastWrite = lastWrite.then(write, write);
+  return lastWrite;
 }
 
 export interface ComponentStatus {
@@ -490,7 +531,15 @@ export interface ComponentStatus {
   running: boolean;
 }
 
-export async function status(): Promise<{ ready: boolean; server?: string; components: ComponentStatus[] }> {
+export interface PlaneStatus {
+  ready: boolean;
+  server?: string;
+  components: ComponentStatus[];
+  /** Processes of this plane that the state file does not name (`down` stops them too). */
+  strays: Array<{ pid: number; command: string }>;
+}
+
+export async function status(): Promise<PlaneStatus> {
   const state = await readState();
   const components = await Promise.all(
     ORDER.map(async (name) => ({
@@ -501,7 +550,9 @@ export async function status(): Promise<{ ready: boolean; server?: string; compo
   );
   const ready =
     state !== undefined && components.every((c) => c.running) && (await apiReady(state.apiserverPort));
-  return { ready, server: state && `https://127.0.0.1:${state.apiserverPort}`, components };
+  const known = new Set(components.map((c) => c.pid));
+  const strays = (await planeProcesses()).filter((p) => !known.has(p.pid));
+  return { ready, server: state && `https://127.0.0.1:${state.apiserverPort}`, components, strays };
 }
 
 /**
@@ -515,8 +566,8 @@ export async function up(options: UpOptions = {}): Promise<UpResult> {
 async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> {
   const began = Date.now();
   await mkdir(LOGS, { recursive: true });
-  await ensurePki();
-  const state = await readState();
+  // New certificates: a running plane still serves the old ones, so it cannot be reused.
+  const state = (await ensurePki()) ? undefined : await readState();
   // A running plane is never torn down because one /readyz was slow: under test load the
   // apiserver can take seconds to answer, and a restart would wipe what other runs are using.
   const reusable =
@@ -591,9 +642,27 @@ async function stopAll(): Promise<void> {
       if (pid) await stopPid(pid, name);
     }
   }
+  // Whatever this plane started that the state file does not name (a crashed `up`, a lost
+  // write) is found by its marker.
+  await Promise.all((await planeProcesses()).map((p) => stopProcess(p.pid, p.command)));
   await rm(STATE_FILE, { force: true });
   await rm(ETCD_DATA, { recursive: true, force: true });
   await rm(USERS, { recursive: true, force: true });
+}
+
+/** Live processes that carry this plane's marker (see PLANE_MARKER), found through /proc. */
+export async function planeProcesses(stateDir = STATE_DIR): Promise<Array<{ pid: number; command: string }>> {
+  const marker = `\0${PLANE_MARKER}=${stateDir}\0`;
+  const found: Array<{ pid: number; command: string }> = [];
+  for (const entry of await readdir('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    const environ = await readFile(`/proc/${pid}/environ`, 'latin1').catch(() => '');
+    if (!`\0${environ}`.includes(marker) || (await exited(pid))) continue;
+    const command = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    found.push({ pid, command: command.split('\0')[0] ?? String(pid) });
+  }
+  return found;
 }
 
 /**
@@ -665,6 +734,8 @@ async function main(command: string | undefined): Promise<number> {
       const s = await status();
       for (const c of s.components)
         console.log(`${c.name.padEnd(24)} ${c.running ? `running (pid ${c.pid})` : 'stopped'}`);
+      for (const p of s.strays)
+        console.log(`stray ${p.command} (pid ${p.pid}): not in the state file; down stops it`);
       console.log(
         s.ready ? `ready: ${s.server}, KUBECONFIG=${KUBECONFIG_PATH}` : 'not running: npm run cluster -- up',
       );

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -7,7 +7,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../common/net.ts';
 import { exited } from '../common/process.ts';
-import { GPU_PRODUCT_LABEL, GPU_TAINT, SIMULATED_NODES } from '../scripts/cluster.ts';
+import { GPU_PRODUCT_LABEL, GPU_TAINT, planeProcesses, SIMULATED_NODES } from '../scripts/cluster.ts';
 import { clients, type Namespace, throwawayNamespace } from './support/cluster.ts';
 
 // The local control plane itself: simulated GPU nodes as the scheduler sees them, kwok making
@@ -129,6 +129,7 @@ describe('npm run cluster', () => {
     for (const name of ['etcd', 'kube-apiserver', 'kube-scheduler', 'kube-controller-manager', 'kwok']) {
       expect(status.stdout).toMatch(new RegExp(`${name}\\s+running \\(pid \\d+\\)`));
     }
+    expect(status.stdout).not.toMatch(/stray/);
   });
 
   it('a second plane in its own directory comes up, and down stops every process it started', async () => {
@@ -138,17 +139,26 @@ describe('npm run cluster', () => {
       const up = await cluster('up', env);
       expect(up.code, up.stdout).toBe(0);
       expect(up.stdout).toMatch(/^started control plane/);
-      const state = JSON.parse(await readFile(join(dir, 'cluster.json'), 'utf8')) as {
-        pids: Record<string, number>;
-      };
+      const statePath = join(dir, 'cluster.json');
+      const state = JSON.parse(await readFile(statePath, 'utf8')) as { pids: Record<string, number> };
       const pids = Object.values(state.pids);
       expect(pids).toHaveLength(5);
+      // What runs is exactly what the state file names: no process started twice.
+      expect((await planeProcesses(dir)).map((p) => p.pid).sort()).toEqual([...pids].sort());
       const kubeconfig = await readFile(join(dir, 'kubeconfig'), 'utf8');
       expect(kubeconfig).toContain('client-certificate-data');
+
+      // A state file that lost a pid (as overlapping writes once made it) still stops it all:
+      // down finds the plane's processes by their marker, and the proof is by process.
+      const { 'kube-scheduler': _forgotten, ...rest } = state.pids;
+      await writeFile(statePath, JSON.stringify({ ...state, pids: rest }));
+      const status = await cluster('status', env);
+      expect(status.stdout).toMatch(/stray \S*kube-scheduler \(pid \d+\)/);
 
       const down = await cluster('down', env);
       expect(down.code, down.stdout).toBe(0);
       for (const pid of pids) expect(await exited(pid), `pid ${pid}`).toBe(true);
+      expect(await planeProcesses(dir)).toEqual([]);
       expect((await cluster('status', env)).code).toBe(1);
     } finally {
       await cluster('down', env);

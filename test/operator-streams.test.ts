@@ -91,7 +91,11 @@ describe('map streams follow the StreamingFunction (real nats-server -js, real A
     expect(results.config.subjects).toEqual([names.resultsSubjects]);
     const tasks = await waitFor(() => streamInfo(names.tasksStream), { what: 'the tasks stream' });
     expect(tasks.config.retention).toBe('workqueue');
-    const consumer = await jsm.consumers.info(names.tasksStream, WORKER_CONSUMER);
+    // The operator makes the streams, then the consumer: wait for the last of them.
+    const consumer = await waitFor(
+      () => jsm.consumers.info(names.tasksStream, WORKER_CONSUMER).catch(() => undefined),
+      { what: 'the worker consumer' },
+    );
     expect(consumer.config.ack_wait).toBe(30 * SECOND);
     expect(consumer.config.max_deliver).toBe(5); // one extra delivery reports the failure
 

@@ -65,6 +65,27 @@ const condition = (fn: KubeObject | undefined, type: string) =>
 /** The operator has nothing queued or running: whatever it was going to do, it did. */
 const idle = (op: RunningOperator) => op.queue.depth === 0 && op.queue.inFlight === 0;
 
+/**
+ * Nothing from an earlier step is still on its way: the Deployment has finished rolling out,
+ * the operator's caches hold the versions of the function and Deployment that the server has
+ * now (so the watch events of its own last writes have arrived), and it is idle. Until then a
+ * reconcile may still act on a cache that predates its own status write.
+ */
+async function settled(op: RunningOperator, ns: string, name: string): Promise<boolean> {
+  const [fn, deployment] = await Promise.all([get(fnPath(ns, name)), get(deployPath(ns, name))]);
+  const rolledOut =
+    deployment?.status?.observedGeneration === deployment?.metadata?.generation &&
+    condition(deployment, 'Progressing')?.reason === 'NewReplicaSetAvailable';
+  const cached = (informer: { get: (ns: string, name: string) => KubeObject | undefined } | undefined) =>
+    informer?.get(ns, name)?.metadata?.resourceVersion;
+  return (
+    rolledOut &&
+    cached(op.controller.functions) === fn?.metadata?.resourceVersion &&
+    cached(op.controller.owned.get('Deployment')) === deployment?.metadata?.resourceVersion &&
+    idle(op)
+  );
+}
+
 beforeAll(async () => {
   kubeconfig = kubeconfigPath();
   kube = await KubeClient.load(kubeconfig);
@@ -152,7 +173,7 @@ describe('sluice operator against a real API server', () => {
       timeoutMs: 30_000,
       what: 'Ready',
     });
-    await waitFor(() => idle(op));
+    await waitFor(() => settled(op, ns, 'echo'), { timeoutMs: 30_000, what: 'the operator to settle' });
 
     // Steady state: make the operator look at the function again (a label only it ignores,
     // and a direct re-queue) and count what it sends.
