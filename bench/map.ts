@@ -6,8 +6,8 @@
 // client measures result produced → event read. Prints a markdown table with ratios.
 import { Agent, request } from 'node:http';
 import { loadavg } from 'node:os';
-import { readMap, startReplicas } from '../test/support/map-replicas.ts';
-import { startNats } from '../test/support/nats.ts';
+import { readMap, startReplicas } from '../harness/map-replicas.ts';
+import { startNats } from '../harness/nats.ts';
 
 const ITEMS = Number(process.env.SLUICE_BENCH_ITEMS ?? 10_000);
 const CONCURRENCY = Number(process.env.SLUICE_BENCH_CONCURRENCY ?? 16);

@@ -12,12 +12,12 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
+import { startSluice } from '../harness/process.ts';
 import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { up } from '../scripts/cluster.ts';
 import { applyObject, waitForCrd } from '../test/support/cluster.ts';
-import { startSluice } from '../test/support/process.ts';
 
 const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);
 const MANY = Number(process.env.BENCH_FUNCTIONS ?? 1000);

@@ -1,4 +1,5 @@
 import { type Command, Option } from 'commander';
+import type { InvokeOptions, MapCommandOptions } from './client-run.ts';
 
 function collectHeader(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -33,18 +34,4 @@ export function registerClientCommands(program: Command): void {
       const { runMap } = await import('./client-run.ts');
       process.exitCode = await runMap(url, options);
     });
-}
-
-export interface InvokeOptions {
-  data?: string;
-  header: string[];
-  method?: string;
-  json?: boolean;
-}
-
-export interface MapCommandOptions {
-  inputs: string;
-  order: 'input' | 'completion';
-  header: string[];
-  progress: boolean;
 }

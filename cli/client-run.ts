@@ -3,7 +3,21 @@ import { text } from 'node:stream/consumers';
 import { SingleBar } from 'cli-progress';
 import { map, stream } from '../client/index.ts';
 import { SluiceError } from '../common/errors.ts';
-import type { InvokeOptions, MapCommandOptions } from './client-commands.ts';
+
+/** The options of `sluice invoke` and `sluice map`, as commander parses them (cli/client-commands.ts). */
+export interface InvokeOptions {
+  data?: string;
+  header: string[];
+  method?: string;
+  json?: boolean;
+}
+
+export interface MapCommandOptions {
+  inputs: string;
+  order: 'input' | 'completion';
+  header: string[];
+  progress: boolean;
+}
 
 class CliUsageError extends SluiceError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -6,7 +6,9 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
+
 import type { Socket } from 'node:net';
+import { sendJsonError } from '../common/wire-errors.ts';
 import { endToEndHeaders } from '../proxy/headers.ts';
 
 export interface Backend {
@@ -54,10 +56,10 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
     if (!(await someReady(options.backends, readyWaitMs, res))) {
       if (res.destroyed) return;
       res.setHeader('retry-after', '1');
-      return sendError(res, 503, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
+      return sendJsonError(res, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
     }
     const backend = pickBackend(options.backends, turn++);
-    if (!backend) return sendError(res, 503, 'no_replica', 'no replica is running');
+    if (!backend) return sendJsonError(res, 'no_replica', 'no replica is running');
     backend.inFlight += 1;
     let released = false;
     const release = () => {
@@ -86,9 +88,8 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
       release();
       if (res.headersSent) res.destroy(err);
       else
-        sendError(
+        sendJsonError(
           res,
-          502,
           'replica_unavailable',
           `${backend.name} did not answer (${err.code ?? err.message})`,
         );
@@ -126,10 +127,4 @@ async function someReady(
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   return true;
-}
-
-export function sendError(res: ServerResponse, status: number, code: string, message: string): void {
-  const body = JSON.stringify({ error: { code, message } });
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
 }

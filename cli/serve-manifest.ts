@@ -1,8 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import type { z } from 'zod';
+import { proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
+import { KIND, parseStreamingFunction, type StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
-import { ingressPath, KIND, parseStreamingFunction, type StreamingFunction } from '../operator/schema.ts';
 
 /** The manifest cannot be read, is not YAML, or breaks the CRD schema; `problems` name field paths. */
 export class ManifestError extends SluiceError {
@@ -84,32 +85,22 @@ export function functionEnv(fn: StreamingFunction): { env: Record<string, string
   return { env, fromCluster };
 }
 
-/** `sluice proxy` flags from the spec (SPEC §2), for one replica. */
+/** The `sluice proxy` command line of one local replica: loopback ports, a short drain. */
 export function proxyArgs(
   fn: StreamingFunction,
   replica: { name: string; listenPort: number; adminPort: number; functionPort: number },
   natsUrl: string,
 ): string[] {
-  const { scaling, streaming, map } = fn.spec;
   return [
     'proxy',
-    `--listen=127.0.0.1:${replica.listenPort}`,
-    `--admin=127.0.0.1:${replica.adminPort}`,
-    `--upstream=http://127.0.0.1:${replica.functionPort}`,
-    `--concurrency=${scaling.concurrency}`,
-    `--queue-timeout=${scaling.queueTimeoutSeconds}`,
-    `--heartbeat=${streaming.heartbeatSeconds}`,
-    `--idle-timeout=${streaming.idleTimeoutSeconds}`,
-    `--max-duration=${streaming.maxDurationSeconds}`,
-    `--path-prefix=${ingressPath(fn) === '/' ? '' : ingressPath(fn)}`,
-    `--nats=${map.enabled ? natsUrl : ''}`,
-    `--function=${fn.metadata.namespace ?? 'default'}/${fn.metadata.name}`,
-    `--replica=${replica.name}`,
-    `--map-path=${map.path}`,
-    `--map-ack-wait=${map.ackWaitSeconds}`,
-    `--map-max-deliver=${map.maxDeliver}`,
-    `--map-retention=${map.resultRetentionSeconds}`,
-    // Ctrl-C should not wait the pod-sized drain; a few seconds lets short streams finish.
-    '--drain=3',
+    ...proxyFlags(fn, {
+      listen: `127.0.0.1:${replica.listenPort}`,
+      admin: `127.0.0.1:${replica.adminPort}`,
+      functionPort: replica.functionPort,
+      // Ctrl-C should not wait the pod-sized drain; a few seconds lets short streams finish.
+      drain: 3,
+      nats: natsUrl,
+      replica: replica.name,
+    }),
   ];
 }

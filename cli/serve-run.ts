@@ -2,11 +2,12 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
+import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
-import { ingressPath, type StreamingFunction } from '../operator/schema.ts';
-import type { ServeOptions } from './serve.ts';
-import { type Backend, createFront, sendError } from './serve-front.ts';
+import { sendJsonError } from '../common/wire-errors.ts';
+import { type Backend, createFront } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
 import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
 
@@ -20,6 +21,13 @@ class ServeUsageError extends SluiceError {
   constructor(message: string) {
     super('ERR_SERVE_USAGE', message);
   }
+}
+
+/** `sluice serve`'s options, as commander parses them (cli/serve.ts). */
+export interface ServeOptions {
+  replicas?: string;
+  port: string;
+  host: string;
 }
 
 interface Replica extends Backend {
@@ -84,7 +92,7 @@ export async function runServe(file: string, override: string[], options: ServeO
 
   const replicas: Replica[] = [];
   let natsUrl = '';
-  const prefix = ingressPath(fn) === '/' ? '' : ingressPath(fn);
+  const prefix = pathPrefix(fn);
   const front = createFront({
     backends: replicas,
     intercept: (req, res) => {
@@ -92,7 +100,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       const path = (req.url ?? '/').split('?')[0]!;
       const local = prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
       if (local !== '/_sluice/map' && !local.startsWith('/_sluice/map/')) return false;
-      sendError(res, 503, 'map_unavailable', NATS_MISSING);
+      sendJsonError(res, 'map_unavailable', NATS_MISSING);
       return true;
     },
   });

@@ -1,10 +1,5 @@
 import type { Command } from 'commander';
-
-export interface ServeOptions {
-  replicas?: string;
-  port: string;
-  host: string;
-}
+import type { ServeOptions } from './serve-run.ts';
 
 /** `sluice serve <file.yaml> [-- command ...]`: a StreamingFunction on this machine, no cluster. */
 export function registerServeCommand(program: Command): void {

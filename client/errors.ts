@@ -1,9 +1,13 @@
 import { SluiceError } from '../common/errors.ts';
+import type { WireCode } from '../common/wire-errors.ts';
+
+/** A code of the proxy's table (WIRE_ERRORS), or one a newer proxy added. */
+export type ServerErrorCode = WireCode | (string & {});
 
 /** The server answered with a non-2xx status; `errorCode` is the JSON body's `error.code` when there is one. */
 export class HttpStatusError extends SluiceError {
   readonly status: number;
-  readonly errorCode: string | undefined;
+  readonly errorCode: ServerErrorCode | undefined;
   readonly body: string;
 
   constructor(url: string, status: number, body: string) {
@@ -47,9 +51,9 @@ export class MapProtocolError extends SluiceError {
 
 /** The proxy ended the whole map with an `error` event that names no input (e.g. it was cancelled). */
 export class MapFailedError extends SluiceError {
-  readonly errorCode: string | undefined;
+  readonly errorCode: ServerErrorCode | undefined;
 
-  constructor(message: string, errorCode: string | undefined) {
+  constructor(message: string, errorCode: ServerErrorCode | undefined) {
     super('ERR_MAP_FAILED', message);
     this.errorCode = errorCode;
   }

@@ -9,6 +9,7 @@ import {
 } from './errors.ts';
 import { readEvents, type StreamEvent } from './events.ts';
 
+export { WIRE_ERRORS, type WireCode } from '../common/wire-errors.ts';
 export {
   ClientUsageError,
   ConnectionError,
@@ -16,6 +17,7 @@ export {
   MapFailedError,
   MapProtocolError,
   NotEventStreamError,
+  type ServerErrorCode,
 } from './errors.ts';
 export { readEvents, type StreamEvent } from './events.ts';
 

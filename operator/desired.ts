@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
+import { proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
+import { API_VERSION, ingressPath, KIND, PROXY_ADMIN_PORT, PROXY_PORT } from '../api/v1alpha1/schema.ts';
 import type { OperatorConfig } from './config.ts';
-import { API_VERSION, KIND, type StreamingFunction } from './function.ts';
+import type { FunctionView } from './function.ts';
 import type { KubeObject, OwnerReference } from './kube.ts';
-import { ingressPath, PROXY_ADMIN_PORT, PROXY_PORT } from './schema.ts';
-
-export { ingressPath };
 
 /** What the builders need from the operator's settings. */
 export type BuilderConfig = Pick<
@@ -21,7 +20,7 @@ export const GPU_PRODUCT_LABEL = 'nvidia.com/gpu.product';
 /** Seconds of grace beyond the proxy's drain, for the function to exit after the proxy. */
 const GRACE_MARGIN_SECONDS = 10;
 
-export function labels(fn: StreamingFunction): Record<string, string> {
+export function labels(fn: FunctionView): Record<string, string> {
   const name = fn.metadata.name;
   return {
     [FUNCTION_LABEL]: name,
@@ -33,7 +32,7 @@ export function labels(fn: StreamingFunction): Record<string, string> {
   };
 }
 
-export function ownerReference(fn: StreamingFunction): OwnerReference {
+export function ownerReference(fn: FunctionView): OwnerReference {
   return {
     apiVersion: API_VERSION,
     kind: KIND,
@@ -44,7 +43,7 @@ export function ownerReference(fn: StreamingFunction): OwnerReference {
   };
 }
 
-function metadata(fn: StreamingFunction, extra: Record<string, unknown> = {}) {
+function metadata(fn: FunctionView, extra: Record<string, unknown> = {}) {
   return {
     name: fn.metadata.name,
     namespace: fn.metadata.namespace,
@@ -54,40 +53,9 @@ function metadata(fn: StreamingFunction, extra: Record<string, unknown> = {}) {
   };
 }
 
-/** `/echo/` → `/echo`; `/` → '' (the proxy strips nothing). */
-function pathPrefix(fn: StreamingFunction): string {
-  if (!fn.spec.ingress.enabled) return '';
-  return ingressPath(fn).replace(/\/+$/, '');
-}
-
-/** The `sluice proxy` flags for this function (SPEC §2), in a stable order. */
-export function proxyArgs(fn: StreamingFunction, config: BuilderConfig): string[] {
-  const { spec } = fn;
-  const args = [
-    `--listen=0.0.0.0:${PROXY_PORT}`,
-    `--admin=0.0.0.0:${PROXY_ADMIN_PORT}`,
-    `--upstream=http://127.0.0.1:${spec.port}`,
-    `--concurrency=${spec.scaling.concurrency}`,
-    `--queue-timeout=${spec.scaling.queueTimeoutSeconds}`,
-    `--heartbeat=${spec.streaming.heartbeatSeconds}`,
-    `--idle-timeout=${spec.streaming.idleTimeoutSeconds}`,
-    `--max-duration=${spec.streaming.maxDurationSeconds}`,
-    `--drain=${config.drain}`,
-    `--function=${fn.metadata.namespace}/${fn.metadata.name}`,
-  ];
-  const prefix = pathPrefix(fn);
-  if (prefix) args.push(`--path-prefix=${prefix}`);
-  if (spec.map.enabled && config.nats) {
-    args.push(
-      `--nats=${config.nats}`,
-      `--map-path=${spec.map.path}`,
-      `--map-ack-wait=${spec.map.ackWaitSeconds}`,
-      `--map-max-deliver=${spec.map.maxDeliver}`,
-      `--map-retention=${spec.map.resultRetentionSeconds}`,
-    );
-  }
-  if (spec.auth?.secretName) args.push(`--auth-tokens-file=${AUTH_MOUNT}/tokens`);
-  return args;
+/** The sidecar's flags in a pod: the pod's ports, the operator's NATS and drain, the mounted tokens. */
+export function proxyArgs(fn: FunctionView, config: BuilderConfig): string[] {
+  return proxyFlags(fn, { drain: config.drain, nats: config.nats, authTokensFile: `${AUTH_MOUNT}/tokens` });
 }
 
 const restricted = {
@@ -109,7 +77,7 @@ function compact<T>(value: T): T {
   return JSON.parse(JSON.stringify(value)) as T;
 }
 
-export function desiredDeployment(fn: StreamingFunction, config: BuilderConfig): KubeObject {
+export function desiredDeployment(fn: FunctionView, config: BuilderConfig): KubeObject {
   const { spec } = fn;
   const gpuResource = spec.gpu.resourceName || config.gpuResourceName;
   const gpus = spec.gpu.count;
@@ -194,7 +162,7 @@ export function desiredDeployment(fn: StreamingFunction, config: BuilderConfig):
   });
 }
 
-export function desiredService(fn: StreamingFunction): KubeObject {
+export function desiredService(fn: FunctionView): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
@@ -208,7 +176,7 @@ export function desiredService(fn: StreamingFunction): KubeObject {
 }
 
 /** ingress-nginx settings that keep it from buffering or cutting off a long event stream. */
-export function streamingAnnotations(fn: StreamingFunction): Record<string, string> {
+export function streamingAnnotations(fn: FunctionView): Record<string, string> {
   // nginx's read timeout counts silence between two reads: it must outlast the proxy's own idle
   // limit, so that the proxy (which sends a clean SSE error) is the one that ends a quiet stream.
   const readTimeout = String(fn.spec.streaming.idleTimeoutSeconds + 30);
@@ -222,7 +190,7 @@ export function streamingAnnotations(fn: StreamingFunction): Record<string, stri
 }
 
 /** undefined when the function asks for no Ingress. */
-export function desiredIngress(fn: StreamingFunction, config: BuilderConfig): KubeObject | undefined {
+export function desiredIngress(fn: FunctionView, config: BuilderConfig): KubeObject | undefined {
   const { ingress } = fn.spec;
   if (!ingress.enabled) return undefined;
   const className = ingress.className || config.ingressClass;
@@ -254,7 +222,7 @@ export function desiredIngress(fn: StreamingFunction, config: BuilderConfig): Ku
 }
 
 /** Where users curl: the ingress host when set, else the in-cluster Service. */
-export function functionUrl(fn: StreamingFunction, ingressAddress = ''): string {
+export function functionUrl(fn: FunctionView, ingressAddress = ''): string {
   const { ingress } = fn.spec;
   if (ingress.enabled && (ingress.host || ingressAddress)) {
     const scheme = ingress.tlsSecretName ? 'https' : 'http';

@@ -1,20 +1,16 @@
-import { SluiceError } from '../common/errors.ts';
-import type { KubeObject } from './kube.ts';
 import {
-  API_VERSION,
-  type Condition,
-  KIND,
-  PLURAL,
   type StreamingFunctionSpec,
   type StreamingFunctionStatus,
   withDefaults,
-} from './schema.ts';
+} from '../api/v1alpha1/schema.ts';
+import { SluiceError } from '../common/errors.ts';
+import type { KubeObject } from './kube.ts';
 
-export { API_VERSION, type Condition, KIND, PLURAL };
-export type FunctionStatus = StreamingFunctionStatus;
-
-/** The operator's view of one StreamingFunction: identity plus a fully defaulted spec. */
-export interface StreamingFunction {
+/**
+ * The operator's view of one StreamingFunction: identity with every field it relies on present,
+ * plus a fully defaulted spec (the API type, api/v1alpha1's StreamingFunction, leaves them optional).
+ */
+export interface FunctionView {
   metadata: {
     name: string;
     namespace: string;
@@ -25,7 +21,7 @@ export interface StreamingFunction {
     deletionTimestamp?: string;
   };
   spec: StreamingFunctionSpec;
-  status: FunctionStatus;
+  status: StreamingFunctionStatus;
 }
 
 /** A stored spec the schema refuses (written before a rule existed): retrying will not help. */
@@ -42,7 +38,7 @@ export class InvalidSpecError extends SluiceError {
  * the same zod schema fills in what an object stored before a default existed lacks, and gives
  * the builders one fully typed shape.
  */
-export function functionView(object: KubeObject): StreamingFunction {
+export function functionView(object: KubeObject): FunctionView {
   const m = object.metadata ?? {};
   const name = `${m.namespace}/${m.name}`;
   let spec: StreamingFunctionSpec;

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { createLogger, type Logger } from '../common/log.ts';
+import { sendJsonError } from '../common/wire-errors.ts';
 import type { OperatorConfig } from './config.ts';
 import { Controller } from './controller.ts';
 import { KubeClient } from './kube.ts';
@@ -77,8 +78,7 @@ export async function startOperator(
         .writeHead(200, { 'content-type': metrics.registry.contentType })
         .end(await metrics.registry.metrics());
     } else {
-      res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: { code: 'not_found', message: `no route ${path}` } }));
+      sendJsonError(res, 'not_found', `no route ${path}`);
     }
   });
   admin.listen(config.metrics.port, config.metrics.host);

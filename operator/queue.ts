@@ -1,8 +1,3 @@
-/** What a reconcile asks of the queue when it succeeds: nothing, or another look later. */
-export interface ReconcileResult {
-  requeueAfterMs?: number;
-}
-
 export interface WorkQueueOptions {
   /** First retry delay after a failure; doubles per consecutive failure of the same key. */
   baseDelayMs?: number;
@@ -90,10 +85,7 @@ export class WorkQueue {
    * Runs `workers` loops until stop(). A thrown error whose `retryable` is not false retries
    * the key with backoff; a terminal one is left to the reconciler (it records a condition).
    */
-  async run(
-    workers: number,
-    reconcile: (key: string) => Promise<ReconcileResult | undefined>,
-  ): Promise<void> {
+  async run(workers: number, reconcile: (key: string) => Promise<void>): Promise<void> {
     const worker = async () => {
       for (;;) {
         const key = await this.next();
@@ -101,9 +93,8 @@ export class WorkQueue {
         const started = performance.now();
         let error: unknown;
         try {
-          const result = await reconcile(key);
+          await reconcile(key);
           this.failures.delete(key);
-          if (result?.requeueAfterMs !== undefined) this.addAfter(key, result.requeueAfterMs);
         } catch (err) {
           error = err;
           if ((err as { retryable?: boolean }).retryable !== false) {

@@ -1,5 +1,6 @@
+import type { Condition, StreamingFunctionStatus } from '../api/v1alpha1/schema.ts';
 import { FUNCTION_LABEL, functionUrl } from './desired.ts';
-import type { Condition, FunctionStatus, StreamingFunction } from './function.ts';
+import type { FunctionView } from './function.ts';
 import type { KubeObject } from './kube.ts';
 
 /** What the reconciler observed this time, besides the informer caches. */
@@ -16,7 +17,7 @@ export interface Observed {
 
 type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
 
-function scheduledCondition(fn: StreamingFunction, o: Observed): NewCondition {
+function scheduledCondition(fn: FunctionView, o: Observed): NewCondition {
   const gpu = fn.spec.gpu.resourceName || o.gpuResourceName;
   for (const pod of o.pods) {
     const scheduled = (pod.status?.conditions ?? []).find((c: Condition) => c.type === 'PodScheduled');
@@ -65,7 +66,7 @@ function availableCondition(o: Observed): NewCondition {
   };
 }
 
-function readyCondition(fn: StreamingFunction, o: Observed, scheduled: NewCondition): NewCondition {
+function readyCondition(fn: FunctionView, o: Observed, scheduled: NewCondition): NewCondition {
   if (o.notOwned) return { type: 'Ready', status: 'False', reason: 'NotOwned', message: o.notOwned };
   if (o.failure) return { type: 'Ready', status: 'False', reason: 'ReconcileError', message: o.failure };
   const d = o.deployment;
@@ -96,7 +97,7 @@ function ingressAddress(ingress: KubeObject | undefined): string {
  * The status that describes what was observed. Conditions keep their lastTransitionTime while
  * their status stays the same, so recomputing an unchanged world yields an identical status.
  */
-export function computeStatus(fn: StreamingFunction, o: Observed, now = new Date()): FunctionStatus {
+export function computeStatus(fn: FunctionView, o: Observed, now = new Date()): StreamingFunctionStatus {
   const scheduled = scheduledCondition(fn, o);
   const fresh = [readyCondition(fn, o, scheduled), availableCondition(o), scheduled];
   const previous = fn.status.conditions ?? [];
@@ -120,8 +121,8 @@ export function computeStatus(fn: StreamingFunction, o: Observed, now = new Date
 }
 
 /** Same content, ignoring key order. */
-export function sameStatus(a: FunctionStatus, b: FunctionStatus): boolean {
-  const norm = (s: FunctionStatus) =>
+export function sameStatus(a: StreamingFunctionStatus, b: StreamingFunctionStatus): boolean {
+  const norm = (s: StreamingFunctionStatus) =>
     JSON.stringify({
       observedGeneration: s.observedGeneration,
       replicas: s.replicas ?? 0,

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { Registry } from 'prom-client';
-import { sendJsonError } from './http-errors.ts';
+import { sendJsonError } from '../common/wire-errors.ts';
 
 export interface AdminOptions {
   registry: Registry;
@@ -36,7 +36,7 @@ export function createAdminServer(options: AdminOptions): Server {
   return createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      sendJsonError(res, 405, 'method_not_allowed', 'the admin port only answers GET', {
+      sendJsonError(res, 'method_not_allowed', 'the admin port only answers GET', {
         allow: 'GET, HEAD',
       });
       return;
@@ -55,7 +55,7 @@ export function createAdminServer(options: AdminOptions): Server {
         res.end(text);
       });
     } else {
-      sendJsonError(res, 404, 'not_found', `no such path ${path}; try /healthz, /readyz or /metrics`);
+      sendJsonError(res, 'not_found', `no such path ${path}; try /healthz, /readyz or /metrics`);
     }
   });
 }

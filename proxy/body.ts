@@ -1,12 +1,16 @@
 import type { IncomingMessage } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
-import { SluiceError } from '../common/errors.ts';
+import { WireError } from '../common/wire-errors.ts';
 
-export class BodyTooLargeError extends SluiceError {
+export class BodyTooLargeError extends WireError<'body_too_large'> {
   readonly limit: number;
 
   constructor(limit: number) {
-    super('body_too_large', `request body is larger than the limit of ${limit} bytes (--max-body)`);
+    super(
+      'ERR_BODY_TOO_LARGE',
+      'body_too_large',
+      `request body is larger than the limit of ${limit} bytes (--max-body)`,
+    );
     this.limit = limit;
   }
 }

@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { z } from 'zod';
+import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../common/limits.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -167,7 +168,7 @@ export const proxyConfigSchema = z.object({
   listen: hostPort,
   admin: hostPort,
   upstream: httpUrl,
-  concurrency: count(1, 100_000),
+  concurrency: count(1, MAX_CONCURRENCY),
   queueTimeout: seconds(0),
   heartbeat: seconds(0),
   idleTimeout: seconds(1),
@@ -190,7 +191,7 @@ export const proxyConfigSchema = z.object({
   replica: z.string(),
   mapPath: absolutePath,
   mapAckWait: seconds(1),
-  mapMaxDeliver: count(1, 100),
+  mapMaxDeliver: count(1, MAX_MAP_DELIVER),
   mapRetention: seconds(1),
   maxMapInputs: count(1),
   authTokensFile: z.string(),

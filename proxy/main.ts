@@ -1,6 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { createLogger, type Logger } from '../common/log.ts';
+import { jsonErrorBody, wireStatus } from '../common/wire-errors.ts';
 import { createAdminServer } from './admin.ts';
 import { TokenFile } from './auth.ts';
 import type { ProxyConfig } from './config.ts';
@@ -26,9 +27,10 @@ export interface RunningProxy {
 const KEEP_ALIVE_TIMEOUT_MS = 620_000;
 const HEADERS_TIMEOUT_MS = 630_000;
 
+const BAD_CONNECT_BODY = `${jsonErrorBody('bad_request_target', 'CONNECT is not supported: not a proxy')}\n`;
 const BAD_CONNECT = Buffer.from(
-  'HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 90\r\n\r\n' +
-    '{"error":{"code":"bad_request_target","message":"CONNECT is not supported: not a proxy"}}\n',
+  `HTTP/1.1 ${wireStatus('bad_request_target')} Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n` +
+    `content-length: ${Buffer.byteLength(BAD_CONNECT_BODY)}\r\n\r\n${BAD_CONNECT_BODY}`,
 );
 
 async function listen(server: Server, host: string, port: number): Promise<number> {

@@ -2,11 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createProxyServer } from 'http-proxy-3';
 import type { Logger } from '../common/log.ts';
+import { sendJsonError } from '../common/wire-errors.ts';
 import { bearerToken, type TokenFile } from './auth.ts';
 import { BodyLimit, BodyTooLargeError, declaredLength } from './body.ts';
 import type { ProxyConfig } from './config.ts';
 import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers.ts';
-import { sendJsonError } from './http-errors.ts';
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
 import type { ProxyMetrics } from './metrics.ts';
@@ -37,7 +37,6 @@ const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
 const SHUTDOWN: RelayFailure = {
   code: 'shutdown',
   message: 'the proxy is shutting down (drain period over)',
-  status: 503,
 };
 
 /**
@@ -117,7 +116,7 @@ export class PublicHandler {
       const closed = new Promise<void>((resolve) => exchange.res.once('close', () => resolve()));
       exchange.queue?.abort(SHUTDOWN);
       if (exchange.relay) exchange.relay.fail(SHUTDOWN);
-      else sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
+      else sendJsonError(exchange.res, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
       return closed;
     });
     // Let the final error events reach the clients before the sockets are closed.
@@ -129,8 +128,8 @@ export class PublicHandler {
     const exchange = this.#begin(req, res);
     this.#route(exchange).catch((err: unknown) => {
       this.#options.log.error({ err, requestId: exchange.id }, 'request failed inside the proxy');
-      if (exchange.relay) exchange.relay.fail({ code: 'internal', message: 'proxy error', status: 500 });
-      else sendJsonError(res, 500, 'internal', 'proxy error');
+      if (exchange.relay) exchange.relay.fail({ code: 'internal', message: 'proxy error' });
+      else sendJsonError(res, 'internal', 'proxy error');
     });
   };
 
@@ -156,31 +155,31 @@ export class PublicHandler {
     const { req, res } = exchange;
     const { config, tokens, map } = this.#options;
     if (this.#draining) {
-      sendJsonError(res, 503, 'shutting_down', 'the proxy is shutting down', { connection: 'close' });
+      sendJsonError(res, 'shutting_down', 'the proxy is shutting down', { connection: 'close' });
       return;
     }
     const refused = refusedTarget(req.method, req.url);
     if (refused) {
-      sendJsonError(res, 400, 'bad_request_target', refused);
+      sendJsonError(res, 'bad_request_target', refused);
       return;
     }
     req.url = stripPathPrefix(req.url!, config.pathPrefix);
     const path = pathOf(req.url);
     if (tokens && !tokens.accepts(bearerToken(req))) {
-      sendJsonError(res, 401, 'unauthorized', 'a valid Authorization: Bearer token is required', {
+      sendJsonError(res, 'unauthorized', 'a valid Authorization: Bearer token is required', {
         'www-authenticate': 'Bearer',
       });
       return;
     }
     if (path.startsWith('/_sluice/')) {
-      if (!isMapPath(path)) sendJsonError(res, 404, 'not_found', `no such path ${path}`);
-      else if (!map) sendJsonError(res, 503, 'map_disabled', 'map needs --nats (SLUICE_NATS)');
+      if (!isMapPath(path)) sendJsonError(res, 'not_found', `no such path ${path}`);
+      else if (!map) sendJsonError(res, 'map_disabled', 'map needs --nats (SLUICE_NATS)');
       else await map.handle(req, res, path);
       return;
     }
     const declared = declaredLength(req);
     if (declared !== undefined && declared > config.maxBody) {
-      sendJsonError(res, 413, 'body_too_large', new BodyTooLargeError(config.maxBody).message);
+      sendJsonError(res, 'body_too_large', new BodyTooLargeError(config.maxBody).message);
       return;
     }
     const release = await this.#slot(exchange);
@@ -201,13 +200,12 @@ export class PublicHandler {
       if (err instanceof QueueTimeoutError) {
         sendJsonError(
           exchange.res,
-          503,
           'queue_timeout',
           `all ${limiter.limit} slots stayed busy for ${config.queueTimeout} s (--concurrency, --queue-timeout)`,
           { 'retry-after': String(Math.max(1, Math.ceil(config.queueTimeout))) },
         );
       } else if (exchange.queue?.signal.reason === SHUTDOWN) {
-        sendJsonError(exchange.res, 503, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
+        sendJsonError(exchange.res, SHUTDOWN.code, SHUTDOWN.message, { connection: 'close' });
       }
       return undefined;
     }
@@ -239,7 +237,7 @@ export class PublicHandler {
       buffer = new BodyLimit(config.maxBody);
       buffer.once('error', (err) => {
         exchange.proxyReq?.destroy();
-        relay.fail({ code: 'body_too_large', message: err.message, status: 413 });
+        relay.fail({ code: 'body_too_large', message: err.message });
       });
       req.pipe(buffer);
     }
@@ -248,11 +246,10 @@ export class PublicHandler {
       const code = (err as NodeJS.ErrnoException).code ?? 'error';
       relay.fail(
         res.headersSent
-          ? { code: 'upstream_failed', message: `the function's response failed: ${code}`, status: 502 }
+          ? { code: 'upstream_failed', message: `the function's response failed: ${code}` }
           : {
               code: 'upstream_unavailable',
               message: `the function at ${config.upstream} did not answer (${code})`,
-              status: 502,
             },
       );
     });

@@ -1,6 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { errorEventData, type ResponseCode, sendJsonError, type WireCode } from '../common/wire-errors.ts';
 import { endToEndHeaders } from './headers.ts';
-import { sendJsonError } from './http-errors.ts';
 import { EventBoundaryTracker } from './sse-boundary.ts';
 
 const KEEPALIVE = Buffer.from(': keepalive\n\n');
@@ -11,12 +11,10 @@ export interface RelayLimits {
   maxDurationMs: number;
 }
 
-/** Why a relay ended early; `code` goes into the `event: error` data and the log. */
+/** Why a relay ended early; `code` goes into the `event: error` data (or the JSON error's status) and the log. */
 export interface RelayFailure {
-  code: string;
+  code: ResponseCode;
   message: string;
-  /** Status for a failure before any response headers were sent. */
-  status: number;
 }
 
 export function isEventStream(contentType: string | string[] | undefined): boolean {
@@ -34,8 +32,8 @@ export function eventStreamCacheControl(upstream: string | string[] | undefined)
 }
 
 /** The `event: error` block a failed event stream ends with. */
-export function errorEvent(code: string, message: string): string {
-  return `event: error\ndata: ${JSON.stringify({ error: { code, message } })}\n\n`;
+export function errorEvent(code: WireCode, message: string): string {
+  return `event: error\ndata: ${errorEventData(code, message)}\n\n`;
 }
 
 /**
@@ -111,14 +109,13 @@ export class StreamRelay {
         this.fail({
           code: 'upstream_closed',
           message: 'the function closed the connection before the response was complete',
-          status: 502,
         });
       }
     });
   }
 
   /**
-   * Ends the response early. Before headers: a JSON error with `failure.status`. On an event
+   * Ends the response early. Before headers: a JSON error with the code's status. On an event
    * stream: an `event: error` after the last complete event, then a clean end. Otherwise the
    * connection is cut, so the client can tell the body is incomplete.
    */
@@ -130,7 +127,7 @@ export class StreamRelay {
     const res = this.res;
     if (res.destroyed || res.writableEnded) return;
     if (!res.headersSent) {
-      sendJsonError(res, failure.status, failure.code, failure.message);
+      sendJsonError(res, failure.code, failure.message);
       return;
     }
     this.#flush(); // what the function wrote before failing still goes out
@@ -195,7 +192,6 @@ export class StreamRelay {
       this.fail({
         code: 'max_duration',
         message: `stream exceeded the maximum duration of ${maxDurationMs / 1000} s (--max-duration)`,
-        status: 504,
       });
       return;
     }
@@ -203,7 +199,6 @@ export class StreamRelay {
       this.fail({
         code: 'idle_timeout',
         message: `no data from the function for ${idleMs / 1000} s (--idle-timeout)`,
-        status: 504,
       });
       return;
     }

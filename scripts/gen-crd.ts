@@ -1,4 +1,4 @@
-// `npm run gen`: writes the CRD generated from operator/schema.ts to crds/ and the chart.
+// `npm run gen`: writes the CRD generated from the API (api/v1alpha1/) to crds/ and the chart.
 // `npm run gen -- --check` writes nothing and exits 1 when a committed file is stale.
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';

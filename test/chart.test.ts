@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
 import { freePort, waitFor } from '../common/net.ts';
+import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { CHART, find, helm, helmMissing, type Manifest, render } from './support/helm.ts';
-import { type Started, start } from './support/process.ts';
 
 if (helmMissing) console.warn(`skipping chart tests: ${helmMissing}`);
 

@@ -1,7 +1,7 @@
 import { ApiException } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GROUP, PLURAL, VERSION, withDefaults } from '../api/v1alpha1/schema.ts';
 import { waitFor } from '../common/net.ts';
-import { GROUP, PLURAL, VERSION, withDefaults } from '../operator/schema.ts';
 import { fullSpec, invalidCases, streamingFunction } from './crd-cases.ts';
 import { clients, kubectl, type Namespace, throwawayNamespace } from './support/cluster.ts';
 

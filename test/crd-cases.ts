@@ -1,4 +1,4 @@
-import { API_VERSION, KIND } from '../operator/schema.ts';
+import { API_VERSION, KIND } from '../api/v1alpha1/schema.ts';
 
 // StreamingFunctions that must be refused, each with the field path the refusal must name.
 // test/crd.test.ts runs them through zod, test/crd-apiserver.test.ts through the real API server.

@@ -3,6 +3,12 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import {
+  ingressPath,
+  parseStreamingFunction,
+  streamingFunctionSchema,
+  withDefaults,
+} from '../api/v1alpha1/schema.ts';
+import {
   chartCrdTemplate,
   GENERATED_FILES,
   streamingFunctionCrd,
@@ -10,12 +16,6 @@ import {
   structural,
   undocumentedFields,
 } from '../operator/crd.ts';
-import {
-  ingressPath,
-  parseStreamingFunction,
-  streamingFunctionSchema,
-  withDefaults,
-} from '../operator/schema.ts';
 import { fullSpec, invalidCases, streamingFunction } from './crd-cases.ts';
 
 // The CRD without a cluster: generated files current, structural, documented; and the zod

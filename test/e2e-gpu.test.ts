@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
+import { type Started, start, startSluice } from '../harness/process.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
 import { GPU_PRODUCT_LABEL, SIMULATED_NODES } from '../scripts/cluster.ts';
 import {
@@ -21,7 +22,6 @@ import {
   throwawayNamespace,
 } from './support/cluster.ts';
 import { CHART, find, HELM, helm, helmMissing, type Manifest, parseManifests, ROOT } from './support/helm.ts';
-import { type Started, start, startSluice } from './support/process.ts';
 import {
   grants,
   type PolicyRule,

@@ -6,7 +6,7 @@ import { loadManifest } from '../cli/serve-manifest.ts';
 import { map, stream } from '../client/index.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { exited } from '../common/process.ts';
-import { type Started, start, startSluice } from './support/process.ts';
+import { type Started, start, startSluice } from '../harness/process.ts';
 
 // Every example runs the way its README says: through `sluice serve`, with its real
 // dependencies (FastAPI, uvicorn, torch from scripts/python-deps.sh; torchrun; nats-server).

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import dockerignoreModule from '@balena/dockerignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
-import { type Started, start } from './support/process.ts';
+import { type Started, start } from '../harness/process.ts';
 
 const run = promisify(execFile);
 // A CommonJS module typed with an ES default export: Node hands over the function itself.
@@ -84,7 +84,7 @@ async function buildContext(): Promise<string[]> {
 const dockerfile = parseDockerfile(await readFile(join(ROOT, 'Dockerfile'), 'utf8'));
 const final = dockerfile.at(-1)!;
 const deps = dockerfile.find((s) => s.name === 'deps')!;
-const runtimeDirs = ['bin', 'cli', 'client', 'common', 'operator', 'proxy'];
+const runtimeDirs = ['api', 'bin', 'cli', 'client', 'common', 'operator', 'proxy'];
 
 describe('Dockerfile', () => {
   it('builds on Node 24 slim (bookworm) in both stages', () => {

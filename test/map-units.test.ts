@@ -139,7 +139,8 @@ describe('parseMapBody', () => {
     }
     expect(caught).toBeInstanceOf(MapRequestError);
     const err = caught as MapRequestError;
-    expect([err.status, err.code]).toEqual([status, code]);
+    // The wire code is what the client sees; the error's own code stays an internal ERR_* one.
+    expect([err.status, err.wireCode, err.code]).toEqual([status, code, 'ERR_MAP_REQUEST']);
     expect(err.message).toMatch(message);
   });
 

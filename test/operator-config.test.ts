@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import { SettingError } from '../common/errors.ts';
+import { startSluice } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
-import { startSluice } from './support/process.ts';
 
 describe('sluice operator settings', () => {
   it('defaults (SPEC §3): all namespaces, admin on 0.0.0.0:8081, no leader election off-cluster', () => {

@@ -9,7 +9,7 @@ import {
   functionUrl,
   proxyArgs,
 } from '../operator/desired.ts';
-import { functionView, InvalidSpecError, type StreamingFunction } from '../operator/function.ts';
+import { type FunctionView, functionView, InvalidSpecError } from '../operator/function.ts';
 import { computeStatus, type Observed, sameStatus } from '../operator/status.ts';
 import { loadProxyConfig } from '../proxy/config.ts';
 
@@ -21,7 +21,7 @@ const config: BuilderConfig = {
   drain: 20,
 };
 
-function fn(spec: Record<string, unknown>, name = 'echo', namespace = 'team-a'): StreamingFunction {
+function fn(spec: Record<string, unknown>, name = 'echo', namespace = 'team-a'): FunctionView {
   return functionView({
     metadata: { name, namespace, uid: 'uid-1', generation: 3 },
     spec: { image: 'ghcr.io/acme/echo:1', ...spec },

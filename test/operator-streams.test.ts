@@ -5,12 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../common/log.ts';
 import { mapNames, WORKER_CONSUMER } from '../common/map-streams.ts';
 import { freePort, waitFor } from '../common/net.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
-import { STREAMS_FINALIZER } from '../operator/controller.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
+import { STREAMS_FINALIZER } from '../operator/reconciler.ts';
 import { kubeconfigPath } from './support/cluster.ts';
-import { type NatsServer, startNats } from './support/nats.ts';
 
 const SECOND = 1_000_000_000;
 let kubeconfig = '';

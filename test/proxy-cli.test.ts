@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
+import { type Started, startSluice } from '../harness/process.ts';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
-import { type Started, startSluice } from './support/process.ts';
 import { curl } from './support/proxy-harness.ts';
 
 let fn: FunctionServer | undefined;

@@ -115,15 +115,15 @@ describe('what serve runs', () => {
       '--heartbeat=5',
       '--idle-timeout=60',
       '--max-duration=120',
+      '--drain=3',
+      '--function=default/fn',
       '--path-prefix=/api/fn',
       '--nats=nats://n:4222',
-      '--function=default/fn',
-      '--replica=fn-0',
       '--map-path=/work',
       '--map-ack-wait=9',
       '--map-max-deliver=2',
       '--map-retention=99',
-      '--drain=3',
+      '--replica=fn-0',
     ]);
   });
 });

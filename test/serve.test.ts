@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { map, stream } from '../client/index.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { exited } from '../common/process.ts';
-import { type Started, start, startSluice } from './support/process.ts';
+import { type Started, start, startSluice } from '../harness/process.ts';
 
 // `sluice serve` end to end: real function processes (examples/echo), real `sluice proxy`
 // children, a real nats-server, curl and the CLI as clients.

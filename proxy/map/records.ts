@@ -3,6 +3,8 @@
  * `error` records are exactly the `data` of the SSE events of the same name (SPEC §2), so the
  * requesting proxy forwards them unchanged.
  */
+import type { NatsConnection } from '@nats-io/transport-node';
+
 export type RecordKind = 'accepted' | 'result' | 'error' | 'cancelled';
 
 export interface AcceptedRecord {
@@ -23,6 +25,14 @@ export interface ErrorRecord {
   index: number;
   error: { status: number; message: string };
   attempts: number;
+}
+
+/** Room left in a NATS message for the headers JetStream adds (msgID, ...). */
+const HEADER_ROOM = 512;
+
+/** The largest task input or result record one message can carry on this connection. */
+export function maxRecordBytes(nc: NatsConnection): number {
+  return (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
 }
 
 export function encodeRecord(record: AcceptedRecord | ResultRecord | ErrorRecord): string {

@@ -1,14 +1,17 @@
 import { z } from 'zod';
-import { SluiceError } from '../../common/errors.ts';
+import { WireError, wireStatus } from '../../common/wire-errors.ts';
 import type { MapOrder } from './sequencer.ts';
 
-/** A map request refused before anything was queued; `status` is 400 or 413. */
-export class MapRequestError extends SluiceError {
-  readonly status: number;
+type MapRequestCode = 'invalid_json' | 'invalid_map_body' | 'too_many_inputs' | 'input_too_large';
 
-  constructor(status: number, code: string, message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.status = status;
+/** A map request refused before anything was queued (400 or 413, from the wire table). */
+export class MapRequestError extends WireError<MapRequestCode> {
+  constructor(wireCode: MapRequestCode, message: string, options?: { cause?: unknown }) {
+    super('ERR_MAP_REQUEST', wireCode, message, options);
+  }
+
+  get status(): number {
+    return wireStatus(this.wireCode);
   }
 }
 
@@ -43,7 +46,7 @@ export function parseMapBody(body: Buffer, limits: MapBodyLimits): MapRequest {
   try {
     json = JSON.parse(body.toString('utf8'));
   } catch (err) {
-    throw new MapRequestError(400, 'invalid_json', `body: not JSON (${(err as Error).message})`, {
+    throw new MapRequestError('invalid_json', `body: not JSON (${(err as Error).message})`, {
       cause: err,
     });
   }
@@ -55,12 +58,11 @@ export function parseMapBody(body: Buffer, limits: MapBodyLimits): MapRequest {
       issue.code === 'unrecognized_keys'
         ? `${field}: unknown field (expected inputs, order, keep)`
         : `${field}: ${json === null || typeof json !== 'object' || Array.isArray(json) ? 'must be a JSON object with inputs' : issue.message}`;
-    throw new MapRequestError(400, 'invalid_map_body', message, { cause: parsed.error });
+    throw new MapRequestError('invalid_map_body', message, { cause: parsed.error });
   }
   const { inputs, order, keep } = parsed.data;
   if (inputs.length > limits.maxInputs) {
     throw new MapRequestError(
-      413,
       'too_many_inputs',
       `inputs: ${inputs.length} inputs, more than the limit of ${limits.maxInputs} (--max-map-inputs)`,
     );
@@ -70,7 +72,6 @@ export function parseMapBody(body: Buffer, limits: MapBodyLimits): MapRequest {
     const bytes = Buffer.byteLength(text);
     if (bytes > limits.maxInputBytes) {
       throw new MapRequestError(
-        413,
         'input_too_large',
         `inputs[${index}]: ${bytes} bytes, more than the ${limits.maxInputBytes} bytes a NATS message can carry`,
       );

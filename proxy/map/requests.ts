@@ -4,21 +4,21 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { errorMessage, SluiceError } from '../../common/errors.ts';
+import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import { type MapNames, REQUEST_ID } from '../../common/map-streams.ts';
+import { errorEventData, sendJsonError, WireError } from '../../common/wire-errors.ts';
 import { BodyTooLargeError, readBody } from '../body.ts';
-import { sendJsonError } from '../http-errors.ts';
 import { EventStreamWriter } from './event-stream.ts';
 import type { MapMetrics } from './metrics.ts';
-import { type AcceptedRecord, encodeRecord, type RecordKind, taskMsgId } from './records.ts';
+import { type AcceptedRecord, encodeRecord, maxRecordBytes, type RecordKind, taskMsgId } from './records.ts';
 import { MapRequestError, parseMapBody } from './request-body.ts';
 import { ResultSequencer } from './sequencer.ts';
 
-/** A map that cannot go on (NATS unreachable for too long, tasks not storable). */
-export class MapFailedError extends SluiceError {
+/** A map that cannot go on (NATS unreachable for too long, tasks not storable); clients see `map_failed`. */
+export class MapHaltedError extends WireError<'map_failed'> {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('map_failed', message, options);
+    super('ERR_MAP_HALTED', 'map_failed', message, options);
   }
 }
 
@@ -40,8 +40,6 @@ export interface MapRequestsOptions {
 
 /** Task publishes awaiting their JetStream ack at once: one round trip per input would cap throughput. */
 const PUBLISH_WINDOW = 256;
-/** Room left in a NATS message for the headers JetStream adds. */
-const HEADER_ROOM = 512;
 
 interface Delivery {
   kind: 'result' | 'error';
@@ -60,7 +58,7 @@ export class MapRequests {
   async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
     if (path === '/_sluice/map') {
       if (req.method !== 'POST') {
-        sendJsonError(res, 405, 'method_not_allowed', 'POST the inputs to /_sluice/map', { allow: 'POST' });
+        sendJsonError(res, 'method_not_allowed', 'POST the inputs to /_sluice/map', { allow: 'POST' });
         return;
       }
       await this.#start(req, res);
@@ -68,13 +66,13 @@ export class MapRequests {
     }
     const requestId = decodeURIComponent(path.slice('/_sluice/map/'.length));
     if (req.method !== 'GET') {
-      sendJsonError(res, 405, 'method_not_allowed', 'GET /_sluice/map/<requestId> resumes a map', {
+      sendJsonError(res, 'method_not_allowed', 'GET /_sluice/map/<requestId> resumes a map', {
         allow: 'GET',
       });
       return;
     }
     if (!REQUEST_ID.test(requestId)) {
-      sendJsonError(res, 404, 'map_not_found', `no map request ${JSON.stringify(requestId)}`);
+      sendJsonError(res, 'map_not_found', `no map request ${JSON.stringify(requestId)}`);
       return;
     }
     await this.#resume(req, res, requestId);
@@ -85,12 +83,12 @@ export class MapRequests {
     let request: ReturnType<typeof parseMapBody>;
     try {
       const body = await readBody(req, this.#o.maxBody);
-      const maxInputBytes = (this.#o.nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+      const maxInputBytes = maxRecordBytes(this.#o.nc);
       request = parseMapBody(body, { maxInputs: this.#o.maxInputs, maxInputBytes });
     } catch (err) {
-      if (err instanceof BodyTooLargeError) sendJsonError(res, 413, err.code, err.message);
-      else if (err instanceof MapRequestError) sendJsonError(res, err.status, err.code, err.message);
-      else throw err;
+      if (err instanceof BodyTooLargeError || err instanceof MapRequestError) {
+        sendJsonError(res, err.wireCode, err.message);
+      } else throw err;
       return;
     }
     const requestId = randomUUID();
@@ -104,7 +102,7 @@ export class MapRequests {
       // Stored first, so a resume knows the count and order even if the client drops at once.
       await js.publish(`${names.resultsOf(requestId)}.accepted`, encodeRecord(accepted));
     } catch (err) {
-      sendJsonError(res, 503, 'nats_unavailable', `could not queue the map: ${errorMessage(err)}`, {
+      sendJsonError(res, 'nats_unavailable', `could not queue the map: ${errorMessage(err)}`, {
         'retry-after': '1',
       });
       return;
@@ -138,7 +136,6 @@ export class MapRequests {
       if (!stored) {
         sendJsonError(
           res,
-          404,
           'map_not_found',
           `no map request ${requestId} in the results kept (--map-retention)`,
         );
@@ -146,7 +143,7 @@ export class MapRequests {
       }
       accepted = stored.json<AcceptedRecord>();
     } catch (err) {
-      sendJsonError(res, 503, 'nats_unavailable', `could not read the map's results: ${errorMessage(err)}`, {
+      sendJsonError(res, 'nats_unavailable', `could not read the map's results: ${errorMessage(err)}`, {
         'retry-after': '1',
       });
       return;
@@ -158,7 +155,6 @@ export class MapRequests {
       if (!Number.isInteger(lastEventId) || lastEventId >= accepted.count) {
         sendJsonError(
           res,
-          400,
           'invalid_last_event_id',
           `Last-Event-ID: must be an index from 0 to ${accepted.count - 1}, got ${JSON.stringify(header)}`,
         );
@@ -208,7 +204,7 @@ export class MapRequests {
       } catch (err) {
         if (signal.aborted) return;
         if (performance.now() + waitMs > deadline) {
-          throw new MapFailedError(`could not queue the inputs: ${errorMessage(err)}`, { cause: err });
+          throw new MapHaltedError(`could not queue the inputs: ${errorMessage(err)}`, { cause: err });
         }
         await sleep(waitMs);
         waitMs = Math.min(waitMs * 2, 2_000);
@@ -241,7 +237,7 @@ export class MapRequests {
       outage ??= setTimeout(
         () =>
           fail(
-            new MapFailedError(
+            new MapHaltedError(
               `NATS unreachable for ${Math.round(this.#o.outageMs / 1000)} s (--map-ack-wait); results so far were sent`,
             ),
           ),
@@ -289,7 +285,7 @@ export class MapRequests {
             if (writer.backedUp) await writer.drained();
           } else if (kind === 'cancelled') {
             fail(
-              new MapFailedError(
+              new MapHaltedError(
                 'the map was cancelled: its client left or it failed (send "keep": true to resume)',
               ),
             );
@@ -299,12 +295,13 @@ export class MapRequests {
         if (!resubscribe) break;
       }
       if (res.destroyed) return 'client_left';
-      throw failure ?? new MapFailedError('the results stream ended early');
+      throw failure ?? new MapHaltedError('the results stream ended early');
     } catch (err) {
       if (res.destroyed) return 'client_left';
-      const code = err instanceof SluiceError ? err.code : 'map_failed';
+      // Only a map's own halt has a code of its own; anything else is reported as map_failed too.
+      const code = err instanceof MapHaltedError ? err.wireCode : 'map_failed';
       log.warn({ requestId, err: errorMessage(err), outstanding: sequencer.outstanding }, 'map failed');
-      writer.event('error', JSON.stringify({ error: { code, message: errorMessage(err) } }));
+      writer.event('error', errorEventData(code, errorMessage(err)));
       writer.end();
       return 'failed';
     } finally {

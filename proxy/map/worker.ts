@@ -8,7 +8,7 @@ import type { MapNames } from '../../common/map-streams.ts';
 import type { ConcurrencyLimiter, Release } from '../limiter.ts';
 import { type CallOutcome, callFunction } from './call-function.ts';
 import type { MapMetrics, TaskOutcome } from './metrics.ts';
-import { type ErrorRecord, encodeRecord, type ResultRecord, resultMsgId } from './records.ts';
+import { type ErrorRecord, encodeRecord, maxRecordBytes, type ResultRecord, resultMsgId } from './records.ts';
 
 export interface WorkerOptions {
   nc: NatsConnection;
@@ -35,9 +35,6 @@ interface Task {
   requestId: string;
   index: number;
 }
-
-/** Room left in a NATS message for the headers JetStream adds (msgID, ...). */
-const HEADER_ROOM = 512;
 
 /**
  * Takes this replica's share of the function's map tasks from the shared durable pull
@@ -266,7 +263,7 @@ export class MapWorker {
   }
 
   #maxPayload(): number {
-    return (this.#o.nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
+    return maxRecordBytes(this.#o.nc);
   }
 
   #tooLarge(index: number, bytes: number, attempt: number): ErrorRecord {

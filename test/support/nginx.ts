@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from '../../common/net.ts';
-import { type Started, start } from './process.ts';
+import { type Started, start } from '../../harness/process.ts';
 
 export const NGINX = process.env.SLUICE_NGINX ?? '/usr/sbin/nginx';
 

@@ -1,10 +1,11 @@
 import { z } from 'zod';
+import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../../common/limits.ts';
 
-// The one source of the StreamingFunction resource (SPEC §1). The operator, the proxy and
-// `sluice serve` parse with it (zod applies the defaults), and scripts/gen-crd.ts turns it into
-// the CRD's OpenAPI schema (operator/crd.ts), so the API server applies the same defaults and
-// bounds. Keep this module free of imports other than zod: the sidecar image loads it.
-// Descriptions are user-facing: `kubectl explain sfn.spec...` prints them.
+// The one source of the StreamingFunction resource (SPEC §1), as kubebuilder keeps api/v1 apart
+// from its controllers. The operator and `sluice serve` parse with it (zod applies the defaults),
+// and scripts/gen-crd.ts turns it into the CRD's OpenAPI schema (operator/crd.ts), so the API
+// server applies the same defaults and bounds. api/ imports nothing but common/ and zod
+// (test/boundaries.test.ts). Descriptions are user-facing: `kubectl explain sfn.spec...` prints them.
 
 export const GROUP = 'sluice.dev';
 export const VERSION = 'v1alpha1';
@@ -214,7 +215,7 @@ const scaling = guarded(
       concurrency: z
         .int()
         .min(1)
-        .max(10_000)
+        .max(MAX_CONCURRENCY)
         .default(8)
         .describe(
           'Streams and map tasks in flight per replica, enforced by the proxy. Extra requests queue.',
@@ -281,7 +282,12 @@ const map = z
       (path) => path.startsWith('/'),
     ]).default('/'),
     ackWaitSeconds: seconds('A task not finished by then is handed to another replica.', 60, 1, DAY),
-    maxDeliver: z.int().min(1).max(100).default(3).describe('Attempts before an input is reported failed.'),
+    maxDeliver: z
+      .int()
+      .min(1)
+      .max(MAX_MAP_DELIVER)
+      .default(3)
+      .describe('Attempts before an input is reported failed.'),
     resultRetentionSeconds: seconds(
       'How long map results stay in JetStream, so a broken map stream can resume.',
       600,

@@ -40,7 +40,7 @@ export function start(command: string, args: string[], options: SpawnOptions = {
 }
 
 /** `node` here is the project's Node 24 (npm scripts put node_modules/.bin first on PATH). */
-export const SLUICE_BIN = new URL('../../bin/sluice.js', import.meta.url).pathname;
+export const SLUICE_BIN = new URL('../bin/sluice.js', import.meta.url).pathname;
 
 export function startSluice(args: string[], options: SpawnOptions = {}): Started {
   return start(process.execPath, [SLUICE_BIN, ...args], options);

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from '../../common/net.ts';
+import { freePort, waitForPort } from '../common/net.ts';
 import { type Started, start } from './process.ts';
 
 export interface NatsServer {

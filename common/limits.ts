@@ -1,0 +1,7 @@
+/**
+ * Bounds that the API (spec.scaling, spec.map) and `sluice proxy`'s flags share, so a spec the
+ * API server accepts always gives flags the proxy accepts. The concurrency cap is what one proxy
+ * process can hold (the idle-stream benchmark runs 10,900 slots), not a scheduling choice.
+ */
+export const MAX_CONCURRENCY = 100_000;
+export const MAX_MAP_DELIVER = 100;

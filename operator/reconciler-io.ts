@@ -1,0 +1,51 @@
+import type { FunctionView } from './function.ts';
+import type { KubeObject } from './kube.ts';
+
+/** A kind of object the operator owns for each function. */
+export interface OwnedKind {
+  kind: string;
+  apiVersion: string;
+  plural: string;
+}
+export const DEPLOYMENT: OwnedKind = { kind: 'Deployment', apiVersion: 'apps/v1', plural: 'deployments' };
+export const SERVICE: OwnedKind = { kind: 'Service', apiVersion: 'v1', plural: 'services' };
+export const INGRESS: OwnedKind = {
+  kind: 'Ingress',
+  apiVersion: 'networking.k8s.io/v1',
+  plural: 'ingresses',
+};
+export const OWNED_KINDS = [DEPLOYMENT, SERVICE, INGRESS];
+
+/**
+ * Everything the reconciler reads from and writes to the cluster: the seam between its phases
+ * and Kubernetes. In production ClusterIO (informer caches + KubeClient) implements it; the
+ * reconciler's outcome tables give inputs and record outputs through a fake of it. Failures are
+ * the API server's (KubeApiError), so a table can play a 403 or a 404.
+ */
+export interface ReconcilerIO {
+  /** The StreamingFunction as cached, undefined once it is gone. */
+  function(namespace: string, name: string): KubeObject | undefined;
+  /** The object of this kind and name, Sluice's or anyone's (cache first, then the server). */
+  live(kind: OwnedKind, namespace: string, name: string): Promise<KubeObject | undefined>;
+  /** The object of this kind and name among those Sluice labelled (cache only). */
+  labelled(kind: OwnedKind, namespace: string, name: string): KubeObject | undefined;
+  /** The function's pods (`namespace/name`), slimmed to what status needs. */
+  pods(key: string): KubeObject[];
+
+  /** Server-side apply as the operator's field manager; returns the object as stored. */
+  apply(kind: OwnedKind, object: KubeObject): Promise<KubeObject>;
+  /** Deletes the object only if it is still the one with this uid. */
+  delete(kind: OwnedKind, namespace: string, name: string, uid: string | undefined): Promise<void>;
+  /** A JSON merge patch of the function (its finalizers). */
+  patchFunction(namespace: string, name: string, patch: unknown): Promise<void>;
+  patchStatus(namespace: string, name: string, status: unknown): Promise<void>;
+  /** A core/v1 Event on the function; losing one is not worth failing a reconcile over. */
+  event(fn: FunctionView, type: 'Normal' | 'Warning', reason: string, message: string): void;
+}
+
+/** The function's JetStream streams; StreamManager in production. */
+export interface MapStreams {
+  /** Creates or updates them; true when anything was written. */
+  ensure(fn: FunctionView): Promise<boolean>;
+  remove(fn: FunctionView): Promise<void>;
+}
