@@ -5,6 +5,8 @@
 // volumes and the pod's hosts/resolv.conf files, and finally execs the command under the
 // container's user, groups and capability bounding set (setpriv) in its working directory.
 // Every step execs the next, so the pid the runner spawned is the container's main process.
+import { lstatSync, readlinkSync } from 'node:fs';
+import { posix } from 'node:path';
 
 export interface Mount {
   source: string;
@@ -68,6 +70,35 @@ export function capabilitySet(
   const set = new Set(drop.includes('all') ? [] : DEFAULT_CAPABILITIES.filter((c) => !drop.includes(c)));
   for (const c of add) set.add(c);
   return [...set];
+}
+
+/**
+ * A path inside the container with its symlinks resolved inside the container's root, as
+ * runc's securejoin does: the root is this machine's / seen through an overlay, so the links
+ * are the machine's, but an absolute link must not lead a mount out of the root
+ * (/var/run -> /run put /var/run/secrets on the host's /run, outside the container).
+ */
+export function resolveInRoot(path: string, lstat = lstatSync, readlink = readlinkSync): string {
+  const pending = posix.normalize(path).split('/').filter(Boolean);
+  let resolved = '/';
+  for (let hops = 0; pending.length > 0; ) {
+    const part = pending.shift()!;
+    const next = posix.join(resolved, part);
+    let link: string | undefined;
+    try {
+      if (lstat(next).isSymbolicLink()) link = readlink(next, 'utf8') as string;
+    } catch {
+      // Missing: the rest is created as it is named.
+    }
+    if (link === undefined) {
+      resolved = next;
+      continue;
+    }
+    if (++hops > 40) throw new Error(`too many symbolic links in ${path}`);
+    pending.unshift(...link.split('/').filter(Boolean));
+    if (link.startsWith('/')) resolved = '/';
+  }
+  return resolved;
 }
 
 export function quote(value: string): string {

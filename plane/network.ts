@@ -130,6 +130,21 @@ export async function tearDownHost(ipForward: string | undefined): Promise<void>
   if (ipForward !== undefined) await writeFile(IP_FORWARD, ipForward);
 }
 
+/** What of the plane's network is still on this machine (empty after a clean `down`). */
+export async function leftovers(): Promise<string[]> {
+  const found = [
+    ...(await planeNamespaces()).map((n) => `network namespace ${n}`),
+    ...(await planeLinks()).map((l) => `link ${l}`),
+  ];
+  const blackholes = await run('ip', ['route', 'show', 'type', 'blackhole']).catch(() => '');
+  if (blackholes.includes(PLANE_RANGE)) found.push(`blackhole route ${PLANE_RANGE}`);
+  const tables = await run('nft', ['list', 'tables']).catch(() => '');
+  for (const table of [`inet ${FIREWALL_TABLE}`, 'ip kube-proxy', 'ip6 kube-proxy']) {
+    if (tables.split('\n').includes(`table ${table}`)) found.push(`nftables table ${table}`);
+  }
+  return found;
+}
+
 /** The commands that give a pod its namespace, veth pair, address and routes (pure). */
 export function sandboxBatches(name: string, podIp: string): { host: string; pod: string } {
   return {

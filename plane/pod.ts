@@ -13,7 +13,14 @@ import { CLUSTER_DOMAIN, DNS_SERVICE_IP, NODE_ADDRESS } from './addresses.ts';
 import { containerCgroup, ensureCgroup, killCgroup, podCgroup, removeCgroup } from './cgroups.ts';
 import { ContainerConfigError, containerEnv, expandReferences, serviceLinkEnv } from './env.ts';
 import { commandLine, type ImageConfig, type ImageTable } from './images.ts';
-import { capabilitySet, execCommand, type LaunchSpec, launchCommand, type Mount } from './launch.ts';
+import {
+  capabilitySet,
+  execCommand,
+  type LaunchSpec,
+  launchCommand,
+  type Mount,
+  resolveInRoot,
+} from './launch.ts';
 import { createSandbox, deleteSandbox, sandboxName } from './network.ts';
 import { type ProbeTarget, probeOnce, runHook } from './probes.ts';
 import { type ContainerKind, type ContainerRecord, type PodView, podStatus } from './status.ts';
@@ -140,6 +147,8 @@ export class PodWorker {
   private sandboxReady = false;
   private readonly startTime = new Date().toISOString();
   private stopping = false;
+  /** The pod is gone from the API: no more status writes. */
+  private gone = false;
   private terminal = false;
   private readonly stopped = new AbortController();
   private conditions: Condition[] = [];
@@ -199,6 +208,7 @@ export class PodWorker {
 
   /** The pod is gone from the API (force-deleted): stop everything now. */
   async forget(): Promise<void> {
+    this.gone = true;
     this.stopping = true;
     this.stopped.abort();
     for (const slot of this.slots) slot.instance?.abort.abort();
@@ -213,8 +223,17 @@ export class PodWorker {
       this.flushSoon();
       await this.prepareVolumes();
       if (this.stopping) return;
-      await this.createSandbox();
-      if (this.stopping) return;
+      for (let delay = 1_000; !this.sandboxReady; delay = Math.min(delay * 2, 30_000)) {
+        if (this.stopping) return;
+        try {
+          await this.createSandbox();
+        } catch (err) {
+          this.log.warn({ err }, 'sandbox failed');
+          this.host.api.event(this.pod, 'Warning', 'FailedCreatePodSandBox', errorMessage(err));
+          await this.releaseSandbox();
+          await this.pause(delay);
+        }
+      }
       for (const slot of this.slots.filter((s) => s.record.kind !== 'main')) {
         if (this.stopping) return;
         if (slot.record.kind === 'sidecar') {
@@ -371,7 +390,7 @@ export class PodWorker {
   // --- containers ----------------------------------------------------------------------------
 
   private shouldRestart(slot: Slot, code: number): boolean {
-    if (this.stopping) return false;
+    if (this.stopping || this.terminal) return false;
     if (slot.record.kind === 'sidecar') return true;
     const policy = this.pod.spec.restartPolicy ?? 'Always';
     if (slot.record.kind === 'init') return policy !== 'Never' && code !== 0;
@@ -531,14 +550,20 @@ export class PodWorker {
       }
       const source = sub ? join(volume.path, sub) : volume.path;
       if (sub) await mkdir(source, { recursive: true });
-      mounts.push({ source, target: m.mountPath, readOnly: Boolean(m.readOnly), file: volume.file });
+      mounts.push({
+        source,
+        target: resolveInRoot(m.mountPath),
+        readOnly: Boolean(m.readOnly),
+        file: volume.file,
+      });
     }
     if (!pod.spec.hostNetwork) {
       for (const file of ['hosts', 'resolv.conf', 'hostname']) {
-        if (!mounts.some((m) => m.target === `/etc/${file}`)) {
+        const target = resolveInRoot(`/etc/${file}`);
+        if (!mounts.some((m) => m.target === target)) {
           mounts.push({
             source: join(this.dir, 'etc', file),
-            target: `/etc/${file}`,
+            target,
             readOnly: false,
             file: true,
           });
@@ -577,6 +602,8 @@ export class PodWorker {
   private async startInstance(slot: Slot): Promise<Instance | undefined> {
     const image = this.image(slot);
     if (!image) return undefined;
+    // Whatever the last run left in the container's cgroup goes before its files do.
+    await killCgroup(containerCgroup(this.uid, slot.spec.name));
     let launch: { spec: LaunchSpec; env: Record<string, string> };
     try {
       launch = await this.buildLaunch(slot, image);
@@ -590,11 +617,11 @@ export class PodWorker {
       if (!(err instanceof ContainerConfigError)) this.log.warn({ err }, 'container config');
       return undefined;
     }
-    if (this.stopping) return undefined;
     const attempt = slot.starts;
-    await killCgroup(launch.spec.cgroup);
     await ensureCgroup(launch.spec.cgroup);
     await mkdir(join(this.dir, 'logs', slot.spec.name), { recursive: true });
+    // Checked last before spawning (no await in between): a pod being deleted starts nothing.
+    if (this.stopping || this.terminal) return undefined;
     const fd = openSync(this.logPath(slot.spec.name, attempt), 'a');
     const { file, args } = launchCommand(launch.spec);
     const child = spawn(file, args, { env: launch.env, stdio: ['ignore', fd, fd], detached: true });
@@ -897,6 +924,7 @@ export class PodWorker {
     } catch (err) {
       this.log.warn({ err }, 'final delete failed');
     }
+    this.gone = true;
     await rm(this.dir, { recursive: true, force: true });
     this.host.finished(this.uid);
   }
@@ -958,6 +986,7 @@ export class PodWorker {
 
   async flush(): Promise<void> {
     while (this.flushing) await this.flushing;
+    if (this.gone) return;
     const status = podStatus(this.view(), this.conditions);
     const text = JSON.stringify(status);
     if (text === this.lastSent) return;

@@ -2,9 +2,8 @@
 // the pod runner, kube-proxy (nftables mode), CoreDNS (kubernetes plugin), Traefik (the
 // ingress controller, on loopback) and rancher's local-path-provisioner (the default
 // StorageClass). All run on the host as the admin user; a real cluster runs them as pods.
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { KubeClient, KubeObject } from '../operator/kube.ts';
 import {
@@ -183,17 +182,6 @@ export async function prepareNode(
   };
 }
 
-function tcpOpen(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
 async function httpOk(url: string): Promise<boolean> {
   try {
     return (await fetch(url, { signal: AbortSignal.timeout(2_000) })).ok;
@@ -206,7 +194,7 @@ async function httpOk(url: string): Promise<boolean> {
 export function nodeReady(name: NodeComponent, ctx: NodeContext): Promise<boolean> {
   switch (name) {
     case 'pod-runner':
-      return tcpOpen(NODE_ADDRESS, KUBELET_PORT);
+      return kubeletHealthy(ctx.pki);
     case 'kube-proxy':
       return httpOk(`http://127.0.0.1:${ctx.ports.proxyHealth}/healthz`);
     case 'coredns':
@@ -331,8 +319,13 @@ export async function applyNodeObjects(kube: KubeClient, ctx: Pick<NodeContext, 
   for (const object of nodeObjects(ctx)) await kube.apply(objectPath(object), object, FIELD_MANAGER);
 }
 
-/** The kubelet API answers (the API server's way to `kubectl logs`). */
-export function kubeletHealthy(ca: Buffer, cert: Buffer, key: Buffer): Promise<boolean> {
+/** The pod runner's kubelet API answers the API server's client certificate. */
+async function kubeletHealthy(pki: string): Promise<boolean> {
+  const [ca, cert, key] = await Promise.all(
+    ['ca.crt', 'apiserver-kubelet-client.crt', 'apiserver-kubelet-client.key'].map((f) =>
+      readFile(join(pki, f)),
+    ),
+  );
   return new Promise((resolve) => {
     const req = request(
       { host: NODE_ADDRESS, port: KUBELET_PORT, path: '/healthz', ca, cert, key, timeout: 2_000 },

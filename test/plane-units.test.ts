@@ -1,5 +1,6 @@
 // The pod runner's pure rules, as tables: the address plan, the images table, environment and
 // $(VAR) expansion, pod phase and conditions, the launch script, back-off, the network batches.
+import type { lstatSync, readlinkSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import {
   contains,
@@ -19,7 +20,7 @@ import {
 } from '../plane/env.ts';
 import { commandLine, ImageTable, parseReference } from '../plane/images.ts';
 import { tail } from '../plane/kubelet-api.ts';
-import { capabilitySet, launchCommand, launchScript, quote } from '../plane/launch.ts';
+import { capabilitySet, launchCommand, launchScript, quote, resolveInRoot } from '../plane/launch.ts';
 import { firewallRules, sandboxBatches, sandboxName } from '../plane/network.ts';
 import { Backoff } from '../plane/pod.ts';
 import { healthRequest, healthStatus, resolvePort } from '../plane/probes.ts';
@@ -94,7 +95,7 @@ describe('images table', () => {
     expect(table.resolve(ref)?.entrypoint).toEqual(entrypoint);
   });
 
-  it('expands ${ROOT} and ${CACHE}', () => {
+  it('expands the ROOT and CACHE variables', () => {
     expect(table.resolve('sluice-examples-python:dev')).toMatchObject({
       workingDir: '/repo/examples',
       paths: ['/cache/venv'],
@@ -422,6 +423,24 @@ describe('launch', () => {
     expect(script.at(-1)).toBe(
       `exec /usr/bin/unshare --root='/s/root' --wd='/app' -- /usr/bin/setpriv --reuid=1000 --regid=1000 --groups=2000 --no-new-privs --bounding-set=-all --inh-caps=-all -- "$@"`,
     );
+  });
+
+  it.each([
+    ['/var/run/secrets/x', '/run/secrets/x'],
+    ['/etc/nats', '/etc/nats'],
+    ['/opt/link/a', '/srv/real/a'],
+    ['/opt/rel/a', '/opt/sub/a'],
+    ['/opt/escape/a', '/a'],
+  ])('resolves %s inside the root as %s', (path, expected) => {
+    const links: Record<string, string> = {
+      '/var/run': '/run',
+      '/opt/link': '/srv/real',
+      '/opt/rel': 'sub',
+      '/opt/escape': '../../../..',
+    };
+    const lstat = ((p: string) => ({ isSymbolicLink: () => p in links })) as unknown as typeof lstatSync;
+    const readlink = ((p: string) => links[p]) as unknown as typeof readlinkSync;
+    expect(resolveInRoot(path, lstat, readlink)).toBe(expected);
   });
 
   it.each([
