@@ -156,6 +156,8 @@ export async function prepareNode(
         '--ping=true',
         '--ping.entryPoint=traefik',
         '--providers.kubernetesingress=true',
+        // Routes follow Ingress and endpoint changes within 0.1 s (2 s by default).
+        '--providers.providersThrottleDuration=100ms',
         `--providers.kubernetesingress.ingressendpoint.ip=${INGRESS_ADDRESS.split(':')[0]}`,
         // A Service with no ready endpoint answers 503, not 404.
         '--providers.kubernetesingress.allowEmptyServices=true',

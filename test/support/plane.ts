@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitFor } from '../../common/net.ts';
 import { INGRESS_URL_FILE } from '../../scripts/cluster.ts';
-import { kubectl } from './cluster.ts';
+import { kubeconfigPath, kubectl } from './cluster.ts';
 import type { Manifest } from './helm.ts';
 
 // Helpers for tests of pods that really run on the local plane (its pod runner, kube-proxy,
@@ -135,6 +135,46 @@ export function containerStatus(pod: Manifest, name: string): Manifest | undefin
   return [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])].find(
     (c: Manifest) => c.name === name,
   );
+}
+
+/**
+ * `kubectl get pod -w`: the pod's Ready status in every version the API server stores, in order
+ * (a watch misses none, where polling could miss a short dip).
+ */
+export function watchReady(
+  namespace: string,
+  name: string,
+): { seen: string[]; started: Promise<void>; stop: () => void } {
+  const child = spawn(
+    'kubectl',
+    [
+      'get',
+      'pod',
+      name,
+      '-n',
+      namespace,
+      '--watch',
+      '-o',
+      'jsonpath={.status.conditions[?(@.type=="Ready")].status}{"\\n"}',
+    ],
+    { env: { ...process.env, KUBECONFIG: kubeconfigPath() } },
+  );
+  const seen: string[] = [];
+  let started: () => void = () => {};
+  const first = new Promise<void>((resolve) => {
+    started = resolve;
+  });
+  let pending = '';
+  child.stdout.on('data', (d: Buffer) => {
+    pending += d;
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) {
+      seen.push(line.trim());
+      started();
+    }
+  });
+  return { seen, started: first, stop: () => child.kill() };
 }
 
 /** Resolves with the first event `predicate` accepts (pass `feed` as curl's onEvent). */
