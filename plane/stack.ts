@@ -150,8 +150,6 @@ export async function prepareNode(
       file: bin('traefik'),
       args: [
         `--entryPoints.web.address=${INGRESS_ADDRESS}`,
-        // Traefik 3 ends a request 60 s after it began by default, event streams included.
-        '--entryPoints.web.transport.respondingTimeouts.readTimeout=0',
         `--entryPoints.traefik.address=127.0.0.1:${ctx.ports.traefikPing}`,
         '--ping=true',
         '--ping.entryPoint=traefik',

@@ -10,6 +10,7 @@ import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
 import { SIMULATED_KEY } from '../plane/runner.ts';
 import { kubeconfigPath } from './support/cluster.ts';
+import { ingressUrl, podsSimulated } from './support/plane.ts';
 
 const run = promisify(execFile);
 const SFN = 'sluice.dev/v1alpha1';
@@ -146,14 +147,13 @@ describe('sluice operator against a real API server', () => {
       'Apply',
     ]);
 
+    // Where the plane runs Traefik, it publishes the Ingress's address: the URL becomes the ingress's.
+    const url = podsSimulated() ? `http://echo.${ns}.svc` : `${ingressUrl()}/echo`;
     const withStatus = await waitFor(async () => {
       const f = await get(fnPath(ns, 'echo'));
-      return f?.status?.observedGeneration === 1 ? f : undefined;
+      return f?.status?.observedGeneration === 1 && f.status.url === url ? f : undefined;
     });
-    expect(withStatus.status).toMatchObject({
-      selector: 'sluice.dev/function=echo',
-      url: `http://echo.${ns}.svc`,
-    });
+    expect(withStatus.status).toMatchObject({ selector: 'sluice.dev/function=echo', url });
     expect(condition(withStatus, 'Ready')).toBeDefined();
     const events = await waitFor(
       async () => {
