@@ -123,6 +123,14 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
 
   it('2. kubectl apply -f examples/echo.yaml: kubectl get sfn shows it Ready with its URL', async () => {
     await k(['apply', '-f', join(ROOT, 'examples', 'echo.yaml')]);
+    // The hook example (checked further down) starts meanwhile; its RENDER_URL names this namespace.
+    await k(['apply', '-f', join(ROOT, 'examples', 'fake-video-render.yaml')]);
+    const hook = (await readFile(join(ROOT, 'examples', 'hook.yaml'), 'utf8')).replace(
+      'http://fake-video-render.default.svc/',
+      `http://fake-video-render.${ns.name}.svc/`,
+    );
+    const applied = await kubectl(['apply', '-n', ns.name, '-f', '-'], { input: hook });
+    expect(applied.code, applied.stderr).toBe(0);
     const fn = await waitFor(
       async () => {
         const f = await sfn('echo');
@@ -132,7 +140,7 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     );
     expect(fn.status.readyReplicas).toBe(2);
     await routed('/echo/');
-    const table = await k(['get', 'sfn']);
+    const table = await k(['get', 'sfn', 'echo']);
     expect(table).toMatch(new RegExp(`echo\\s+0\\s+True\\s+2\\s+${ingress.replace(/\./g, '\\.')}/echo`));
     // The operator's log comes through `kubectl logs` (the pod runner's kubelet API).
     const leader = (await getJson(['get', 'lease', 'sluice-operator', '-n', system.name])).spec
@@ -276,13 +284,6 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
   }, 120_000);
 
   it('the hook example: a CPU endpoint streams from the GPU function by its Service name', async () => {
-    await k(['apply', '-f', join(ROOT, 'examples', 'fake-video-render.yaml')]);
-    const hook = (await readFile(join(ROOT, 'examples', 'hook.yaml'), 'utf8')).replace(
-      'http://fake-video-render.default.svc/',
-      `http://fake-video-render.${ns.name}.svc/`,
-    );
-    const applied = await kubectl(['apply', '-n', ns.name, '-f', '-'], { input: hook });
-    expect(applied.code, applied.stderr).toBe(0);
     for (const name of ['fake-video-render', 'hook']) {
       await waitFor(async () => condition(await sfn(name), 'Ready')?.status === 'True', {
         timeoutMs: 120_000,
