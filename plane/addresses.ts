@@ -2,7 +2,7 @@
 // range: never routed on the internet, never this machine's own subnet), and the host holds a
 // blackhole route for all of it, so a packet to a pod or ClusterIP that is not set up dies here.
 //
-//   198.18.0.1        the node address (dummy link sl-host): kubelet API, API server, CoreDNS
+//   198.18.0.1        the node address (link sl-host): kubelet API, API server, CoreDNS
 //   198.18.N.0/24     pods that really run on simulated node N (N = 1..127, one per node)
 //   198.18.128.0/17   pod IPs kwok hands to pods it only simulates (nothing answers there)
 //   198.19.0.0/16     Services (ClusterIPs); .1 is `kubernetes`, .10 is `kube-dns`

@@ -69,10 +69,11 @@ export function firewallRules(): string {
 const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
 
 /**
- * Host side, once per plane: the node address on a dummy link (which also takes the Service
- * range, as kube-proxy's IPVS mode routes ClusterIPs to kube-ipvs0, so a host connect() finds a
- * route before kube-proxy's DNAT), the blackhole, the firewall table, and IPv4 forwarding (its
- * old value is returned so `down` can restore it).
+ * Host side, once per plane: the node address on a link of its own, sl-host (a bridge without
+ * ports: a sink as a dummy link would be; this kernel has no dummy driver). It also takes the
+ * Service range, as kube-proxy's IPVS mode routes ClusterIPs to kube-ipvs0, so a host connect()
+ * finds a route before kube-proxy's DNAT. Then the blackhole, the firewall table, and IPv4
+ * forwarding (its old value is returned so `down` can restore it).
  */
 export async function setUpHost(): Promise<{ ipForward: string }> {
   const ipForward = (await readFile(IP_FORWARD, 'utf8')).trim();
