@@ -48,6 +48,9 @@ describe('proxyFlags', () => {
     expect(http.some((f) => f.startsWith('--upstream-protocol'))).toBe(false);
     expect(loadProxyConfig(http, {}).upstreamProtocol).toBe('http1');
     expect(() => withDefaults({ image: 'i', protocol: 'grpc' })).toThrow();
+    expect(() => loadProxyConfig(['--upstream-protocol=h2c', '--nats=nats://n:4222'], {})).toThrow(
+      /--nats \(SLUICE_NATS\): map POSTs each input over HTTP\/1.1/,
+    );
   });
 
   it('the tokens file only with spec.auth and a placement that mounts it', () => {
