@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type { TestProject } from 'vitest/node';
 import { streamingFunctionCrd } from '../operator/crd.ts';
+import { lockOwner } from '../plane/lock.ts';
 import { leftovers } from '../plane/network.ts';
 import { release, up } from '../scripts/cluster.ts';
 import { applyObject, waitForCrd } from './support/cluster.ts';
@@ -12,9 +13,13 @@ import { applyObject, waitForCrd } from './support/cluster.ts';
 // the committed YAML matches it).
 //
 // A run that started a plane which ran pods checks, once it stopped it, that `down` took away
-// all it added to the machine: namespaces, links, routes, firewall tables, and ip_forward's value.
+// all it added to the machine: namespaces, links, routes, firewall tables, and ip_forward's value
+// from before any plane changed it (a plane that died holding the node lock left ip_forward at 1
+// and its lock saved the value from before it; `up` takes that lock over and `down` restores it).
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const ipForward = await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8');
+  const ipForward =
+    (await lockOwner())?.ipForward ??
+    (await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim();
   const plane = await up({ origin: 'tests', user: process.pid });
   project.provide('kubeconfig', plane.kubeconfig);
   await applyObject(plane.kubeconfig, streamingFunctionCrd());
@@ -24,9 +29,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     if (!stopped || !plane.fresh || !plane.ingressUrl) return;
     const left = await leftovers();
     if (left.length > 0) throw new Error(`down left behind: ${left.join(', ')}`);
-    const after = await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8');
-    if (after !== ipForward)
-      throw new Error(`down left ip_forward at ${after.trim()}, was ${ipForward.trim()}`);
+    const after = (await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim();
+    if (after !== ipForward) throw new Error(`down left ip_forward at ${after}, was ${ipForward}`);
   };
 }
 
