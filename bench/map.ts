@@ -11,6 +11,8 @@ import { startNats } from '../harness/nats.ts';
 
 const ITEMS = Number(process.env.SLUICE_BENCH_ITEMS ?? 10_000);
 const CONCURRENCY = Number(process.env.SLUICE_BENCH_CONCURRENCY ?? 16);
+/** A folder: each proxy writes a V8 CPU profile there when it stops (`node --cpu-prof`). */
+const PROFILE_DIR = process.env.SLUICE_BENCH_PROFILE;
 const REPLICAS = (process.env.SLUICE_BENCH_REPLICAS ?? '1,2,3').split(',').map(Number);
 
 const monotonicMs = () => Number(process.hrtime.bigint()) / 1e6;
@@ -68,6 +70,7 @@ async function measure(natsUrl: string, replicas: number): Promise<Row> {
     nats: natsUrl,
     fn: `bench/map-${replicas}-${process.pid}`,
     flags: ['--concurrency', String(CONCURRENCY), '--max-map-inputs', String(ITEMS)],
+    nodeArgs: PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [],
   });
   try {
     const inputs = Array.from({ length: ITEMS }, (_, i) => JSON.stringify({ stamp: i }));

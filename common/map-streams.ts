@@ -7,12 +7,17 @@
  *
  *   tasks stream    SLUICE_TASKS_<ns>_<name>     work-queue retention, file storage
  *     subjects      sluice.<ns>.<name>.tasks.>   one message per input:
- *                   sluice.<ns>.<name>.tasks.<requestId>.<index>, body = the input as JSON
+ *                   sluice.<ns>.<name>.tasks.<requestId>.<index>, body = the input as JSON; a task
+ *                   handed back without a counted attempt (proxy/map/task.ts) is published
+ *                   again as ….<requestId>.<index>.<attemptsBefore>
  *   results stream  SLUICE_RESULTS_<ns>_<name>   limits retention, max_age = resultRetentionSeconds
- *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.<kind>
- *                   with kind `accepted` (count, order), `result`, `error` (the SSE data of that
- *                   event) or `cancelled` (the client left); a resume replays `<requestId>.>`
- *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a request whose client left
+ *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.…:
+ *                   `accepted` (count, order, keep), `result.<index>` and `error.<index>` (the SSE
+ *                   data of that event) and `cancelled`; a resume replays `<requestId>.>`
+ *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a cancelled request (every replica aborts its tasks)
+ *   watch subject   sluice.<ns>.<name>.watch     core NATS: `watching <requestId>` from each live map
+ *                                                stream, `left <requestId>` when one breaks (the grace
+ *                                                of cancelAfterDisconnectSeconds starts)
  *   consumer        sluice-workers               one durable pull consumer, shared by all replicas
  *
  * Labels never contain `_` or `.`, so `_` separates them in stream names and `.` in subjects
@@ -38,6 +43,7 @@ export interface MapNames {
   tasksSubjects: string;
   resultsSubjects: string;
   cancelSubject: string;
+  watchSubject: string;
   workerConsumer: string;
   /** Prefix of a request's tasks (add `.<index>`; add `.>` to filter or purge them). */
   tasksOf: (requestId: string) => string;
@@ -79,6 +85,7 @@ export function mapNames(fn: string): MapNames {
     tasksSubjects: `${prefix}.tasks.>`,
     resultsSubjects: `${prefix}.results.>`,
     cancelSubject: `${prefix}.cancel`,
+    watchSubject: `${prefix}.watch`,
     workerConsumer: WORKER_CONSUMER,
     tasksOf: (requestId) => `${prefix}.tasks.${checked(requestId)}`,
     resultsOf: (requestId) => `${prefix}.results.${checked(requestId)}`,

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { z } from 'zod';
-import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../common/limits.ts';
+import { MAX_CONCURRENCY, MAX_MAP_CANCEL_AFTER_DISCONNECT, MAX_MAP_DELIVER } from '../common/limits.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -138,6 +138,13 @@ export const proxySettings = [
     description: 'how long map results stay resumable',
   },
   {
+    flag: 'map-cancel-after-disconnect',
+    env: 'SLUICE_MAP_CANCEL_AFTER_DISCONNECT',
+    arg: '<seconds>',
+    default: '30',
+    description: 'a map caller gone this long without resuming cancels its map (unless "keep")',
+  },
+  {
     flag: 'max-map-inputs',
     env: 'SLUICE_MAX_MAP_INPUTS',
     arg: '<n>',
@@ -193,6 +200,10 @@ export const proxyConfigSchema = z.object({
   mapAckWait: seconds(1),
   mapMaxDeliver: count(1, MAX_MAP_DELIVER),
   mapRetention: seconds(1),
+  mapCancelAfterDisconnect: seconds(0).max(
+    MAX_MAP_CANCEL_AFTER_DISCONNECT,
+    `must be at most ${MAX_MAP_CANCEL_AFTER_DISCONNECT}`,
+  ),
   maxMapInputs: count(1),
   authTokensFile: z.string(),
 });

@@ -1,7 +1,9 @@
 /**
- * What the results stream holds per request (`<resultsOf(requestId)>.<kind>`). `result` and
+ * What the results stream holds per request: `<resultsOf(requestId)>.accepted`,
+ * `.result.<index>`, `.error.<index>` and `.cancelled` (common/map-streams.ts). `result` and
  * `error` records are exactly the `data` of the SSE events of the same name (SPEC §2), so the
- * requesting proxy forwards them unchanged.
+ * requesting proxy forwards them unchanged; their index is in the subject, so it never parses
+ * them.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 
@@ -21,10 +23,25 @@ export interface ResultRecord {
   ms: number;
 }
 
+/**
+ * One input that failed: the function's own answer (`status` with its JSON `body`, or its
+ * text as `message`) or Sluice's account of what went wrong (`message`).
+ */
+export interface TaskError {
+  status: number;
+  message?: string;
+  body?: unknown;
+}
+
 export interface ErrorRecord {
   index: number;
-  error: { status: number; message: string };
+  error: TaskError;
   attempts: number;
+}
+
+/** Why a map was cancelled. */
+export interface CancelledRecord {
+  reason: 'deleted' | 'disconnected';
 }
 
 /** Room left in a NATS message for the headers JetStream adds (msgID, ...). */
@@ -35,8 +52,17 @@ export function maxRecordBytes(nc: NatsConnection): number {
   return (nc.info?.max_payload ?? 1024 * 1024) - HEADER_ROOM;
 }
 
-export function encodeRecord(record: AcceptedRecord | ResultRecord | ErrorRecord): string {
+export function encodeRecord(record: AcceptedRecord | ResultRecord | ErrorRecord | CancelledRecord): string {
   return JSON.stringify(record);
+}
+
+/**
+ * A result record around an output that is already JSON text without line breaks (a
+ * function's JSON answer, checked by the caller), so it is not parsed and serialized again.
+ * `replicaJson` is the replica's name as a JSON string.
+ */
+export function resultRecordText(index: number, outputJson: string, replicaJson: string, ms: number): string {
+  return `{"index":${index},"output":${outputJson},"replica":${replicaJson},"ms":${ms}}`;
 }
 
 /** JetStream's duplicate window drops a second record for the same index (a task that ran twice). */
@@ -46,4 +72,14 @@ export function resultMsgId(requestId: string, index: number): string {
 
 export function taskMsgId(requestId: string, index: number): string {
   return `${requestId}.task.${index}`;
+}
+
+/** A task handed back to the queue: unique per message it replaces (its stream sequence). */
+export function requeuedTaskMsgId(requestId: string, index: number, replacedSeq: number): string {
+  return `${requestId}.task.${index}.from.${replacedSeq}`;
+}
+
+/** Cancelling twice (two replicas whose grace ran out at once, a DELETE retried) stores one record. */
+export function cancelledMsgId(requestId: string): string {
+  return `${requestId}.cancelled`;
 }
