@@ -12,8 +12,9 @@
  *                   again as ….<requestId>.<index>.<attemptsBefore>
  *   results stream  SLUICE_RESULTS_<ns>_<name>   limits retention, max_age = resultRetentionSeconds
  *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.…:
- *                   `accepted` (count, order, keep), `result.<index>` and `error.<index>` (the SSE
- *                   data of that event) and `cancelled`; a resume replays `<requestId>.>`
+ *                   `accepted` (count, order, keep), `batch` (result and error records, the SSE
+ *                   data of those events, one a line: proxy/map/records.ts) and `cancelled`;
+ *                   a resume replays `<requestId>.>`
  *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a cancelled request (every replica aborts its tasks)
  *   watch subject   sluice.<ns>.<name>.watch     core NATS: `watching <requestId>` from each live map
  *                                                stream, `left <requestId>` when one breaks (the grace

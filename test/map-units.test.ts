@@ -9,7 +9,8 @@ import {
 } from '../common/map-streams.ts';
 import { outputJsonOf, singleLineJson, taskErrorOf } from '../proxy/map/call-function.ts';
 import { watchIntervalMs } from '../proxy/map/disconnect-grace.ts';
-import { resultRecordText } from '../proxy/map/records.ts';
+import { ResponseParser } from '../proxy/map/http-response.ts';
+import { batchLine, parseBatch, type RecordLine, resultRecordText } from '../proxy/map/records.ts';
 import { MapRequestError, parseMapBody } from '../proxy/map/request-body.ts';
 import { type MapOrder, ResultSequencer } from '../proxy/map/sequencer.ts';
 import { attemptOf, parseAckSubject, parseTaskSubject, requeueSubject } from '../proxy/map/task.ts';
@@ -204,6 +205,94 @@ describe("a function's answers as map records", () => {
         expect(JSON.parse(line)).toEqual(JSON.parse(text));
       }),
     );
+  });
+});
+
+describe('result batches (records.ts)', () => {
+  it('parses back every line it wrote, skipping lines that are not records', () => {
+    const lines: RecordLine[] = [
+      { kind: 'result', index: 0, text: '{"index":0,"output":"a b"}' },
+      { kind: 'error', index: 12, text: '{"index":12,"error":{"status":500,"message":"x"},"attempts":3}' },
+    ];
+    const data = lines.map(batchLine).join('\n');
+    expect(parseBatch(data)).toEqual(lines);
+    expect(parseBatch(`${data}\nx1 {}\nr {}\n\n`)).toEqual(lines);
+  });
+});
+
+describe('ResponseParser (a function answer, however the socket splits it)', () => {
+  const parse = (raw: string, maxBytes = 1_000, cuts: number[] = []) => {
+    const bytes = Buffer.from(raw, 'latin1');
+    const parser = new ResponseParser(maxBytes);
+    let from = 0;
+    for (const to of [...cuts, bytes.length]) {
+      const result = parser.feed(bytes.subarray(from, to));
+      from = to;
+      if (result.kind !== 'more')
+        return { ...result, ...(result.kind === 'done' ? { body: result.response.body.toString() } : {}) };
+    }
+    const ended = parser.end();
+    return ended ? { kind: 'closed', response: ended, body: ended.body.toString() } : { kind: 'more' };
+  };
+
+  it.each<[string, string, object]>([
+    [
+      'content-length',
+      'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}',
+      {
+        kind: 'done',
+        body: '{"a":1}',
+        response: { status: 200, contentType: 'application/json', keepAlive: true },
+      },
+    ],
+    [
+      'chunked with an extension and a trailer',
+      'HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n',
+      { kind: 'done', body: 'abcde', response: { status: 500, keepAlive: true } },
+    ],
+    [
+      '100 Continue first',
+      'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok',
+      { kind: 'done', body: 'ok', response: { status: 201 } },
+    ],
+    [
+      '204 without a body',
+      'HTTP/1.1 204 No Content\r\n\r\n',
+      { kind: 'done', body: '', response: { status: 204, keepAlive: true } },
+    ],
+    [
+      'connection: close',
+      'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx',
+      { kind: 'done', body: 'x', response: { keepAlive: false } },
+    ],
+    [
+      'HTTP/1.0 without keep-alive',
+      'HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx',
+      { kind: 'done', body: 'x', response: { keepAlive: false } },
+    ],
+    [
+      'a body ended by the close',
+      'HTTP/1.1 200 OK\r\n\r\nuntil end',
+      { kind: 'closed', body: 'until end', response: { keepAlive: false } },
+    ],
+    [
+      'a body over the limit (10 bytes here)',
+      'HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n01234567890123456789',
+      { kind: 'too_large' },
+    ],
+    ['a body cut short', 'HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123', { kind: 'more' }],
+  ])('%s', (_what, raw, expected) => {
+    expect(parse(raw, 10)).toMatchObject(expected);
+    // The same, whichever byte the socket splits it at.
+    for (let cut = 1; cut < raw.length; cut++) expect(parse(raw, 10, [cut])).toMatchObject(expected);
+  });
+
+  it.each([
+    ['not HTTP', 'SSH-2.0-OpenSSH\r\n\r\n'],
+    ['a bad content-length', 'HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n'],
+    ['a bad chunk size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'],
+  ])('refuses %s', (_what, raw) => {
+    expect(() => new ResponseParser(100).feed(Buffer.from(raw))).toThrow();
   });
 });
 

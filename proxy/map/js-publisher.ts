@@ -77,9 +77,9 @@ export class JetStreamPublisher {
     });
   }
 
-  /** A core message (an ack to JetStream, a cancel broadcast) sent with this turn's batch. */
-  send(subject: string, data: string | Uint8Array): void {
-    this.#enqueue([subject, data, undefined]);
+  /** A core message (an ack to JetStream, a pull request) sent with this turn's batch. */
+  send(subject: string, data: string | Uint8Array, reply?: string): void {
+    this.#enqueue([subject, data, reply === undefined ? undefined : { reply }]);
   }
 
   /** Rejects what still waits for an ack, and stops. */
@@ -108,7 +108,9 @@ export class JetStreamPublisher {
         this.#nc.publish(subject, data, options);
       } catch (err) {
         // Closed connection or a message over max_payload: only a publish can tell its caller.
-        const token = options?.reply ? Number(options.reply.slice(this.#inbox.length + 1)) : Number.NaN;
+        const token = options?.reply?.startsWith(this.#inbox)
+          ? Number(options.reply.slice(this.#inbox.length + 1))
+          : Number.NaN;
         this.#settle(token, new PublishError(`cannot publish to ${subject}: ${(err as Error).message}`));
       }
     }

@@ -1,13 +1,13 @@
 /**
- * What the results stream holds per request: `<resultsOf(requestId)>.accepted`,
- * `.result.<index>`, `.error.<index>` and `.cancelled` (common/map-streams.ts). `result` and
- * `error` records are exactly the `data` of the SSE events of the same name (SPEC §2), so the
- * requesting proxy forwards them unchanged; their index is in the subject, so it never parses
- * them.
+ * What the results stream holds per request: `<resultsOf(requestId)>.accepted`, `.batch` and
+ * `.cancelled` (common/map-streams.ts). A batch carries one or more result and error records,
+ * one a line, each as `r<index> <record>` or `e<index> <record>`; a record is exactly the
+ * `data` of the SSE event of that name (SPEC §2) and never holds a line break, so the
+ * requesting proxy forwards it unchanged without parsing it.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 
-export type RecordKind = 'accepted' | 'result' | 'error' | 'cancelled';
+export type RecordKind = 'accepted' | 'batch' | 'cancelled';
 
 export interface AcceptedRecord {
   requestId: string;
@@ -65,9 +65,34 @@ export function resultRecordText(index: number, outputJson: string, replicaJson:
   return `{"index":${index},"output":${outputJson},"replica":${replicaJson},"ms":${ms}}`;
 }
 
-/** JetStream's duplicate window drops a second record for the same index (a task that ran twice). */
-export function resultMsgId(requestId: string, index: number): string {
-  return `${requestId}.${index}`;
+/** One line of a batch: a result or error record of one input, as single-line JSON. */
+export interface RecordLine {
+  kind: 'result' | 'error';
+  index: number;
+  /** The record (its JSON text, without line breaks). */
+  text: string;
+}
+
+export function batchLine({ kind, index, text }: RecordLine): string {
+  return `${kind === 'result' ? 'r' : 'e'}${index} ${text}`;
+}
+
+/** The lines of a batch; a line that is not one is skipped (a record never holds a line break). */
+export function parseBatch(data: string): RecordLine[] {
+  const lines: RecordLine[] = [];
+  let from = 0;
+  while (from < data.length) {
+    let to = data.indexOf('\n', from);
+    if (to === -1) to = data.length;
+    const space = data.indexOf(' ', from);
+    const letter = data[from];
+    const index = space > from + 1 && space < to ? Number(data.slice(from + 1, space)) : Number.NaN;
+    if ((letter === 'r' || letter === 'e') && Number.isInteger(index)) {
+      lines.push({ kind: letter === 'r' ? 'result' : 'error', index, text: data.slice(space + 1, to) });
+    }
+    from = to + 1;
+  }
+  return lines;
 }
 
 export function taskMsgId(requestId: string, index: number): string {

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ConsumerMessages, JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
@@ -14,7 +14,7 @@ import type { DisconnectGrace } from './disconnect-grace.ts';
 import { EventStreamWriter } from './event-stream.ts';
 import type { JetStreamPublisher } from './js-publisher.ts';
 import type { MapMetrics } from './metrics.ts';
-import { type AcceptedRecord, encodeRecord, maxRecordBytes, taskMsgId } from './records.ts';
+import { type AcceptedRecord, encodeRecord, maxRecordBytes, parseBatch, taskMsgId } from './records.ts';
 import { MapRequestError, parseMapBody } from './request-body.ts';
 import { ResultSequencer } from './sequencer.ts';
 
@@ -327,24 +327,22 @@ export class MapRequests {
         return 'done';
       }
       const kindAt = names.resultsOf(requestId).length + 1;
-      let nextSeq = 1;
+      // The last record read; its stream sequence (parsed from its reply subject) only matters on a resubscribe.
+      let last: JsMsg | undefined;
       while (!failure && !res.destroyed) {
+        const nextSeq = last ? last.seq + 1 : 1;
         messages = await this.#openResults(requestId, nextSeq, () => !!failure || res.destroyed);
         if (!messages) break;
         resubscribe = false;
         for await (const msg of messages) {
-          nextSeq = msg.seq + 1;
-          // `result.<index>` and `error.<index>`: the index comes from the subject, the data is passed on as is.
-          const rest = msg.subject.slice(kindAt);
-          const kind = rest.startsWith('result.') ? 'result' : rest.startsWith('error.') ? 'error' : rest;
-          if (kind === 'result' || kind === 'error') {
-            const index = Number(rest.slice(kind.length + 1));
-            for (const event of sequencer.accept(index, kind === 'error', {
-              kind,
-              index,
-              data: msg.string(),
-            })) {
-              writer.event(event.kind, event.data, event.index);
+          last = msg;
+          const kind = msg.subject.slice(kindAt);
+          if (kind === 'batch') {
+            for (const line of parseBatch(msg.string())) {
+              const delivery: Delivery = { kind: line.kind, index: line.index, data: line.text };
+              for (const event of sequencer.accept(line.index, line.kind === 'error', delivery)) {
+                writer.event(event.kind, event.data, event.index);
+              }
             }
             if (sequencer.complete) {
               this.#done(writer, requestId, sequencer);

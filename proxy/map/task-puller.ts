@@ -4,6 +4,8 @@ import { ownInbox } from './js-publisher.ts';
 
 export interface PullerOptions {
   nc: NatsConnection;
+  /** Sends the pull requests with the turn's other messages (JetStreamPublisher.send). */
+  send: (subject: string, data: string, reply: string) => void;
   stream: string;
   consumer: string;
   /** Prefix of every task subject (`sluice.<ns>.<name>.tasks.`): anything else on the inbox is a status. */
@@ -91,16 +93,8 @@ export class TaskPuller {
     if (want <= 0 || (want < this.#o.minBatch && this.#outstanding > 0)) return;
     this.#outstanding += want;
     this.#pulls.push({ batch: want, until: performance.now() + this.#o.expiresMs });
-    try {
-      this.#o.nc.publish(this.#api, `{"batch":${want},"expires":${this.#o.expiresMs * NANOS_PER_MS}}`, {
-        reply: this.#inbox,
-      });
-    } catch (err) {
-      // The connection is closed; reset() runs again once it is back.
-      this.#o.log.debug({ err: (err as Error).message }, 'cannot pull map tasks now');
-      this.#outstanding -= want;
-      this.#pulls.pop();
-    }
+    // A pull lost with a closed connection is let go by #dropLost (and reset() on reconnect).
+    this.#o.send(this.#api, `{"batch":${want},"expires":${this.#o.expiresMs * NANOS_PER_MS}}`, this.#inbox);
   }
 
   stop(): void {

@@ -1,4 +1,3 @@
-import { Agent } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../../common/errors.ts';
@@ -15,10 +14,10 @@ import {
   encodeRecord,
   maxRecordBytes,
   requeuedTaskMsgId,
-  resultMsgId,
   resultRecordText,
   type TaskError,
 } from './records.ts';
+import { ResultWriter } from './result-writer.ts';
 import { attemptOf, parseTask, requeueSubject, type TaskInfo } from './task.ts';
 import { TaskPuller } from './task-puller.ts';
 
@@ -75,9 +74,9 @@ const PROBE_MAX_MS = 1_000;
  */
 export class MapWorker {
   readonly #o: WorkerOptions;
-  readonly #agent: Agent;
   readonly #caller: FunctionCaller;
   readonly #puller: TaskPuller;
+  readonly #results: ResultWriter;
   readonly #taskPrefix: string;
   readonly #replicaJson: string;
   readonly #held = new Set<Held>();
@@ -93,17 +92,25 @@ export class MapWorker {
 
   constructor(options: WorkerOptions) {
     this.#o = options;
-    this.#agent = new Agent({ keepAlive: true, maxSockets: options.concurrency });
     this.#caller = new FunctionCaller({
-      agent: this.#agent,
       url: options.upstream,
+      maxSockets: options.concurrency,
       maxBytes: () => maxRecordBytes(options.nc),
       timeoutMs: options.taskTimeoutMs,
     });
     this.#taskPrefix = options.names.tasksSubjects.slice(0, -1); // `sluice.<ns>.<name>.tasks.`
     this.#replicaJson = JSON.stringify(options.replica);
+    this.#results = new ResultWriter({
+      publisher: options.publisher,
+      names: options.names,
+      maxBytes: () => maxRecordBytes(options.nc),
+      giveUpMs: options.ackWaitMs,
+      stopped: () => this.#stopped,
+      log: options.log,
+    });
     this.#puller = new TaskPuller({
       nc: options.nc,
+      send: (subject, data, reply) => options.publisher.send(subject, data, reply),
       stream: options.names.tasksStream,
       consumer: options.names.workerConsumer,
       taskPrefix: this.#taskPrefix,
@@ -164,7 +171,7 @@ export class MapWorker {
     this.#puller.stop();
     await this.#whenEmpty(5_000);
     clearInterval(this.#sweep);
-    this.#agent.destroy();
+    this.#caller.destroy();
   }
 
   /** Tasks that hold or wait for the function (finishing ones only wait for NATS). */
@@ -221,7 +228,7 @@ export class MapWorker {
         );
       }
       held.stage = 'running';
-      held.call = this.#caller.call(held.msg.string());
+      held.call = this.#caller.call(held.msg.data);
       outcome = await held.call.done;
       held.call = undefined;
     } finally {
@@ -298,40 +305,23 @@ export class MapWorker {
   }
 
   /**
-   * Stores the record (its msgID dedupes a task that ran twice), then acks the task. A record
-   * that cannot be stored is not acked, so the task runs again after ack wait.
+   * Stores the record (ResultWriter: with the others of its request finishing now), then acks
+   * the task. A record that cannot be stored is not acked, so the task runs again after ack
+   * wait; a task that ran twice has two records, and the requester sends the first.
    */
   async #finish(held: Held, kind: 'result' | 'error', text: string): Promise<void> {
     const { info } = held;
     held.stage = 'finishing';
     this.#puller.fill();
-    let data = text;
+    let record = text;
     const max = maxRecordBytes(this.#o.nc);
-    if (data.length * 3 > max && Buffer.byteLength(data) > max) {
+    if (record.length * 3 > max && Buffer.byteLength(record) > max) {
       kind = 'error';
-      data = this.#errorText(info.index, this.#tooLarge(Buffer.byteLength(data)), attemptOf(info));
+      record = this.#errorText(info.index, this.#tooLarge(Buffer.byteLength(record)), attemptOf(info));
     }
-    const subject = `${this.#o.names.resultsOf(info.requestId)}.${kind}.${info.index}`;
-    const deadline = performance.now() + this.#o.ackWaitMs;
-    let waitMs = 100;
-    for (;;) {
-      try {
-        await this.#o.publisher.publish(subject, data, resultMsgId(info.requestId, info.index));
-        break;
-      } catch (err) {
-        if (this.#stopped || performance.now() + waitMs > deadline) {
-          this.#o.log.warn(
-            { err: errorMessage(err), requestId: info.requestId, index: info.index },
-            'could not store a map result; the task will run again',
-          );
-          this.#release(held, 'retried');
-          return;
-        }
-        await sleep(waitMs);
-        waitMs = Math.min(waitMs * 2, 2_000);
-      }
-    }
-    this.#end(held, kind === 'error' ? 'failed' : 'ok', ACK);
+    const stored = await this.#results.store(info.requestId, { kind, index: info.index, text: record });
+    if (stored) this.#end(held, kind === 'error' ? 'failed' : 'ok', ACK);
+    else this.#release(held, 'retried');
   }
 
   /**
