@@ -11,6 +11,8 @@ import type { AddressInfo } from 'node:net';
  *   {"status": code, "error": e} → answers that status with JSON {"error": e}
  *   {"bytes": n}               → JSON string of n "x" characters
  *   {"stamp": n}               → JSON {"n": n, "t": CLOCK_MONOTONIC ms when answered} (benchmark)
+ *   {"holdOn": replica, ...}   → never answers in that replica (MAP_REPLICA names this process's),
+ *                                so a test knows its tasks are still running when it kills it
  *   anything else              → JSON {"echo": input}
  * `GET /attempts` → JSON {"<input as JSON>": attempts seen by this process}.
  * `GET /calls` → JSON [{input, start, end, closed}]: each map call with CLOCK_MONOTONIC ms
@@ -35,13 +37,15 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes, stamp, error } = input as {
+    const { sleep, status, bytes, stamp, error, holdOn } = input as {
       sleep?: number;
       status?: number;
       bytes?: number;
       stamp?: number;
       error?: unknown;
+      holdOn?: string;
     };
+    if (holdOn !== undefined && holdOn === process.env.MAP_REPLICA) await new Promise(() => {});
     if (stamp !== undefined) {
       return {
         status: 200,

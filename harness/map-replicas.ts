@@ -43,8 +43,14 @@ export interface ReplicaOptions {
   logCalls?: boolean;
 }
 
-async function startFunction(port: number, logCalls: boolean): Promise<{ fn: Started; url: string }> {
-  const fn = start(process.execPath, [MAP_FUNCTION, String(port), ...(logCalls ? [] : ['--no-calls'])]);
+async function startFunction(
+  replica: string,
+  port: number,
+  logCalls: boolean,
+): Promise<{ fn: Started; url: string }> {
+  const fn = start(process.execPath, [MAP_FUNCTION, String(port), ...(logCalls ? [] : ['--no-calls'])], {
+    env: { ...process.env, MAP_REPLICA: replica },
+  });
   const listening = await waitFor(() => /"port":(\d+)/.exec(fn.output())?.[1], {
     what: `the map function to listen\n${fn.output()}`,
   });
@@ -55,7 +61,7 @@ const running = (p: Started) => p.child.exitCode === null && p.child.signalCode 
 
 export async function startReplica(name: string, options: ReplicaOptions): Promise<Replica> {
   const logCalls = options.logCalls ?? true;
-  let { fn, url: functionUrl } = await startFunction(0, logCalls);
+  let { fn, url: functionUrl } = await startFunction(name, 0, logCalls);
   const functionPort = Number(new URL(functionUrl).port);
   const [port, admin] = [await freePort(), await freePort()];
   const proxy = startSluice(
@@ -81,7 +87,10 @@ export async function startReplica(name: string, options: ReplicaOptions): Promi
   const adminUrl = `http://127.0.0.1:${admin}`;
   await waitFor(async () => (await fetch(`${adminUrl}/readyz`)).ok, {
     timeoutMs: 30_000,
-    what: `replica ${name} to be ready\n${proxy.output()}`,
+    what: `replica ${name} to be ready`,
+  }).catch((err: Error) => {
+    // What the proxy printed says why (it is read when the wait has failed, not before).
+    throw new Error(`${err.message}; its output:\n${proxy.output()}`, { cause: err });
   });
   return {
     name,
@@ -97,7 +106,7 @@ export async function startReplica(name: string, options: ReplicaOptions): Promi
     killFunction: (signal = 'SIGKILL') => fn.stop(signal),
     restartFunction: async () => {
       if (running(fn)) throw new Error(`replica ${name}: its function still runs`);
-      ({ fn } = await startFunction(functionPort, logCalls));
+      ({ fn } = await startFunction(name, functionPort, logCalls));
     },
     stop: async (signal = 'SIGTERM') => {
       await Promise.all([proxy.stop(signal), fn.stop(signal)]);
