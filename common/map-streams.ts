@@ -35,6 +35,12 @@ export interface MapStreamSettings {
   maxDeliver: number;
   /** How long results (and so resumable map streams) are kept. */
   retentionSeconds: number;
+  /**
+   * Copies JetStream keeps of each stream (1, or 3 on a NATS cluster: one server may fail
+   * without losing a task or a result). Only the operator sets more than 1; a proxy creating
+   * missing streams for a local run makes them with 1.
+   */
+  replicas?: number;
 }
 
 export interface MapNames {
@@ -101,7 +107,10 @@ const nanos = (seconds: number) => Math.round(seconds * NANOS_PER_SECOND);
  * purges a cancelled request's tasks). No max_age: a long map may queue tasks for longer than
  * results are kept.
  */
-export function tasksStreamConfig(fn: string): Partial<StreamConfig> & { name: string } {
+export function tasksStreamConfig(
+  fn: string,
+  settings: Pick<MapStreamSettings, 'replicas'> = {},
+): Partial<StreamConfig> & { name: string } {
   const names = mapNames(fn);
   return {
     name: names.tasksStream,
@@ -111,7 +120,7 @@ export function tasksStreamConfig(fn: string): Partial<StreamConfig> & { name: s
     storage: 'file',
     discard: 'old',
     max_age: 0,
-    num_replicas: 1,
+    num_replicas: settings.replicas ?? 1,
     duplicate_window: nanos(120),
   };
 }
@@ -135,7 +144,7 @@ export function resultsStreamConfig(
     storage: 'file',
     discard: 'old',
     max_age: nanos(settings.retentionSeconds),
-    num_replicas: 1,
+    num_replicas: settings.replicas ?? 1,
     duplicate_window: nanos(Math.min(settings.retentionSeconds, Math.max(120, redeliverySpan))),
   };
 }

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { z } from 'zod';
 import { MAX_CONCURRENCY, MAX_MAP_CANCEL_AFTER_DISCONNECT, MAX_MAP_DELIVER } from '../common/limits.ts';
+import { natsServers } from '../common/nats-servers.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -188,7 +189,7 @@ export const proxyConfigSchema = z.object({
       (p) => p === '' || (p.startsWith('/') && !p.endsWith('/')),
       'must start with / and not end with /',
     ),
-  nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+  nats: natsServers,
   function: z
     .string()
     .regex(

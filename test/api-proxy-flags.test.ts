@@ -53,6 +53,12 @@ describe('proxyFlags', () => {
     expect(flags.some((f) => f.startsWith('--map-path='))).toBe(present);
   });
 
+  it('a NATS cluster reaches the proxy as the list of its servers', () => {
+    const flags = proxyFlags(fn({}), { drain: 1, nats: 'nats://a:4222,nats://b:4222' });
+    expect(loadProxyConfig(flags, {}).nats).toBe('nats://a:4222,nats://b:4222');
+    expect(() => loadProxyConfig(['--nats=nats://a:4222,http://b'], {})).toThrow(/--nats/);
+  });
+
   it('the tokens file only with spec.auth and a placement that mounts it', () => {
     const auth = { auth: { secretName: 's' } };
     const has = (flags: string[]) => flags.includes('--auth-tokens-file=/t');

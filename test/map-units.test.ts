@@ -426,6 +426,13 @@ describe('map stream names', () => {
       duplicate_window: 120e9, // covers 30 s x (3 + 1) deliveries
     });
     expect(resultsStreamConfig('ns/fn', { ...settings, retentionSeconds: 60 }).duplicate_window).toBe(60e9);
+    // One copy unless the operator is told the NATS cluster keeps three.
+    expect([
+      tasksStreamConfig('ns/fn').num_replicas,
+      resultsStreamConfig('ns/fn', settings).num_replicas,
+    ]).toEqual([1, 1]);
+    expect(tasksStreamConfig('ns/fn', { replicas: 3 }).num_replicas).toBe(3);
+    expect(resultsStreamConfig('ns/fn', { ...settings, replicas: 3 }).num_replicas).toBe(3);
     expect(workerConsumerConfig('ns/fn', settings)).toMatchObject({
       durable_name: 'sluice-workers',
       ack_policy: 'explicit',

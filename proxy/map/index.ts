@@ -18,6 +18,9 @@ import { createMapMetrics, type MapMetrics } from './metrics.ts';
 import { MapRequests } from './requests.ts';
 import { MapWorker } from './worker.ts';
 
+/** A JetStream ack not back by then is taken as lost and the publish retried (nats.js's default). */
+const PUBLISH_ACK_TIMEOUT_MS = 5_000;
+
 /** A connected map: the public side (requests) and this replica's share of the work (worker). */
 interface Wired {
   nc: NatsConnection;
@@ -149,7 +152,7 @@ async function wire(s: MapContext, nc: NatsConnection): Promise<Wired> {
   const jsm = await jetstreamManager(nc);
   const ensureTopology = () => ensureMapTopology(jsm, config.function, streamSettings(config), 'guest');
   await ensureTopology();
-  const publisher = new JetStreamPublisher(nc, config.mapAckWait * 1000);
+  const publisher = new JetStreamPublisher(nc, Math.min(PUBLISH_ACK_TIMEOUT_MS, config.mapAckWait * 1000));
   const cancellations = new Cancellations({
     nc,
     jsm,

@@ -334,6 +334,9 @@ export class MapRequests {
         messages = await this.#openResults(requestId, nextSeq, () => !!failure || res.destroyed);
         if (!messages) break;
         resubscribe = false;
+        this.#restartWhenStalled(messages, () => {
+          resubscribe = true;
+        });
         for await (const msg of messages) {
           last = msg;
           const kind = msg.subject.slice(kindAt);
@@ -402,6 +405,23 @@ export class MapRequests {
         waitMs = Math.min(waitMs * 2, 2_000);
       }
     }
+  }
+
+  /**
+   * nats.js does not always bring an ordered consumer back when the server holding it dies
+   * without this connection breaking (a NATS cluster losing a server): after two missed
+   * heartbeats the stream resubscribes itself, from the last record read.
+   */
+  #restartWhenStalled(messages: ConsumerMessages, restart: () => void): void {
+    void (async () => {
+      for await (const status of messages.status()) {
+        if (status.type === 'heartbeats_missed' && status.count >= 2) {
+          restart();
+          await messages.close();
+          return;
+        }
+      }
+    })().catch(() => {});
   }
 
   #done(
