@@ -80,6 +80,8 @@ export class MapWorker {
   readonly #taskPrefix: string;
   readonly #replicaJson: string;
   readonly #held = new Set<Held>();
+  /** Held tasks not yet finishing (waiting for a slot or running). */
+  #busyCount = 0;
   /** Aborted when held tasks waiting for a slot must go back (function down, draining). */
   #holdBack = new AbortController();
   #functionDown = false;
@@ -176,9 +178,13 @@ export class MapWorker {
 
   /** Tasks that hold or wait for the function (finishing ones only wait for NATS). */
   #busy(): number {
-    let busy = 0;
-    for (const held of this.#held) if (held.stage !== 'finishing') busy++;
-    return busy;
+    return this.#busyCount;
+  }
+
+  /** Done with the function: only NATS is left to wait for. */
+  #finishing(held: Held): void {
+    if (held.stage !== 'finishing') this.#busyCount--;
+    held.stage = 'finishing';
   }
 
   #free(): number {
@@ -200,6 +206,7 @@ export class MapWorker {
     const now = performance.now();
     const held: Held = { msg, info, stage: 'waiting', touched: now, started: now };
     this.#held.add(held);
+    this.#busyCount++;
     if (info.deliveryCount > 1) this.#o.metrics.redeliveries.inc();
     void this.#run(held).catch((err: unknown) => {
       this.#o.log.error({ err, subject: msg.subject }, 'map task failed unexpectedly');
@@ -311,7 +318,7 @@ export class MapWorker {
    */
   async #finish(held: Held, kind: 'result' | 'error', text: string): Promise<void> {
     const { info } = held;
-    held.stage = 'finishing';
+    this.#finishing(held);
     this.#puller.fill();
     let record = text;
     const max = maxRecordBytes(this.#o.nc);
@@ -332,7 +339,7 @@ export class MapWorker {
   async #handBack(held: Held): Promise<void> {
     const { info, msg } = held;
     if (this.#o.cancellations.has(info.requestId)) return this.#end(held, 'cancelled', ACK);
-    held.stage = 'finishing';
+    this.#finishing(held);
     try {
       await this.#o.publisher.publish(
         requeueSubject(this.#taskPrefix, info),
@@ -356,6 +363,7 @@ export class MapWorker {
 
   #release(held: Held, outcome?: TaskOutcome): void {
     if (!this.#held.delete(held)) return;
+    if (held.stage !== 'finishing') this.#busyCount--;
     if (outcome) {
       const { tasks, taskDuration } = this.#o.metrics;
       tasks[outcome].inc();
