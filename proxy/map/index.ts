@@ -94,7 +94,7 @@ export async function startMap(deps: MapDependencies): Promise<MapService> {
     async drain(drainMs: number): Promise<void> {
       stopping.abort();
       await started;
-      await wired?.worker.drain(drainMs);
+      await Promise.all([wired?.worker.drain(drainMs), wired?.requests.queued(drainMs)]);
     },
     async close(): Promise<void> {
       stopping.abort();

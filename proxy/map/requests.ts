@@ -61,9 +61,27 @@ type StreamEnd = 'done' | 'cancelled' | 'client_left' | 'failed';
 /** The public side of map: `POST /_sluice/map`, `GET` and `DELETE /_sluice/map/<requestId>`. */
 export class MapRequests {
   readonly #o: MapRequestsOptions;
+  /** Maps whose inputs are still being queued. */
+  readonly #publishing = new Set<Promise<void>>();
 
   constructor(options: MapRequestsOptions) {
     this.#o = options;
+  }
+
+  /**
+   * Resolves once every accepted map has all its inputs queued (or after `ms`): a proxy that
+   * stops must not leave a map with inputs that no replica will ever see.
+   */
+  async queued(ms: number): Promise<void> {
+    if (this.#publishing.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#publishing]),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, ms);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
@@ -140,6 +158,8 @@ export class MapRequests {
       if (id === requestId) stopPublishing.abort();
     });
     const published = this.#publishTasks(requestId, request.inputs, stopPublishing.signal);
+    this.#publishing.add(published);
+    void published.catch(() => {}).finally(() => this.#publishing.delete(published));
     const sequencer = new ResultSequencer<Delivery>({ count: accepted.count, order: accepted.order });
     const unwatch = accepted.keep ? undefined : grace.watch(requestId);
     let end: StreamEnd;
