@@ -3,6 +3,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mapNames } from '../common/map-streams.ts';
 import { ensureMapTopology } from '../common/map-topology.ts';
+import { waitFor } from '../common/net.ts';
 import { indices, postMap, type Replica, startReplicas } from '../harness/map-replicas.ts';
 import { type NatsCluster, startNatsCluster } from '../harness/nats-cluster.ts';
 
@@ -46,7 +47,13 @@ describe('map over a 3-server JetStream cluster', () => {
   it('keeps three copies of each stream', async () => {
     const names = mapNames(FN);
     for (const stream of [names.tasksStream, names.resultsStream]) {
-      const info = await jsm.streams.info(stream);
+      const info = await waitFor(
+        async () => {
+          const found = await jsm.streams.info(stream).catch(() => undefined);
+          return found?.cluster?.leader ? found : undefined;
+        },
+        { what: `stream ${stream} with a leader` },
+      );
       expect(info.config.num_replicas).toBe(3);
       expect(info.cluster?.leader).toMatch(/^n[012]$/);
       expect(info.cluster?.replicas).toHaveLength(2);
