@@ -57,6 +57,17 @@ async function callsOf(tag: string): Promise<FunctionCall[]> {
   return all.flat().filter((call) => (JSON.parse(call.input) as { tag?: string }).tag === tag);
 }
 
+/** The calls of `tag`, once each function has seen every one of them end (answered or cut). */
+async function everyCallEnded(tag: string): Promise<FunctionCall[]> {
+  return waitFor(
+    async () => {
+      const calls = await callsOf(tag);
+      return calls.every((call) => call.end !== undefined) ? calls : undefined;
+    },
+    { what: `every call of ${tag} ended, as the functions saw it` },
+  );
+}
+
 async function cancelledRecord(requestId: string): Promise<{ reason: string } | undefined> {
   const names = mapNames(FN);
   const stored = await jsm.streams
@@ -103,7 +114,7 @@ describe('cancelling a map', () => {
     await waitFor(nothingQueuedOrRunning, { what: 'no task of the cancelled map left' });
     // Every call the functions saw ended within the bound of the DELETE: the running ones were
     // cut (the function saw its connection close), and no queued input was called later.
-    const calls = await callsOf('delete');
+    const calls = await everyCallEnded('delete');
     expect(calls.length).toBeLessThan(60);
     for (const call of calls) {
       expect(call.start).toBeLessThan(deletedAt + ABORT_WITHIN_MS);
@@ -143,7 +154,7 @@ describe('cancelling a map', () => {
     await waitFor(() => cancelledRecord(requestId), { what: 'the map cancelled', timeoutMs: 15_000 });
     await waitFor(nothingQueuedOrRunning, { what: 'no task of the cancelled map left' });
     expect(await cancelledRecord(requestId)).toEqual({ reason: 'disconnected' });
-    const calls = await callsOf('gone');
+    const calls = await everyCallEnded('gone');
     const cutoff = leftAt + GRACE_S * 1000 + ABORT_WITHIN_MS;
     // The map ran on during the grace ...
     expect(calls.filter((c) => c.start > leftAt + 500).length).toBeGreaterThan(0);
