@@ -1,4 +1,7 @@
+import { jetstream } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { mapNames } from '../common/map-streams.ts';
 import { waitFor } from '../common/net.ts';
 import {
   indices,
@@ -158,6 +161,37 @@ describe('map over three replicas', () => {
     // A resume without Last-Event-ID replays everything.
     const replay = await readMap(`${replicas[1]!.url}/_sluice/map/${requestId}`);
     expect(indices(replay.events)).toEqual(range(40));
+  });
+
+  it('resumes a map whose results an earlier sidecar stored one record each (a rollout)', async () => {
+    const nc = await connect({ servers: nats.url });
+    try {
+      const js = jetstream(nc);
+      const names = mapNames('default/three');
+      const requestId = 'rollout-1';
+      const results = names.resultsOf(requestId);
+      await js.publish(
+        `${results}.accepted`,
+        JSON.stringify({ requestId, count: 2, order: 'input', keep: true }),
+      );
+      await js.publish(
+        `${results}.result`,
+        JSON.stringify({ index: 0, output: 'old', replica: 'r-old', ms: 1 }),
+      );
+      await js.publish(
+        `${results}.batch`,
+        `r1 ${JSON.stringify({ index: 1, output: 'new', replica: 'r-new', ms: 1 })}`,
+      );
+      const { events } = await readMap(`${replicas[1]!.url}/_sluice/map/${requestId}`);
+      expect(events.map((e) => [e.event, e.json.output ?? e.json.count])).toEqual([
+        ['accepted', 2],
+        ['result', 'old'],
+        ['result', 'new'],
+        ['done', 2],
+      ]);
+    } finally {
+      await nc.close();
+    }
   });
 
   it('refuses bad requests with 4xx JSON naming the problem', async () => {

@@ -14,7 +14,14 @@ import type { DisconnectGrace } from './disconnect-grace.ts';
 import { EventStreamWriter } from './event-stream.ts';
 import type { JetStreamPublisher } from './js-publisher.ts';
 import type { MapMetrics } from './metrics.ts';
-import { type AcceptedRecord, encodeRecord, maxRecordBytes, parseBatch, taskMsgId } from './records.ts';
+import {
+  type AcceptedRecord,
+  encodeRecord,
+  maxRecordBytes,
+  parseBatch,
+  type RecordLine,
+  taskMsgId,
+} from './records.ts';
 import { MapRequestError, parseMapBody } from './request-body.ts';
 import { ResultSequencer } from './sequencer.ts';
 
@@ -53,6 +60,17 @@ interface Delivery {
   kind: 'result' | 'error';
   index: number;
   data: string;
+}
+
+/** A record stored on its own by an earlier sidecar: its index is in the record. */
+function legacyLine(kind: 'result' | 'error', text: string): RecordLine {
+  let index = Number.NaN;
+  try {
+    index = (JSON.parse(text) as { index?: number }).index ?? Number.NaN;
+  } catch {
+    // Not a record: the sequencer drops a NaN index.
+  }
+  return { kind, index, text };
 }
 
 /** How a map stream ended: every index sent, cancelled (done sent), the caller gone, or failed. */
@@ -360,8 +378,10 @@ export class MapRequests {
         for await (const msg of messages) {
           last = msg;
           const kind = msg.subject.slice(kindAt);
-          if (kind === 'batch') {
-            for (const line of parseBatch(msg.string())) {
+          if (kind === 'batch' || kind === 'result' || kind === 'error') {
+            // `result` and `error`: one record each, as sidecars before batches stored them (a rollout).
+            const lines = kind === 'batch' ? parseBatch(msg.string()) : [legacyLine(kind, msg.string())];
+            for (const line of lines) {
               const delivery: Delivery = { kind: line.kind, index: line.index, data: line.text };
               for (const event of sequencer.accept(line.index, line.kind === 'error', delivery)) {
                 writer.event(event.kind, event.data, event.index);
