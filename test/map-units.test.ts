@@ -142,6 +142,9 @@ describe('map tasks: subjects, ack subjects and attempts', () => {
     expect(requeueSubject('sluice.ns.fn.tasks.', task)).toBe('sluice.ns.fn.tasks.r.3.2');
     const requeued = parseTaskSubject('r.3.2')!;
     expect(attemptOf({ ...requeued, deliveryCount: 1, streamSeq: 10 })).toBe(3);
+    // Handed back on its first delivery: no attempts to carry, the plain subject.
+    const first = { requestId: 'r', index: 3, attemptsBefore: 0, deliveryCount: 1, streamSeq: 11 };
+    expect(requeueSubject('sluice.ns.fn.tasks.', first)).toBe('sluice.ns.fn.tasks.r.3');
   });
 });
 

@@ -62,7 +62,13 @@ export function attemptOf(task: TaskInfo): number {
   return task.attemptsBefore + task.deliveryCount;
 }
 
-/** The subject a task goes back to the queue on, carrying the attempts it already had. */
+/**
+ * The subject a task goes back to the queue on, carrying the attempts it already had. Without
+ * any, it is the plain subject a first task has (which sidecars before attempt counting read
+ * too, should a rollout mix them).
+ */
 export function requeueSubject(taskPrefix: string, task: TaskInfo): string {
-  return `${taskPrefix}${task.requestId}.${task.index}.${attemptOf(task) - 1}`;
+  const attempts = attemptOf(task) - 1;
+  const plain = `${taskPrefix}${task.requestId}.${task.index}`;
+  return attempts === 0 ? plain : `${plain}.${attempts}`;
 }
