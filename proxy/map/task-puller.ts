@@ -1,5 +1,4 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import type { Logger } from '../../common/log.ts';
 import { ownInbox } from './js-publisher.ts';
 
 export interface PullerOptions {
@@ -18,7 +17,6 @@ export interface PullerOptions {
   onTask: (msg: Msg) => void;
   /** The consumer or its stream is gone (deleted, not made yet): make it exist, then call resume(). */
   onMissing: () => void;
-  log: Logger;
 }
 
 /** A pull request in flight: how many tasks it may still bring, and until when. */

@@ -91,6 +91,7 @@ export class MapWorker {
   #probe: Promise<void> | undefined;
   #ensuring: Promise<void> | undefined;
   #onIdle: (() => void) | undefined;
+  #emptied: (() => void) | undefined;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
@@ -121,7 +122,6 @@ export class MapWorker {
       expiresMs: 5_000,
       onTask: (msg) => this.#receive(msg),
       onMissing: () => this.#ensureConsumer(),
-      log: options.log,
     });
   }
 
@@ -130,11 +130,6 @@ export class MapWorker {
     const tick = Math.max(50, Math.min(1_000, Math.floor(this.#heartbeatMs() / 2)));
     this.#sweep = setInterval(() => this.#sweepHeld(), tick);
     this.#puller.start();
-  }
-
-  /** True while the function refuses connections and this replica takes no tasks. */
-  get functionDown(): boolean {
-    return this.#functionDown;
   }
 
   /** The NATS connection came back: pulls in flight died with the old one. */
@@ -373,8 +368,6 @@ export class MapWorker {
     if (this.#onIdle && this.#busy() === 0) this.#onIdle();
     this.#puller.fill();
   }
-
-  #emptied: (() => void) | undefined;
 
   #whenEmpty(timeoutMs: number): Promise<void> {
     if (this.#held.size === 0) return Promise.resolve();
