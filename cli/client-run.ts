@@ -96,10 +96,12 @@ export async function runMap(url: string, options: MapCommandOptions): Promise<n
     }
     bar?.stop();
     const summary = next.value;
+    const cancelled = summary.cancelled ?? 0;
+    const succeeded = summary.count - summary.failed - cancelled;
     process.stderr.write(
-      `sluice map: ${summary.count - summary.failed}/${summary.count} succeeded, ${summary.failed} failed (request ${summary.requestId}, ${((Date.now() - startedAt) / 1000).toFixed(1)} s)\n`,
+      `sluice map: ${succeeded}/${summary.count} succeeded, ${summary.failed} failed${cancelled ? `, ${cancelled} cancelled` : ''} (request ${summary.requestId}, ${((Date.now() - startedAt) / 1000).toFixed(1)} s)\n`,
     );
-    return summary.failed > 0 ? 1 : 0;
+    return summary.failed > 0 || cancelled > 0 ? 1 : 0;
   } catch (err) {
     bar?.stop();
     return reportError('map', err);

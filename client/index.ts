@@ -110,8 +110,10 @@ export interface MapOptions {
   headers?: RequestHeaders;
   signal?: AbortSignal;
   /**
-   * Keep the map running when the connection breaks, so it can be resumed (default true). With
-   * false the proxy cancels the remaining tasks as soon as the first connection goes.
+   * Keep the map running, whatever happens to this caller, for as long as the proxy keeps
+   * results (default false). Without it, a broken connection is resumed within the proxy's
+   * `cancelAfterDisconnectSeconds` (the map is cancelled after that), and a caller that stops
+   * early (an aborted `signal`, leaving the loop) cancels the map at once (DELETE).
    */
   keep?: boolean;
   /** Called once, when the proxy has queued the inputs. */
@@ -124,24 +126,39 @@ export interface MapOptions {
 export interface MapAccepted {
   requestId: string;
   count: number;
+  /** How long the proxy waits for a broken stream to resume before cancelling; null when kept. */
+  cancelAfterDisconnectSeconds?: number | null;
+}
+
+/** What failed for one input: the function's JSON error `body`, or a text `message`. */
+export interface MapItemError {
+  status?: number;
+  message?: string;
+  body?: unknown;
 }
 
 export type MapResult =
   | { index: number; ok: true; output: unknown; replica?: string; ms?: number }
-  | { index: number; ok: false; error: { status?: number; message: string }; attempts?: number };
+  | { index: number; ok: false; error: MapItemError; attempts?: number };
 
 export interface MapSummary {
   requestId: string;
   count: number;
   failed: number;
+  /** Inputs that got no result because the map was cancelled (DELETE, or its caller gone too long). */
+  cancelled?: number;
 }
+
+/** Resume waits end this long before the proxy's grace does, so the last try still counts. */
+const GRACE_MARGIN_MS = 500;
 
 /**
  * Fans `inputs` out over the function's replicas (`POST <url>/_sluice/map`) and yields each
  * result (or per-input failure) once, as the stream delivers them. If the connection breaks
  * after the proxy accepted the inputs, it resumes from `GET <url>/_sluice/map/<requestId>`
- * with `Last-Event-ID`; indices already yielded are never yielded twice. The return value
- * is the `done` summary.
+ * with `Last-Event-ID` within the proxy's grace (`cancelAfterDisconnectSeconds`); indices
+ * already yielded are never yielded twice. The return value is the `done` summary. Stopping
+ * early (an aborted signal, `break`) cancels the map unless `keep` is set.
  */
 export async function* map(
   url: string | URL,
@@ -149,86 +166,139 @@ export async function* map(
   options: MapOptions = {},
 ): AsyncGenerator<MapResult, MapSummary> {
   if (!Array.isArray(inputs)) throw new ClientUsageError('map inputs must be an array');
-  const { signal, maxReconnects = 5, order = 'input', keep = true } = options;
+  const { signal, maxReconnects = 5, order = 'input', keep = false } = options;
   let retryMs = options.retryMs ?? 1000;
   const base = functionBase(url);
   let accepted: MapAccepted | undefined;
   let lastEventId: string | undefined;
   const seen = new Set<number>();
   let failures = 0;
-  for (;;) {
-    const headers = new Headers(options.headers);
-    headers.set('accept', 'text/event-stream');
-    let target: URL;
-    let init: RequestInit;
-    if (accepted) {
-      target = new URL(`_sluice/map/${encodeURIComponent(accepted.requestId)}`, base);
-      if (lastEventId !== undefined) headers.set('last-event-id', lastEventId);
-      init = { method: 'GET', headers, signal };
-    } else {
-      target = new URL('_sluice/map', base);
-      headers.set('content-type', 'application/json');
-      init = { method: 'POST', headers, body: JSON.stringify({ inputs, order, keep }), signal };
-    }
-    let broke: unknown;
-    try {
-      const response = await open(target, init);
-      for await (const event of readEvents(response.body!, (ms) => {
-        retryMs = ms;
-      })) {
-        if (event.event === 'accepted') {
-          const data = parseData<MapAccepted>(event);
-          if (typeof data.requestId !== 'string' || !Number.isInteger(data.count)) {
-            throw new MapProtocolError(`accepted event without requestId and count: ${event.data}`);
-          }
-          if (!accepted) {
-            accepted = { requestId: data.requestId, count: data.count as number };
-            options.onAccepted?.(accepted);
-          }
-        } else if (event.event === 'result' || event.event === 'error') {
-          const data = parseData<{ index: unknown; error: { code?: string; message?: string } }>(event);
-          if (event.event === 'error' && data.index === undefined) {
-            // An error that names no input ends the whole map (cancelled, results lost).
-            throw new MapFailedError(
-              `map ${accepted?.requestId ?? ''} failed: ${data.error?.message ?? event.data}`,
-              data.error?.code,
-            );
-          }
-          const result = toResult(event, accepted?.count);
-          failures = 0;
-          if (event.id !== undefined) lastEventId = event.id;
-          if (seen.has(result.index)) continue;
-          seen.add(result.index);
-          yield result;
-        } else if (event.event === 'done') {
-          const done = parseData<MapSummary>(event);
-          return {
-            requestId: done.requestId ?? accepted?.requestId ?? '',
-            count: done.count ?? seen.size,
-            failed: done.failed ?? 0,
-          };
-        }
-        // Other event names are left for later protocol versions.
+  let finished = false;
+  /** When the stream first broke since the last event: the proxy's grace runs from about then. */
+  let brokeAt: number | undefined;
+  try {
+    for (;;) {
+      const headers = new Headers(options.headers);
+      headers.set('accept', 'text/event-stream');
+      let target: URL;
+      let init: RequestInit;
+      if (accepted) {
+        target = new URL(`_sluice/map/${encodeURIComponent(accepted.requestId)}`, base);
+        if (lastEventId !== undefined) headers.set('last-event-id', lastEventId);
+        init = { method: 'GET', headers, signal };
+      } else {
+        target = new URL('_sluice/map', base);
+        headers.set('content-type', 'application/json');
+        init = { method: 'POST', headers, body: JSON.stringify({ inputs, order, keep }), signal };
       }
-      broke = new ConnectionError(`${target}: map stream ended before its done event`);
-    } catch (err) {
-      if (signal?.aborted) throw signal.reason;
-      if (!(err instanceof ConnectionError) && !isNetworkError(err)) throw err;
-      broke = err;
+      let broke: unknown;
+      try {
+        const response = await open(target, init);
+        for await (const event of readEvents(response.body!, (ms) => {
+          retryMs = ms;
+        })) {
+          if (event.event === 'accepted') {
+            const data = parseData<MapAccepted>(event);
+            if (typeof data.requestId !== 'string' || !Number.isInteger(data.count)) {
+              throw new MapProtocolError(`accepted event without requestId and count: ${event.data}`);
+            }
+            if (!accepted) {
+              accepted = {
+                requestId: data.requestId,
+                count: data.count as number,
+                cancelAfterDisconnectSeconds: data.cancelAfterDisconnectSeconds ?? null,
+              };
+              options.onAccepted?.(accepted);
+            }
+          } else if (event.event === 'result' || event.event === 'error') {
+            const data = parseData<{ index: unknown; error: { code?: string; message?: string } }>(event);
+            if (event.event === 'error' && data.index === undefined) {
+              // An error that names no input ends the whole map (its results lost, NATS gone).
+              throw new MapFailedError(
+                `map ${accepted?.requestId ?? ''} failed: ${data.error?.message ?? event.data}`,
+                data.error?.code,
+              );
+            }
+            const result = toResult(event, accepted?.count);
+            failures = 0;
+            brokeAt = undefined;
+            if (event.id !== undefined) lastEventId = event.id;
+            if (seen.has(result.index)) continue;
+            seen.add(result.index);
+            yield result;
+          } else if (event.event === 'done') {
+            const done = parseData<MapSummary>(event);
+            finished = true;
+            const summary: MapSummary = {
+              requestId: done.requestId ?? accepted?.requestId ?? '',
+              count: done.count ?? seen.size,
+              failed: done.failed ?? 0,
+            };
+            if (typeof done.cancelled === 'number') summary.cancelled = done.cancelled;
+            return summary;
+          }
+          // Other event names are left for later protocol versions.
+        }
+        broke = new ConnectionError(`${target}: map stream ended before its done event`);
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        if (!(err instanceof ConnectionError) && !isNetworkError(err)) throw err;
+        broke = err;
+      }
+      if (!accepted) {
+        // Re-posting could run every input twice, so a map that broke before `accepted` is not retried.
+        throw new ConnectionError(`${target}: map broke before the proxy accepted the inputs`, {
+          cause: broke,
+        });
+      }
+      if (failures >= maxReconnects) {
+        throw new ConnectionError(`map ${accepted.requestId}: gave up after ${failures} resume attempts`, {
+          cause: broke,
+        });
+      }
+      brokeAt ??= Date.now();
+      failures += 1;
+      let waitMs = Math.min(retryMs * 2 ** (failures - 1), MAX_BACKOFF_MS);
+      const grace = accepted.cancelAfterDisconnectSeconds;
+      if (typeof grace === 'number') {
+        // Past the grace the proxy has cancelled the map: try while it still counts.
+        const left = brokeAt + grace * 1000 - GRACE_MARGIN_MS - Date.now();
+        if (left <= 0 && failures > 1) {
+          throw new ConnectionError(
+            `map ${accepted.requestId}: could not resume within its ${grace} s grace (cancelAfterDisconnectSeconds)`,
+            { cause: broke },
+          );
+        }
+        waitMs = Math.max(0, Math.min(waitMs, left / 2));
+      }
+      await sleep(waitMs, undefined, { signal });
     }
-    if (!accepted) {
-      // Re-posting could run every input twice, so a map that broke before `accepted` is not retried.
-      throw new ConnectionError(`${target}: map broke before the proxy accepted the inputs`, {
-        cause: broke,
-      });
-    }
-    if (failures >= maxReconnects) {
-      throw new ConnectionError(`map ${accepted.requestId}: gave up after ${failures} resume attempts`, {
-        cause: broke,
-      });
-    }
-    failures += 1;
-    await sleep(Math.min(retryMs * 2 ** (failures - 1), MAX_BACKOFF_MS), undefined, { signal });
+  } finally {
+    // A caller that stops early cancels the work it no longer wants (unless it asked to keep it).
+    if (accepted && !finished && !keep) await cancelMap(base, accepted.requestId, options.headers);
+  }
+}
+
+/**
+ * Cancels a map (`DELETE <url>/_sluice/map/<requestId>`): its queued inputs are dropped and
+ * its running calls aborted on every replica. Best effort: false when the proxy could not be told.
+ */
+export async function cancelMap(
+  url: string | URL,
+  requestId: string,
+  headers?: RequestHeaders,
+): Promise<boolean> {
+  const target = new URL(`_sluice/map/${encodeURIComponent(requestId)}`, functionBase(url));
+  try {
+    const response = await fetch(target, {
+      method: 'DELETE',
+      headers: new Headers(headers),
+      signal: AbortSignal.timeout(5_000),
+    });
+    await response.body?.cancel();
+    return response.ok;
+  } catch {
+    return false;
   }
 }
 
@@ -304,7 +374,7 @@ function toResult(event: StreamEvent, count: number | undefined): MapResult {
     output: unknown;
     replica: string;
     ms: number;
-    error: { status?: number; message: string };
+    error: MapItemError;
     attempts: number;
   }>(event);
   const index = data.index;

@@ -5,3 +5,5 @@
  */
 export const MAX_CONCURRENCY = 100_000;
 export const MAX_MAP_DELIVER = 100;
+/** A map caller's grace to resume (spec.map.cancelAfterDisconnectSeconds): a day at most. */
+export const MAX_MAP_CANCEL_AFTER_DISCONNECT = 86_400;

@@ -7,12 +7,18 @@
  *
  *   tasks stream    SLUICE_TASKS_<ns>_<name>     work-queue retention, file storage
  *     subjects      sluice.<ns>.<name>.tasks.>   one message per input:
- *                   sluice.<ns>.<name>.tasks.<requestId>.<index>, body = the input as JSON
+ *                   sluice.<ns>.<name>.tasks.<requestId>.<index>, body = the input as JSON; a task
+ *                   handed back without a counted attempt (proxy/map/task.ts) is published
+ *                   again as ….<requestId>.<index>.<attemptsBefore>
  *   results stream  SLUICE_RESULTS_<ns>_<name>   limits retention, max_age = resultRetentionSeconds
- *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.<kind>
- *                   with kind `accepted` (count, order), `result`, `error` (the SSE data of that
- *                   event) or `cancelled` (the client left); a resume replays `<requestId>.>`
- *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a request whose client left
+ *     subjects      sluice.<ns>.<name>.results.> per request, sluice.<ns>.<name>.results.<requestId>.…:
+ *                   `accepted` (count, order, keep), `batch` (result and error records, the SSE
+ *                   data of those events, one a line: proxy/map/records.ts) and `cancelled`;
+ *                   a resume replays `<requestId>.>`
+ *   cancel subject  sluice.<ns>.<name>.cancel    core NATS: a cancelled request (every replica aborts its tasks)
+ *   watch subject   sluice.<ns>.<name>.watch     core NATS: `watching <requestId>` from each live map
+ *                                                stream, `left <requestId>` when one breaks (the grace
+ *                                                of cancelAfterDisconnectSeconds starts)
  *   consumer        sluice-workers               one durable pull consumer, shared by all replicas
  *
  * Labels never contain `_` or `.`, so `_` separates them in stream names and `.` in subjects
@@ -29,6 +35,12 @@ export interface MapStreamSettings {
   maxDeliver: number;
   /** How long results (and so resumable map streams) are kept. */
   retentionSeconds: number;
+  /**
+   * Copies JetStream keeps of each stream (1, or 3 on a NATS cluster: one server may fail
+   * without losing a task or a result). Only the operator sets more than 1; a proxy creating
+   * missing streams for a local run makes them with 1.
+   */
+  replicas?: number;
 }
 
 export interface MapNames {
@@ -38,6 +50,7 @@ export interface MapNames {
   tasksSubjects: string;
   resultsSubjects: string;
   cancelSubject: string;
+  watchSubject: string;
   workerConsumer: string;
   /** Prefix of a request's tasks (add `.<index>`; add `.>` to filter or purge them). */
   tasksOf: (requestId: string) => string;
@@ -79,6 +92,7 @@ export function mapNames(fn: string): MapNames {
     tasksSubjects: `${prefix}.tasks.>`,
     resultsSubjects: `${prefix}.results.>`,
     cancelSubject: `${prefix}.cancel`,
+    watchSubject: `${prefix}.watch`,
     workerConsumer: WORKER_CONSUMER,
     tasksOf: (requestId) => `${prefix}.tasks.${checked(requestId)}`,
     resultsOf: (requestId) => `${prefix}.results.${checked(requestId)}`,
@@ -93,7 +107,10 @@ const nanos = (seconds: number) => Math.round(seconds * NANOS_PER_SECOND);
  * purges a cancelled request's tasks). No max_age: a long map may queue tasks for longer than
  * results are kept.
  */
-export function tasksStreamConfig(fn: string): Partial<StreamConfig> & { name: string } {
+export function tasksStreamConfig(
+  fn: string,
+  settings: Pick<MapStreamSettings, 'replicas'> = {},
+): Partial<StreamConfig> & { name: string } {
   const names = mapNames(fn);
   return {
     name: names.tasksStream,
@@ -103,7 +120,7 @@ export function tasksStreamConfig(fn: string): Partial<StreamConfig> & { name: s
     storage: 'file',
     discard: 'old',
     max_age: 0,
-    num_replicas: 1,
+    num_replicas: settings.replicas ?? 1,
     duplicate_window: nanos(120),
   };
 }
@@ -127,7 +144,7 @@ export function resultsStreamConfig(
     storage: 'file',
     discard: 'old',
     max_age: nanos(settings.retentionSeconds),
-    num_replicas: 1,
+    num_replicas: settings.replicas ?? 1,
     duplicate_window: nanos(Math.min(settings.retentionSeconds, Math.max(120, redeliverySpan))),
   };
 }

@@ -105,7 +105,7 @@ export async function ensureMapTopology(
   role: TopologyRole,
 ): Promise<boolean> {
   let wrote = false;
-  for (const config of [tasksStreamConfig(fn), resultsStreamConfig(fn, settings)]) {
+  for (const config of [tasksStreamConfig(fn, settings), resultsStreamConfig(fn, settings)]) {
     if (await ensureStream(jsm, config, role)) wrote = true;
   }
   const consumer = workerConsumerConfig(fn, settings) as Partial<ConsumerConfig> & { durable_name: string };

@@ -57,7 +57,10 @@ export const WIRE_ERRORS = {
     status: 404,
     meaning: 'no map with this request id in the results kept (--map-retention)',
   },
-  map_failed: { status: undefined, meaning: 'the whole map ended early (cancelled, NATS gone too long)' },
+  map_failed: {
+    status: undefined,
+    meaning: 'the whole map ended early (NATS gone too long; a cancelled map ends with done instead)',
+  },
   // `sluice serve`'s front port
   no_replica: { status: 503, meaning: 'sluice serve: no replica is running or became ready in time' },
   replica_unavailable: { status: 502, meaning: 'sluice serve: the chosen replica did not answer' },

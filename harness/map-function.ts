@@ -8,25 +8,41 @@ import type { AddressInfo } from 'node:net';
  *   a string s                 → text/plain s upper-cased
  *   {"sleep": ms, ...}         → waits ms first (then as below; {"echo": input} if nothing else)
  *   {"status": code}           → answers that status with text "failing on purpose"
+ *   {"status": code, "error": e} → answers that status with JSON {"error": e}
  *   {"bytes": n}               → JSON string of n "x" characters
  *   {"stamp": n}               → JSON {"n": n, "t": CLOCK_MONOTONIC ms when answered} (benchmark)
  *   {"holdOn": replica, ...}   → never answers in that replica (MAP_REPLICA names this process's),
  *                                so a test knows its tasks are still running when it kills it
  *   anything else              → JSON {"echo": input}
  * `GET /attempts` → JSON {"<input as JSON>": attempts seen by this process}.
+ * `GET /calls` → JSON [{input, start, end, closed}]: each map call with CLOCK_MONOTONIC ms
+ * (the clock every process here shares) of its arrival and of its answer, or of the moment
+ * its connection closed before the answer (`closed: true`: the caller aborted it); kept
+ * unless started with `--no-calls` (the benchmark, which measures this process's CPU).
  */
+const logCalls = !process.argv.includes('--no-calls');
 const attempts = new Map<string, number>();
+
+interface CallRecord {
+  input: string;
+  start: number;
+  end?: number;
+  closed?: boolean;
+}
+const calls: CallRecord[] = [];
+const monotonicMs = () => Number(process.hrtime.bigint()) / 1e6;
 
 async function answer(input: unknown): Promise<{ status: number; type: string; body: string }> {
   if (typeof input === 'number')
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes, stamp, holdOn } = input as {
+    const { sleep, status, bytes, stamp, error, holdOn } = input as {
       sleep?: number;
       status?: number;
       bytes?: number;
       stamp?: number;
+      error?: unknown;
       holdOn?: string;
     };
     if (holdOn !== undefined && holdOn === process.env.MAP_REPLICA) await new Promise(() => {});
@@ -38,6 +54,8 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
       };
     }
     if (sleep) await new Promise((r) => setTimeout(r, sleep));
+    if (status && error !== undefined)
+      return { status, type: 'application/json', body: JSON.stringify({ error }) };
     if (status) return { status, type: 'text/plain', body: 'failing on purpose' };
     if (bytes) return { status: 200, type: 'application/json', body: JSON.stringify('x'.repeat(bytes)) };
   }
@@ -50,11 +68,24 @@ const server = createServer({ noDelay: true, keepAliveTimeout: 60_000 }, (req, r
     res.end(JSON.stringify(Object.fromEntries(attempts)));
     return;
   }
+  if (req.method === 'GET' && req.url === '/calls') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(calls));
+    return;
+  }
   const chunks: Buffer[] = [];
   req.on('data', (c: Buffer) => chunks.push(c));
   req.on('end', async () => {
     const text = Buffer.concat(chunks).toString();
     attempts.set(text, (attempts.get(text) ?? 0) + 1);
+    if (logCalls) {
+      const call: CallRecord = { input: text, start: monotonicMs() };
+      calls.push(call);
+      res.once('close', () => {
+        call.end = monotonicMs();
+        if (!res.writableFinished) call.closed = true;
+      });
+    }
     let input: unknown;
     try {
       input = JSON.parse(text);

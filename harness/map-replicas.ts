@@ -11,11 +11,25 @@ export interface Replica {
   adminUrl: string;
   functionUrl: string;
   proxy: Started;
-  fn: Started;
+  /** The function process now running (a new one after restartFunction). */
+  readonly fn: Started;
   /** How many times this replica's function saw each input (keyed by the input's JSON). */
   attempts: () => Promise<Record<string, number>>;
+  /** Every call this replica's function process saw, with monotonic times (harness/map-function.ts). */
+  calls: () => Promise<FunctionCall[]>;
+  /** Only the function, as when its container crashes and the sidecar lives on. */
+  killFunction: (signal?: NodeJS.Signals) => Promise<void>;
+  /** A new function process on the same port, as the kubelet restarting the container. */
+  restartFunction: () => Promise<void>;
   /** Both processes, like a pod dying (SIGKILL) or being deleted (SIGTERM). */
   stop: (signal?: NodeJS.Signals) => Promise<void>;
+}
+
+export interface FunctionCall {
+  input: string;
+  start: number;
+  end?: number;
+  closed?: boolean;
 }
 
 export interface ReplicaOptions {
@@ -23,35 +37,53 @@ export interface ReplicaOptions {
   /** `namespace/name`: names the NATS streams, so each test group gets its own. */
   fn: string;
   flags?: string[];
+  /** Arguments for node running the proxy (a benchmark's `--cpu-prof`). */
+  nodeArgs?: string[];
+  /** Keep each function's call log (GET /calls); the benchmark turns it off. */
+  logCalls?: boolean;
 }
 
-async function startFunction(replica: string): Promise<{ fn: Started; url: string }> {
-  const fn = start(process.execPath, [MAP_FUNCTION, '0'], { env: { ...process.env, MAP_REPLICA: replica } });
-  const port = await waitFor(() => /"port":(\d+)/.exec(fn.output())?.[1], {
-    what: 'the map function to listen',
+async function startFunction(
+  replica: string,
+  port: number,
+  logCalls: boolean,
+): Promise<{ fn: Started; url: string }> {
+  const fn = start(process.execPath, [MAP_FUNCTION, String(port), ...(logCalls ? [] : ['--no-calls'])], {
+    env: { ...process.env, MAP_REPLICA: replica },
   });
-  return { fn, url: `http://127.0.0.1:${port}` };
+  const listening = await waitFor(() => /"port":(\d+)/.exec(fn.output())?.[1], {
+    what: `the map function to listen\n${fn.output()}`,
+  });
+  return { fn, url: `http://127.0.0.1:${listening}` };
 }
+
+const running = (p: Started) => p.child.exitCode === null && p.child.signalCode === null;
 
 export async function startReplica(name: string, options: ReplicaOptions): Promise<Replica> {
-  const { fn, url: functionUrl } = await startFunction(name);
+  const logCalls = options.logCalls ?? true;
+  let { fn, url: functionUrl } = await startFunction(name, 0, logCalls);
+  const functionPort = Number(new URL(functionUrl).port);
   const [port, admin] = [await freePort(), await freePort()];
-  const proxy = startSluice([
-    'proxy',
-    '--listen',
-    `127.0.0.1:${port}`,
-    '--admin',
-    `127.0.0.1:${admin}`,
-    '--upstream',
-    functionUrl,
-    '--nats',
-    options.nats,
-    '--function',
-    options.fn,
-    '--replica',
-    name,
-    ...(options.flags ?? []),
-  ]);
+  const proxy = startSluice(
+    [
+      'proxy',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--admin',
+      `127.0.0.1:${admin}`,
+      '--upstream',
+      functionUrl,
+      '--nats',
+      options.nats,
+      '--function',
+      options.fn,
+      '--replica',
+      name,
+      ...(options.flags ?? []),
+    ],
+    {},
+    options.nodeArgs,
+  );
   const adminUrl = `http://127.0.0.1:${admin}`;
   await waitFor(async () => (await fetch(`${adminUrl}/readyz`)).ok, {
     timeoutMs: 30_000,
@@ -66,8 +98,16 @@ export async function startReplica(name: string, options: ReplicaOptions): Promi
     adminUrl,
     functionUrl,
     proxy,
-    fn,
+    get fn() {
+      return fn;
+    },
     attempts: async () => (await fetch(`${functionUrl}/attempts`)).json() as Promise<Record<string, number>>,
+    calls: async () => (await fetch(`${functionUrl}/calls`)).json() as Promise<FunctionCall[]>,
+    killFunction: (signal = 'SIGKILL') => fn.stop(signal),
+    restartFunction: async () => {
+      if (running(fn)) throw new Error(`replica ${name}: its function still runs`);
+      ({ fn } = await startFunction(name, functionPort, logCalls));
+    },
     stop: async (signal = 'SIGTERM') => {
       await Promise.all([proxy.stop(signal), fn.stop(signal)]);
     },
@@ -143,7 +183,7 @@ export async function totalAttempts(replicas: Replica[], input: unknown): Promis
   const key = JSON.stringify(input);
   let total = 0;
   for (const replica of replicas) {
-    if (replica.fn.child.exitCode === null && replica.fn.child.signalCode === null) {
+    if (running(replica.fn)) {
       total += (await replica.attempts())[key] ?? 0;
     }
   }

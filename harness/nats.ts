@@ -10,6 +10,8 @@ export interface NatsServer {
   /** JetStream's store directory: kept across restart(), removed by stop(). */
   storeDir: string;
   output: () => string;
+  /** The running server's process id (undefined while paused). */
+  pid: () => number | undefined;
   /** Stops the server (SIGTERM by default; SIGKILL for a crash) and starts it again, same port and store. */
   restart: (signal?: NodeJS.Signals) => Promise<void>;
   /** Stops it without starting again (a lasting outage); `resume()` brings it back. */
@@ -47,6 +49,7 @@ export async function startNats(): Promise<NatsServer> {
     port,
     storeDir,
     output: () => output,
+    pid: () => server?.child.pid,
     pause,
     resume: launch,
     restart: async (signal) => {

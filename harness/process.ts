@@ -42,6 +42,7 @@ export function start(command: string, args: string[], options: SpawnOptions = {
 /** `node` here is the project's Node 24 (npm scripts put node_modules/.bin first on PATH). */
 export const SLUICE_BIN = new URL('../bin/sluice.js', import.meta.url).pathname;
 
-export function startSluice(args: string[], options: SpawnOptions = {}): Started {
-  return start(process.execPath, [SLUICE_BIN, ...args], options);
+/** `nodeArgs` go to node itself (a benchmark's `--cpu-prof`). */
+export function startSluice(args: string[], options: SpawnOptions = {}, nodeArgs: string[] = []): Started {
+  return start(process.execPath, [...nodeArgs, SLUICE_BIN, ...args], options);
 }

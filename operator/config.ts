@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { z } from 'zod';
+import { natsServers } from '../common/nats-servers.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -83,6 +84,13 @@ export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
       description: 'NATS URL passed to the sidecars and used for map streams; empty turns map off',
     },
     {
+      flag: 'map-stream-replicas',
+      env: 'SLUICE_MAP_STREAM_REPLICAS',
+      arg: '<n>',
+      default: '1',
+      description: 'replicas of each function map stream: 3 on a NATS cluster of 3 or more servers',
+    },
+    {
       flag: 'ingress-class',
       env: 'SLUICE_INGRESS_CLASS',
       arg: '<name>',
@@ -119,7 +127,8 @@ export const operatorConfigSchema = z.object({
   leaseDuration: z.coerce.number().int().min(2).max(3600),
   identity: z.string().min(1, 'must not be empty'),
   workers: z.coerce.number().int().min(1).max(256),
-  nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+  nats: natsServers,
+  mapStreamReplicas: z.coerce.number().int().min(1).max(5),
   ingressClass: z.string(),
   gpuResourceName: z.string().regex(/^[a-z0-9.-]+\/[a-z0-9.-]+$/, 'expected vendor/resource'),
   drain: z.coerce.number().int().min(0).max(3600),

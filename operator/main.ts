@@ -51,7 +51,7 @@ export async function startOperator(
   });
   // The NATS client loads only when map streams are managed (about 20 MB resident).
   const streams = config.nats
-    ? new (await import('./streams.ts')).StreamManager(config.nats, log)
+    ? new (await import('./streams.ts')).StreamManager(config.nats, log, config.mapStreamReplicas)
     : undefined;
   const controller = new Controller({
     client,

@@ -4,6 +4,7 @@ import { errorMessage, SluiceError } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import type { MapStreamSettings } from '../common/map-streams.ts';
 import { deleteMapTopology, ensureMapTopology } from '../common/map-topology.ts';
+import { splitNatsServers } from '../common/nats-servers.ts';
 import type { FunctionView } from './function.ts';
 
 /** NATS trouble: always worth a retry (the server restarts, a leader moves). */
@@ -15,12 +16,14 @@ export class StreamError extends SluiceError {
   }
 }
 
-export function streamSettings(fn: FunctionView): MapStreamSettings {
+/** `replicas`: --map-stream-replicas, how many copies the NATS cluster keeps of each stream. */
+export function streamSettings(fn: FunctionView, replicas = 1): MapStreamSettings {
   const { map } = fn.spec;
   return {
     ackWaitSeconds: map.ackWaitSeconds,
     maxDeliver: map.maxDeliver,
     retentionSeconds: map.resultRetentionSeconds,
+    replicas,
   };
 }
 
@@ -32,18 +35,24 @@ export function streamSettings(fn: FunctionView): MapStreamSettings {
  */
 export class StreamManager {
   private readonly url: string;
+  private readonly replicas: number;
   private readonly log: Logger;
   private connection: Promise<{ nc: NatsConnection; jsm: JetStreamManager }> | undefined;
   private readonly ensured = new Map<string, string>();
 
-  constructor(url: string, log: Logger) {
+  constructor(url: string, log: Logger, replicas = 1) {
     this.url = url;
+    this.replicas = replicas;
     this.log = log;
   }
 
   private manager(): Promise<JetStreamManager> {
     this.connection ??= (async () => {
-      const nc = await connect({ servers: this.url, name: 'sluice-operator', maxReconnectAttempts: -1 });
+      const nc = await connect({
+        servers: splitNatsServers(this.url),
+        name: 'sluice-operator',
+        maxReconnectAttempts: -1,
+      });
       return { nc, jsm: await jetstreamManager(nc) };
     })().catch((err) => {
       this.connection = undefined;
@@ -59,7 +68,7 @@ export class StreamManager {
   /** Creates or updates the streams and consumer; true when anything was written to NATS. */
   async ensure(fn: FunctionView): Promise<boolean> {
     const name = StreamManager.fnName(fn);
-    const settings = streamSettings(fn);
+    const settings = streamSettings(fn, this.replicas);
     const stamp = `${fn.metadata.uid}/${JSON.stringify(settings)}`;
     if (this.ensured.get(name) === stamp) return false;
     let wrote: boolean;

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { z } from 'zod';
-import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../common/limits.ts';
+import { MAX_CONCURRENCY, MAX_MAP_CANCEL_AFTER_DISCONNECT, MAX_MAP_DELIVER } from '../common/limits.ts';
+import { natsServers } from '../common/nats-servers.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -145,6 +146,13 @@ export const proxySettings = [
     description: 'how long map results stay resumable',
   },
   {
+    flag: 'map-cancel-after-disconnect',
+    env: 'SLUICE_MAP_CANCEL_AFTER_DISCONNECT',
+    arg: '<seconds>',
+    default: '30',
+    description: 'a map caller gone this long without resuming cancels its map (unless "keep")',
+  },
+  {
     flag: 'max-map-inputs',
     env: 'SLUICE_MAX_MAP_INPUTS',
     arg: '<n>',
@@ -190,7 +198,7 @@ export const proxyConfigSchema = z
         (p) => p === '' || (p.startsWith('/') && !p.endsWith('/')),
         'must start with / and not end with /',
       ),
-    nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+    nats: natsServers,
     function: z
       .string()
       .regex(
@@ -202,6 +210,10 @@ export const proxyConfigSchema = z
     mapAckWait: seconds(1),
     mapMaxDeliver: count(1, MAX_MAP_DELIVER),
     mapRetention: seconds(1),
+    mapCancelAfterDisconnect: seconds(0).max(
+      MAX_MAP_CANCEL_AFTER_DISCONNECT,
+      `must be at most ${MAX_MAP_CANCEL_AFTER_DISCONNECT}`,
+    ),
     maxMapInputs: count(1),
     authTokensFile: z.string(),
   })

@@ -116,7 +116,8 @@ export async function runProxy(
   let closing: Promise<void> | undefined;
   const shutdown = async () => {
     log.info({ inFlight: handler.inFlight, drainSeconds: config.drain }, 'draining');
-    await handler.drain(config.drain * 1000);
+    // Map tasks drain alongside the streams: neither waits for the other's period.
+    await Promise.all([handler.drain(config.drain * 1000), map?.drain(config.drain * 1000)]);
     await map?.close();
     tokens?.close();
     h2?.close();

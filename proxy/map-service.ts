@@ -10,6 +10,11 @@ export interface MapService {
   handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void>;
   /** False while NATS is disconnected; /readyz reports it. */
   ready(): boolean;
+  /**
+   * SIGTERM: takes no more map tasks at once (those waiting for a slot go back to the queue);
+   * the running ones get up to `drainMs` to finish, and what still runs then goes back too.
+   */
+  drain(drainMs: number): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { pathPrefix, proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
 import { withDefaults } from '../api/v1alpha1/schema.ts';
-import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../common/limits.ts';
+import { MAX_CONCURRENCY, MAX_MAP_CANCEL_AFTER_DISCONNECT, MAX_MAP_DELIVER } from '../common/limits.ts';
 import { loadProxyConfig } from '../proxy/config.ts';
 
 const fn = (spec: Record<string, unknown>, name = 'echo') => ({
@@ -22,9 +22,23 @@ describe('pathPrefix (one rule for the operator and sluice serve)', () => {
 
 describe('proxyFlags', () => {
   it('the largest spec the API accepts gives flags the proxy accepts (one place for each limit)', () => {
-    const f = fn({ scaling: { concurrency: MAX_CONCURRENCY }, map: { maxDeliver: MAX_MAP_DELIVER } });
+    const f = fn({
+      scaling: { concurrency: MAX_CONCURRENCY },
+      map: {
+        maxDeliver: MAX_MAP_DELIVER,
+        cancelAfterDisconnectSeconds: MAX_MAP_CANCEL_AFTER_DISCONNECT,
+        resultRetentionSeconds: MAX_MAP_CANCEL_AFTER_DISCONNECT,
+      },
+    });
     const config = loadProxyConfig(proxyFlags(f, { drain: 1, nats: 'nats://n:4222' }), {});
-    expect([config.concurrency, config.mapMaxDeliver]).toEqual([MAX_CONCURRENCY, MAX_MAP_DELIVER]);
+    expect([config.concurrency, config.mapMaxDeliver, config.mapCancelAfterDisconnect]).toEqual([
+      MAX_CONCURRENCY,
+      MAX_MAP_DELIVER,
+      MAX_MAP_CANCEL_AFTER_DISCONNECT,
+    ]);
+    expect(() =>
+      loadProxyConfig([`--map-cancel-after-disconnect=${MAX_MAP_CANCEL_AFTER_DISCONNECT + 1}`], {}),
+    ).toThrow(/--map-cancel-after-disconnect/);
     expect(() => withDefaults({ image: 'i', scaling: { concurrency: MAX_CONCURRENCY + 1 } })).toThrow();
     expect(() => loadProxyConfig([`--concurrency=${MAX_CONCURRENCY + 1}`], {})).toThrow(/--concurrency/);
   });
@@ -37,6 +51,12 @@ describe('proxyFlags', () => {
     const flags = proxyFlags(fn(spec), { drain: 1, nats });
     expect(flags.some((f) => f.startsWith('--nats='))).toBe(present);
     expect(flags.some((f) => f.startsWith('--map-path='))).toBe(present);
+  });
+
+  it('a NATS cluster reaches the proxy as the list of its servers', () => {
+    const flags = proxyFlags(fn({}), { drain: 1, nats: 'nats://a:4222,nats://b:4222' });
+    expect(loadProxyConfig(flags, {}).nats).toBe('nats://a:4222,nats://b:4222');
+    expect(() => loadProxyConfig(['--nats=nats://a:4222,http://b'], {})).toThrow(/--nats/);
   });
 
   it('spec.protocol h2c: --upstream-protocol=h2c and no map (it POSTs HTTP/1.1); http: neither flag changes', () => {

@@ -176,6 +176,29 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       },
     },
     {
+      name: 'nats.replicas=3 makes a JetStream cluster and 3-replica map streams',
+      set: ['nats.replicas=3'],
+      check: (m) => {
+        expect(find(m, 'StatefulSet', '-nats')!.spec.replicas).toBe(3);
+        const config = find(m, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
+        for (const i of [0, 1, 2])
+          expect(config).toContain(`nats://sluice-nats-${i}.sluice-nats-headless.sluice-system.svc:6222`);
+        const headless = find(m, 'Service', '-nats-headless')!;
+        expect(headless.spec.ports.map((p: { port: number }) => p.port)).toEqual([4222, 6222]);
+        expect(find(m, 'PodDisruptionBudget', '-nats')!.spec.maxUnavailable).toBe(1);
+        expect(flag(operatorArgs(m), 'map-stream-replicas')).toBe('3');
+      },
+    },
+    {
+      name: 'one NATS server: 1-replica map streams, no cluster block',
+      set: [],
+      check: (m) => {
+        expect(find(m, 'ConfigMap', '-nats')!.data['nats.conf']).not.toContain('cluster');
+        expect(find(m, 'PodDisruptionBudget', '-nats')).toBeUndefined();
+        expect(flag(operatorArgs(m), 'map-stream-replicas')).toBe('1');
+      },
+    },
+    {
       name: 'metrics.service.enabled=false leaves the metrics Service out',
       set: ['metrics.service.enabled=false'],
       check: (m) => expect(find(m, 'Service', '-operator-metrics')).toBeUndefined(),
@@ -200,6 +223,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.jetstream.maxFileStore=lots'], names: /\/nats\/jetstream\/maxFileStore/ },
     { set: ['nats.persistence.accessModes={ReadMostly}'], names: /\/nats\/persistence\/accessModes/ },
     { set: ['crds.keep=maybe'], names: /\/crds\/keep/ },
+    { set: ['nats.replicas=2'], names: /\/nats\/replicas/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
     {
       set: ['serviceAccount.create=false'],
@@ -225,7 +249,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
   it('passes only flags that `sluice operator` accepts, with the values the chart was given', async () => {
     for (const set of [
       [],
-      ['nats.enabled=false', 'nats.url=tls://a:4222'],
+      ['nats.enabled=false', 'nats.url=tls://a:4222\\,tls://b:4222', 'nats.replicas=3'],
       ['operator.watchNamespace=team-a'],
     ]) {
       const args = operatorArgs(await render(set.flatMap((s) => ['--set', s])));
@@ -236,6 +260,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       expect(config.metrics.port).toBe(8081);
       expect(config.proxyImage).toBe('ghcr.io/sluice-dev/sluice:0.1.0');
       expect(config.nats).toBe(flag(args, 'nats') ?? '');
+      expect(config.mapStreamReplicas).toBe(Number(flag(args, 'map-stream-replicas') ?? 1));
     }
   });
 
@@ -311,6 +336,55 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
         server_name: string;
       };
       expect(varz.server_name).toBe('sluice-nats-0');
+    });
+
+    it('with nats.replicas=3 makes three real nats-servers one JetStream cluster', async () => {
+      dir = await mkdtemp(join(tmpdir(), 'sluice-chart-nats-cluster-'));
+      const config = find(await render(['--set', 'nats.replicas=3']), 'ConfigMap', '-nats')!.data[
+        'nats.conf'
+      ] as string;
+      // Each pod's file, with this machine's ports and the routes pointing at them.
+      const ports: { client: number; monitor: number; cluster: number }[] = [];
+      for (let i = 0; i < 3; i++)
+        ports.push({ client: await freePort(), monitor: await freePort(), cluster: await freePort() });
+      const servers: Started[] = [];
+      try {
+        for (const [i, port] of ports.entries()) {
+          let local = config
+            .replace(/^port: 4222$/m, `port: ${port.client}`)
+            .replace(/^http_port: 8222$/m, `http_port: ${port.monitor}`)
+            .replace('store_dir: /data', `store_dir: ${join(dir, `js-${i}`)}`)
+            .replace(/^ {2}port: 6222$/m, `  port: ${port.cluster}`);
+          for (const [j, other] of ports.entries())
+            local = local.replace(
+              `sluice-nats-${j}.sluice-nats-headless.sluice-system.svc:6222`,
+              `127.0.0.1:${other.cluster}`,
+            );
+          expect(local).not.toMatch(/svc:6222/);
+          const file = join(dir, `nats-${i}.conf`);
+          await writeFile(file, local);
+          servers.push(
+            start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
+              env: { ...process.env, POD_NAME: `sluice-nats-${i}` },
+            }),
+          );
+        }
+        // Healthy without js-enabled-only: JetStream reached a meta leader, so the cluster formed.
+        const jsz = await waitFor(
+          async () => {
+            const res = await fetch(`http://127.0.0.1:${ports[0]!.monitor}/jsz`);
+            const body = (await res.json()) as { meta_cluster?: { cluster_size?: number; leader?: string } };
+            return body.meta_cluster?.leader && body.meta_cluster.cluster_size === 3 ? body : undefined;
+          },
+          {
+            timeoutMs: 30_000,
+            what: `a JetStream meta leader of 3 servers (${servers.map((s) => s.output()).join('\n')})`,
+          },
+        );
+        expect(jsz.meta_cluster?.leader).toMatch(/^sluice-nats-[012]$/);
+      } finally {
+        await Promise.all(servers.map((server) => server.stop()));
+      }
     });
   });
 });

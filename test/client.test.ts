@@ -222,7 +222,7 @@ describe('map()', () => {
       next = await iterator.next();
     }
     expect(next.value).toEqual({ requestId: 'r1', count: 4, failed: 1 });
-    expect(accepted).toEqual([{ requestId: 'r1', count: 4 }]);
+    expect(accepted).toEqual([{ requestId: 'r1', count: 4, cancelAfterDisconnectSeconds: null }]);
     expect(results).toEqual([
       { index: 0, ok: true, output: 'a', replica: 'fn-0', ms: 3 },
       { index: 1, ok: true, output: 'b', replica: 'fn-1', ms: 4 },
@@ -236,8 +236,72 @@ describe('map()', () => {
     expect(JSON.parse(requests[0]!.body)).toEqual({
       inputs: ['w', 'x', 'y', 'z'],
       order: 'completion',
-      keep: true,
+      keep: false,
     });
+  });
+
+  it("resumes only within the proxy's grace, then gives up naming it", async () => {
+    let gets = 0;
+    const url = await serve((req, res) => {
+      if (req.method === 'POST') {
+        sse(res);
+        res.write(mapEvent('accepted', { requestId: 'g', count: 3, cancelAfterDisconnectSeconds: 1 }));
+        res.write(mapEvent('result', { index: 0, output: 1 }, 0));
+        setImmediate(() => res.socket?.destroy());
+        return;
+      }
+      if (req.method === 'GET') gets += 1;
+      res.socket?.destroy();
+    });
+    const error = await collect(map(url, [1, 2, 3], { maxReconnects: 100 })).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(ConnectionError);
+    expect((error as Error).message).toContain('could not resume within its 1 s grace');
+    expect(gets).toBeGreaterThanOrEqual(1);
+    expect(gets).toBeLessThan(100);
+  });
+
+  it('cancels the map (DELETE) when the caller stops early, unless it is kept', async () => {
+    const requests: string[] = [];
+    const url = await serve((req, res) => {
+      requests.push(`${req.method} ${req.url}`);
+      if (req.method === 'DELETE') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{"requestId":"c","cancelled":true}');
+        return;
+      }
+      sse(res);
+      res.write(mapEvent('accepted', { requestId: 'c', count: 3, cancelAfterDisconnectSeconds: 30 }));
+      res.write(mapEvent('result', { index: 0, output: 1 }, 0));
+    });
+    for await (const result of map(`${url}/fn`, [1, 2, 3])) if (result.index === 0) break;
+    expect(requests).toEqual(['POST /fn/_sluice/map', 'DELETE /fn/_sluice/map/c']);
+    requests.length = 0;
+    for await (const result of map(`${url}/fn`, [1, 2, 3], { keep: true })) if (result.index === 0) break;
+    expect(requests).toEqual(['POST /fn/_sluice/map']);
+  });
+
+  it("passes a function's JSON error body through, and reports a cancelled summary", async () => {
+    const url = await serve((_req, res) => {
+      sse(res);
+      res.write(mapEvent('accepted', { requestId: 'j', count: 3, cancelAfterDisconnectSeconds: 30 }));
+      res.write(
+        mapEvent(
+          'error',
+          { index: 1, error: { status: 500, body: { error: { code: 'X' } } }, attempts: 3 },
+          1,
+        ),
+      );
+      res.end(mapEvent('done', { requestId: 'j', count: 3, failed: 1, cancelled: 2 }));
+    });
+    const iterator = map(url, [1, 2, 3], { order: 'completion' });
+    const first = await iterator.next();
+    expect(first.value).toEqual({
+      index: 1,
+      ok: false,
+      error: { status: 500, body: { error: { code: 'X' } } },
+      attempts: 3,
+    });
+    expect((await iterator.next()).value).toEqual({ requestId: 'j', count: 3, failed: 1, cancelled: 2 });
   });
 
   it('does not re-post inputs when the stream breaks before accepted', async () => {

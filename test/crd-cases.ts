@@ -74,6 +74,17 @@ export const invalidCases: InvalidCase[] = [
     message: 'idleTimeoutSeconds must not exceed maxDurationSeconds',
   },
   {
+    why: 'a resume grace longer than results are kept',
+    spec: { image, map: { resultRetentionSeconds: 20 } },
+    path: 'spec.map.cancelAfterDisconnectSeconds',
+    message: 'cancelAfterDisconnectSeconds must not exceed resultRetentionSeconds',
+  },
+  {
+    why: 'a negative resume grace',
+    spec: { image, map: { cancelAfterDisconnectSeconds: -1 } },
+    path: 'spec.map.cancelAfterDisconnectSeconds',
+  },
+  {
     why: 'heartbeat no shorter than the idle timeout',
     spec: { image, streaming: { heartbeatSeconds: 30, idleTimeoutSeconds: 30 } },
     path: 'spec.streaming.heartbeatSeconds',
@@ -198,7 +209,14 @@ export const fullSpec = {
   tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'ml', effect: 'NoSchedule' }],
   scaling: { minReplicas: 2, maxReplicas: 4, concurrency: 4, queueTimeoutSeconds: 5 },
   streaming: { heartbeatSeconds: 10, idleTimeoutSeconds: 120, maxDurationSeconds: 7200 },
-  map: { enabled: false, path: '/predict', ackWaitSeconds: 30, maxDeliver: 5, resultRetentionSeconds: 900 },
+  map: {
+    enabled: false,
+    path: '/predict',
+    ackWaitSeconds: 30,
+    maxDeliver: 5,
+    resultRetentionSeconds: 900,
+    cancelAfterDisconnectSeconds: 120,
+  },
   ingress: {
     enabled: true,
     host: 'fn.example.com',

@@ -106,7 +106,14 @@ describe('zod schema (what sluice serve and the operator parse with)', () => {
       gpu: { count: 0, resourceName: 'nvidia.com/gpu', type: '' },
       scaling: { minReplicas: 1, maxReplicas: 1, concurrency: 8, queueTimeoutSeconds: 30 },
       streaming: { heartbeatSeconds: 15, idleTimeoutSeconds: 600, maxDurationSeconds: 3600 },
-      map: { enabled: true, path: '/', ackWaitSeconds: 60, maxDeliver: 3, resultRetentionSeconds: 600 },
+      map: {
+        enabled: true,
+        path: '/',
+        ackWaitSeconds: 60,
+        maxDeliver: 3,
+        resultRetentionSeconds: 600,
+        cancelAfterDisconnectSeconds: 30,
+      },
       ingress: { enabled: true },
     });
   });

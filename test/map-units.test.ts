@@ -7,8 +7,13 @@ import {
   tasksStreamConfig,
   workerConsumerConfig,
 } from '../common/map-streams.ts';
+import { outputJsonOf, singleLineJson, taskErrorOf } from '../proxy/map/call-function.ts';
+import { watchIntervalMs } from '../proxy/map/disconnect-grace.ts';
+import { ResponseParser } from '../proxy/map/http-response.ts';
+import { batchLine, parseBatch, type RecordLine, resultRecordText } from '../proxy/map/records.ts';
 import { MapRequestError, parseMapBody } from '../proxy/map/request-body.ts';
 import { type MapOrder, ResultSequencer } from '../proxy/map/sequencer.ts';
+import { attemptOf, parseAckSubject, parseTaskSubject, requeueSubject } from '../proxy/map/task.ts';
 
 type Arrival = [index: number, failed?: boolean];
 
@@ -89,6 +94,218 @@ describe('ResultSequencer', () => {
         },
       ),
     );
+  });
+});
+
+describe('ResultSequencer.flush (a cancelled map)', () => {
+  it('hands out the held records in index order, once, and leaves the rest outstanding', () => {
+    const sequencer = new ResultSequencer<number>({ count: 6, order: 'input' });
+    for (const index of [4, 2, 0, 5]) sequencer.accept(index, false, index);
+    expect(sequencer.flush()).toEqual([2, 4, 5]);
+    expect(sequencer.flush()).toEqual([]);
+    expect([sequencer.outstanding, sequencer.complete]).toEqual([2, false]);
+  });
+});
+
+describe('map tasks: subjects, ack subjects and attempts', () => {
+  it.each<[string, string, ReturnType<typeof parseTaskSubject>]>([
+    ['a first task', 'r-1.7', { requestId: 'r-1', index: 7, attemptsBefore: 0 }],
+    ['a task handed back after two attempts', 'r-1.7.2', { requestId: 'r-1', index: 7, attemptsBefore: 2 }],
+    ['no index', 'r-1', undefined],
+    ['a negative index', 'r-1.-1', undefined],
+    ['a fractional attempt count', 'r-1.7.0.5', undefined],
+    ['one token too many', 'r-1.7.2.9', undefined],
+    ['no request id', '.7', undefined],
+  ])('%s', (_what, rest, expected) => {
+    expect(parseTaskSubject(rest)).toEqual(expected);
+  });
+
+  it.each<[string, string, ReturnType<typeof parseAckSubject>]>([
+    [
+      'a 2.9 server (9 tokens)',
+      '$JS.ACK.TASKS.sluice-workers.3.42.40.1700000000000000000.5',
+      { deliveryCount: 3, streamSeq: 42 },
+    ],
+    [
+      'a 2.10+ server (domain and account hash)',
+      '$JS.ACK._.ACCHASH.TASKS.sluice-workers.1.9.9.1700000000000000000.0.rand',
+      { deliveryCount: 1, streamSeq: 9 },
+    ],
+    ['not an ack subject', '_INBOX.abc', undefined],
+  ])('%s', (_what, reply, expected) => {
+    expect(parseAckSubject(reply)).toEqual(expected);
+  });
+
+  it('counts the attempts before a hand-back plus the deliveries of this message, and requeues without the current one', () => {
+    const task = { requestId: 'r', index: 3, attemptsBefore: 1, deliveryCount: 2, streamSeq: 9 };
+    expect(attemptOf(task)).toBe(3);
+    expect(requeueSubject('sluice.ns.fn.tasks.', task)).toBe('sluice.ns.fn.tasks.r.3.2');
+    const requeued = parseTaskSubject('r.3.2')!;
+    expect(attemptOf({ ...requeued, deliveryCount: 1, streamSeq: 10 })).toBe(3);
+    // Handed back on its first delivery: no attempts to carry, the plain subject.
+    const first = { requestId: 'r', index: 3, attemptsBefore: 0, deliveryCount: 1, streamSeq: 11 };
+    expect(requeueSubject('sluice.ns.fn.tasks.', first)).toBe('sluice.ns.fn.tasks.r.3');
+  });
+});
+
+describe("a function's answers as map records", () => {
+  it.each<[string, string, string | undefined, string]>([
+    ['JSON stays as written', '{"a":[1,2]}', 'application/json', '{"a":[1,2]}'],
+    [
+      'JSON with line breaks becomes one line',
+      '{\n  "a": 1\n}\n',
+      'application/json; charset=utf-8',
+      '{"a":1}',
+    ],
+    ['a trailing newline is dropped', '[1]\n', 'application/json', '[1]'],
+    ['broken JSON becomes text', '{"a":', 'application/json', '"{\\"a\\":"'],
+    ['text becomes a JSON string', 'HELLO\n', 'text/plain', '"HELLO\\n"'],
+    ['no content type: text', '42', undefined, '"42"'],
+  ])('%s', (_what, body, contentType, expected) => {
+    expect(outputJsonOf(body, contentType)).toBe(expected);
+    expect(JSON.parse(resultRecordText(1, outputJsonOf(body, contentType), '"r"', 5))).toEqual({
+      index: 1,
+      output: JSON.parse(expected),
+      replica: 'r',
+      ms: 5,
+    });
+  });
+
+  it.each<[string, number, string, string | undefined, object]>([
+    [
+      'a JSON error body stays JSON',
+      500,
+      '{"error":{"code":"X"}}',
+      'application/json',
+      { status: 500, body: { error: { code: 'X' } } },
+    ],
+    ['a text error stays text', 503, 'busy\n', 'text/plain', { status: 503, message: 'busy' }],
+    ['JSON that is not JSON is text', 500, '{oops', 'application/json', { status: 500, message: '{oops' }],
+    [
+      'an empty body says the status',
+      502,
+      '',
+      undefined,
+      { status: 502, message: 'the function answered 502' },
+    ],
+    [
+      'a long text is cut',
+      500,
+      'x'.repeat(2000),
+      'text/plain',
+      { status: 500, message: `${'x'.repeat(1000)}…` },
+    ],
+  ])('%s', (_what, status, body, contentType, expected) => {
+    expect(taskErrorOf(status, body, contentType)).toEqual(expected);
+  });
+
+  it('single-line JSON never contains a line break (SSE data is one line)', () => {
+    fc.assert(
+      fc.property(fc.jsonValue(), fc.boolean(), (value, pretty) => {
+        const text = JSON.stringify(value, null, pretty ? 2 : 0);
+        const line = singleLineJson(text)!;
+        expect(line).not.toMatch(/[\r\n]/);
+        expect(JSON.parse(line)).toEqual(JSON.parse(text));
+      }),
+    );
+  });
+});
+
+describe('result batches (records.ts)', () => {
+  it('parses back every line it wrote, skipping lines that are not records', () => {
+    const lines: RecordLine[] = [
+      { kind: 'result', index: 0, text: '{"index":0,"output":"a b"}' },
+      { kind: 'error', index: 12, text: '{"index":12,"error":{"status":500,"message":"x"},"attempts":3}' },
+    ];
+    const data = lines.map(batchLine).join('\n');
+    expect(parseBatch(data)).toEqual(lines);
+    expect(parseBatch(`${data}\nx1 {}\nr {}\n\n`)).toEqual(lines);
+  });
+});
+
+describe('ResponseParser (a function answer, however the socket splits it)', () => {
+  const parse = (raw: string, maxBytes = 1_000, cuts: number[] = []) => {
+    const bytes = Buffer.from(raw, 'latin1');
+    const parser = new ResponseParser(maxBytes);
+    let from = 0;
+    for (const to of [...cuts, bytes.length]) {
+      const result = parser.feed(bytes.subarray(from, to));
+      from = to;
+      if (result.kind !== 'more')
+        return { ...result, ...(result.kind === 'done' ? { body: result.response.body.toString() } : {}) };
+    }
+    const ended = parser.end();
+    return ended ? { kind: 'closed', response: ended, body: ended.body.toString() } : { kind: 'more' };
+  };
+
+  it.each<[string, string, object]>([
+    [
+      'content-length',
+      'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}',
+      {
+        kind: 'done',
+        body: '{"a":1}',
+        response: { status: 200, contentType: 'application/json', keepAlive: true },
+      },
+    ],
+    [
+      'chunked with an extension and a trailer',
+      'HTTP/1.1 500 Oops\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n',
+      { kind: 'done', body: 'abcde', response: { status: 500, keepAlive: true } },
+    ],
+    [
+      '100 Continue first',
+      'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok',
+      { kind: 'done', body: 'ok', response: { status: 201 } },
+    ],
+    [
+      '204 without a body',
+      'HTTP/1.1 204 No Content\r\n\r\n',
+      { kind: 'done', body: '', response: { status: 204, keepAlive: true } },
+    ],
+    [
+      'connection: close',
+      'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx',
+      { kind: 'done', body: 'x', response: { keepAlive: false } },
+    ],
+    [
+      'HTTP/1.0 without keep-alive',
+      'HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx',
+      { kind: 'done', body: 'x', response: { keepAlive: false } },
+    ],
+    [
+      'a body ended by the close',
+      'HTTP/1.1 200 OK\r\n\r\nuntil end',
+      { kind: 'closed', body: 'until end', response: { keepAlive: false } },
+    ],
+    [
+      'a body over the limit (10 bytes here)',
+      'HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n01234567890123456789',
+      { kind: 'too_large' },
+    ],
+    ['a body cut short', 'HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123', { kind: 'more' }],
+  ])('%s', (_what, raw, expected) => {
+    expect(parse(raw, 10)).toMatchObject(expected);
+    // The same, whichever byte the socket splits it at.
+    for (let cut = 1; cut < raw.length; cut++) expect(parse(raw, 10, [cut])).toMatchObject(expected);
+  });
+
+  it.each([
+    ['not HTTP', 'SSH-2.0-OpenSSH\r\n\r\n'],
+    ['a bad content-length', 'HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n'],
+    ['a bad chunk size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'],
+  ])('refuses %s', (_what, raw) => {
+    expect(() => new ResponseParser(100).feed(Buffer.from(raw))).toThrow();
+  });
+});
+
+describe('watchIntervalMs', () => {
+  it.each([
+    [30_000, 5_000],
+    [2_000, 666],
+    [0, 100],
+  ])('grace %i ms: a live stream says so every %i ms', (grace, interval) => {
+    expect(watchIntervalMs(grace)).toBe(interval);
   });
 });
 
@@ -212,6 +429,13 @@ describe('map stream names', () => {
       duplicate_window: 120e9, // covers 30 s x (3 + 1) deliveries
     });
     expect(resultsStreamConfig('ns/fn', { ...settings, retentionSeconds: 60 }).duplicate_window).toBe(60e9);
+    // One copy unless the operator is told the NATS cluster keeps three.
+    expect([
+      tasksStreamConfig('ns/fn').num_replicas,
+      resultsStreamConfig('ns/fn', settings).num_replicas,
+    ]).toEqual([1, 1]);
+    expect(tasksStreamConfig('ns/fn', { replicas: 3 }).num_replicas).toBe(3);
+    expect(resultsStreamConfig('ns/fn', { ...settings, replicas: 3 }).num_replicas).toBe(3);
     expect(workerConsumerConfig('ns/fn', settings)).toMatchObject({
       durable_name: 'sluice-workers',
       ack_policy: 'explicit',

@@ -15,7 +15,13 @@ describe('sluice operator settings', () => {
       gpuResourceName: 'nvidia.com/gpu',
       workers: 4,
       nats: '',
+      mapStreamReplicas: 1,
     });
+  });
+
+  it('takes the servers of a NATS cluster, and how many copies of each map stream to keep', () => {
+    const config = loadOperatorConfig(['--nats=nats://a:4222,nats://b:4222', '--map-stream-replicas=3'], {});
+    expect([config.nats, config.mapStreamReplicas]).toEqual(['nats://a:4222,nats://b:4222', 3]);
   });
 
   it('leader election defaults on inside a cluster; identity and Lease namespace from the pod', () => {
@@ -48,6 +54,8 @@ describe('sluice operator settings', () => {
     ['metrics without a port', ['--metrics=localhost'], {}, '--metrics (SLUICE_METRICS)'],
     ['namespace not a DNS label', ['--namespace=Team_A'], {}, '--namespace (SLUICE_NAMESPACE)'],
     ['nats not a nats URL', ['--nats=http://x:4222'], {}, '--nats (SLUICE_NATS)'],
+    ['one of the NATS servers not a nats URL', ['--nats=nats://a:4222,b:4222'], {}, '--nats (SLUICE_NATS)'],
+    ['more map stream copies than JetStream keeps', ['--map-stream-replicas=7'], {}, '--map-stream-replicas'],
     ['gpu resource without a vendor', ['--gpu-resource-name=gpu'], {}, '--gpu-resource-name'],
     ['lease too short', ['--lease-duration=1'], {}, '--lease-duration'],
   ];

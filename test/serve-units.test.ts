@@ -123,6 +123,7 @@ describe('what serve runs', () => {
       '--map-ack-wait=9',
       '--map-max-deliver=2',
       '--map-retention=99',
+      '--map-cancel-after-disconnect=30',
       '--replica=fn-0',
     ]);
   });

@@ -60,6 +60,7 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
       `--map-ack-wait=${map.ackWaitSeconds}`,
       `--map-max-deliver=${map.maxDeliver}`,
       `--map-retention=${map.resultRetentionSeconds}`,
+      `--map-cancel-after-disconnect=${map.cancelAfterDisconnectSeconds}`,
     );
   }
   if (auth?.secretName && placement.authTokensFile)

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MAX_CONCURRENCY, MAX_MAP_DELIVER } from '../../common/limits.ts';
+import { MAX_CONCURRENCY, MAX_MAP_CANCEL_AFTER_DISCONNECT, MAX_MAP_DELIVER } from '../../common/limits.ts';
 
 // The one source of the StreamingFunction resource (SPEC §1), as kubebuilder keeps api/v1 apart
 // from its controllers. The operator and `sluice serve` parse with it (zod applies the defaults),
@@ -271,8 +271,8 @@ const streaming = guarded(
   ],
 );
 
-const map = z
-  .strictObject({
+const map = guarded(
+  z.strictObject({
     enabled: z
       .boolean()
       .default(true)
@@ -294,9 +294,24 @@ const map = z
       1,
       7 * DAY,
     ),
-  })
-  .prefault({})
-  .describe('Fan-out of map calls across all replicas.');
+    cancelAfterDisconnectSeconds: seconds(
+      'How long a map caller whose stream broke has to resume it (Last-Event-ID) before the map is cancelled; maps started with "keep": true are never cancelled this way.',
+      30,
+      0,
+      MAX_MAP_CANCEL_AFTER_DISCONNECT,
+    ),
+  }),
+  'Fan-out of map calls across all replicas.',
+  [
+    {
+      rule: 'self.cancelAfterDisconnectSeconds <= self.resultRetentionSeconds',
+      message:
+        'cancelAfterDisconnectSeconds must not exceed resultRetentionSeconds (a resume needs the results kept)',
+      fieldPath: '.cancelAfterDisconnectSeconds',
+    },
+    (m) => m.cancelAfterDisconnectSeconds <= m.resultRetentionSeconds,
+  ],
+).prefault({});
 
 const ingress = guarded(
   z

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../../common/log.ts';
+import { splitNatsServers } from '../../common/nats-servers.ts';
 
 /** Reconnect waits: 250 ms doubling to 5 s, with jitter so replicas do not reconnect in step. */
 function backoff(): () => number {
@@ -14,7 +15,7 @@ function backoff(): () => number {
 /** One connection per proxy, reconnecting forever: map requests wait out short outages. */
 export function connectNats(servers: string, fn: string, replica: string): Promise<NatsConnection> {
   return connect({
-    servers,
+    servers: splitNatsServers(servers),
     name: `sluice-proxy ${fn} ${replica}`,
     reconnect: true,
     maxReconnectAttempts: -1,

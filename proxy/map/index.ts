@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Consumer, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
@@ -10,14 +10,23 @@ import { ensureMapTopology } from '../../common/map-topology.ts';
 import { sendJsonError } from '../../common/wire-errors.ts';
 import type { ProxyConfig } from '../config.ts';
 import type { MapDependencies, MapService } from '../map-service.ts';
+import { Cancellations } from './cancellations.ts';
 import { connectNats, NatsLink } from './connection.ts';
+import { DisconnectGrace } from './disconnect-grace.ts';
+import { JetStreamPublisher } from './js-publisher.ts';
 import { createMapMetrics, type MapMetrics } from './metrics.ts';
 import { MapRequests } from './requests.ts';
 import { MapWorker } from './worker.ts';
 
+/** A JetStream ack not back by then is taken as lost and the publish retried (nats.js's default). */
+const PUBLISH_ACK_TIMEOUT_MS = 5_000;
+
 /** A connected map: the public side (requests) and this replica's share of the work (worker). */
 interface Wired {
   nc: NatsConnection;
+  publisher: JetStreamPublisher;
+  cancellations: Cancellations;
+  grace: DisconnectGrace;
   requests: MapRequests;
   worker: MapWorker;
 }
@@ -82,11 +91,20 @@ export async function startMap(deps: MapDependencies): Promise<MapService> {
       await wired.requests.handle(req, res, path);
     },
     ready: () => link.connected,
+    async drain(drainMs: number): Promise<void> {
+      stopping.abort();
+      await started;
+      await Promise.all([wired?.worker.drain(drainMs), wired?.requests.queued(drainMs)]);
+    },
     async close(): Promise<void> {
       stopping.abort();
       await started;
-      await wired?.worker.close();
-      await wired?.nc.drain().catch(() => wired?.nc.close());
+      if (!wired) return;
+      await wired.worker.close();
+      wired.grace.close();
+      wired.cancellations.close();
+      wired.publisher.close();
+      await wired.nc.drain().catch(() => wired?.nc.close());
     },
   };
 }
@@ -132,15 +150,32 @@ async function wire(s: MapContext, nc: NatsConnection): Promise<Wired> {
   const names = mapNames(config.function);
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
-  const workerConsumer = async (): Promise<Consumer> => {
-    await ensureMapTopology(jsm, config.function, streamSettings(config), 'guest');
-    return js.consumers.get(names.tasksStream, names.workerConsumer);
-  };
-  let first: Consumer | undefined = await workerConsumer();
+  const ensureTopology = () => ensureMapTopology(jsm, config.function, streamSettings(config), 'guest');
+  await ensureTopology();
+  const publisher = new JetStreamPublisher(nc, Math.min(PUBLISH_ACK_TIMEOUT_MS, config.mapAckWait * 1000));
+  const cancellations = new Cancellations({
+    nc,
+    jsm,
+    publisher,
+    names,
+    retentionMs: config.mapRetention * 1000,
+    log,
+  });
+  const grace = new DisconnectGrace({
+    nc,
+    names,
+    graceMs: config.mapCancelAfterDisconnect * 1000,
+    cancel: (requestId) => cancellations.cancel(requestId, 'disconnected'),
+    log,
+  });
   const requests = new MapRequests({
     nc,
     js,
     jsm,
+    publisher,
+    cancellations,
+    grace,
+    graceSeconds: config.mapCancelAfterDisconnect,
     names,
     metrics,
     log,
@@ -152,13 +187,11 @@ async function wire(s: MapContext, nc: NatsConnection): Promise<Wired> {
   });
   const worker = new MapWorker({
     nc,
-    js,
+    publisher,
+    cancellations,
     names,
-    // The first lookup is the one just made; later ones (after trouble) check everything again.
-    consumer: async () => {
-      const consumer = first ?? (await workerConsumer());
-      first = undefined;
-      return consumer;
+    ensureConsumer: async () => {
+      await ensureTopology();
     },
     limiter: deps.limiter,
     metrics,
@@ -169,8 +202,10 @@ async function wire(s: MapContext, nc: NatsConnection): Promise<Wired> {
     ackWaitMs: config.mapAckWait * 1000,
     maxDeliver: config.mapMaxDeliver,
     taskTimeoutMs: config.maxDuration * 1000,
-    retentionMs: config.mapRetention * 1000,
   });
+  cancellations.start();
+  grace.start();
   worker.start();
-  return { nc, requests, worker };
+  link.on('up', () => worker.reconnected());
+  return { nc, publisher, cancellations, grace, requests, worker };
 }

@@ -2,16 +2,26 @@ import { randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import { type MapNames, REQUEST_ID } from '../../common/map-streams.ts';
 import { errorEventData, sendJsonError, WireError } from '../../common/wire-errors.ts';
 import { BodyTooLargeError, readBody } from '../body.ts';
+import type { Cancellations } from './cancellations.ts';
+import type { DisconnectGrace } from './disconnect-grace.ts';
 import { EventStreamWriter } from './event-stream.ts';
+import type { JetStreamPublisher } from './js-publisher.ts';
 import type { MapMetrics } from './metrics.ts';
-import { type AcceptedRecord, encodeRecord, maxRecordBytes, type RecordKind, taskMsgId } from './records.ts';
+import {
+  type AcceptedRecord,
+  encodeRecord,
+  maxRecordBytes,
+  parseBatch,
+  type RecordLine,
+  taskMsgId,
+} from './records.ts';
 import { MapRequestError, parseMapBody } from './request-body.ts';
 import { ResultSequencer } from './sequencer.ts';
 
@@ -26,6 +36,11 @@ export interface MapRequestsOptions {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
+  publisher: JetStreamPublisher;
+  cancellations: Cancellations;
+  grace: DisconnectGrace;
+  /** --map-cancel-after-disconnect, told to callers in the accepted event. */
+  graceSeconds: number;
   names: MapNames;
   metrics: MapMetrics;
   log: Logger;
@@ -39,7 +54,7 @@ export interface MapRequestsOptions {
 }
 
 /** Task publishes awaiting their JetStream ack at once: one round trip per input would cap throughput. */
-const PUBLISH_WINDOW = 256;
+const PUBLISH_WINDOW = 1024;
 
 interface Delivery {
   kind: 'result' | 'error';
@@ -47,12 +62,44 @@ interface Delivery {
   data: string;
 }
 
-/** The public side of map: `POST /_sluice/map` and `GET /_sluice/map/<requestId>`. */
+/** A record stored on its own by an earlier sidecar: its index is in the record. */
+function legacyLine(kind: 'result' | 'error', text: string): RecordLine {
+  let index = Number.NaN;
+  try {
+    index = (JSON.parse(text) as { index?: number }).index ?? Number.NaN;
+  } catch {
+    // Not a record: the sequencer drops a NaN index.
+  }
+  return { kind, index, text };
+}
+
+/** How a map stream ended: every index sent, cancelled (done sent), the caller gone, or failed. */
+type StreamEnd = 'done' | 'cancelled' | 'client_left' | 'failed';
+
+/** The public side of map: `POST /_sluice/map`, `GET` and `DELETE /_sluice/map/<requestId>`. */
 export class MapRequests {
   readonly #o: MapRequestsOptions;
+  /** Maps whose inputs are still being queued. */
+  readonly #publishing = new Set<Promise<void>>();
 
   constructor(options: MapRequestsOptions) {
     this.#o = options;
+  }
+
+  /**
+   * Resolves once every accepted map has all its inputs queued (or after `ms`): a proxy that
+   * stops must not leave a map with inputs that no replica will ever see.
+   */
+  async queued(ms: number): Promise<void> {
+    if (this.#publishing.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#publishing]),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, ms);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
@@ -65,21 +112,29 @@ export class MapRequests {
       return;
     }
     const requestId = decodeURIComponent(path.slice('/_sluice/map/'.length));
-    if (req.method !== 'GET') {
-      sendJsonError(res, 'method_not_allowed', 'GET /_sluice/map/<requestId> resumes a map', {
-        allow: 'GET',
-      });
+    if (req.method !== 'GET' && req.method !== 'DELETE') {
+      sendJsonError(
+        res,
+        'method_not_allowed',
+        'GET /_sluice/map/<requestId> resumes a map, DELETE cancels it',
+        {
+          allow: 'GET, DELETE',
+        },
+      );
       return;
     }
     if (!REQUEST_ID.test(requestId)) {
       sendJsonError(res, 'map_not_found', `no map request ${JSON.stringify(requestId)}`);
       return;
     }
-    await this.#resume(req, res, requestId);
+    const accepted = await this.#accepted(res, requestId);
+    if (!accepted) return;
+    if (req.method === 'DELETE') await this.#delete(res, requestId);
+    else await this.#resume(req, res, accepted);
   }
 
   async #start(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const { js, names, log } = this.#o;
+    const { names, log, publisher, cancellations, grace } = this.#o;
     let request: ReturnType<typeof parseMapBody>;
     try {
       const body = await readBody(req, this.#o.maxBody);
@@ -99,8 +154,8 @@ export class MapRequests {
       keep: request.keep,
     };
     try {
-      // Stored first, so a resume knows the count and order even if the client drops at once.
-      await js.publish(`${names.resultsOf(requestId)}.accepted`, encodeRecord(accepted));
+      // Stored first, so a resume knows the count and order even if the caller drops at once.
+      await publisher.publish(`${names.resultsOf(requestId)}.accepted`, encodeRecord(accepted));
     } catch (err) {
       sendJsonError(res, 'nats_unavailable', `could not queue the map: ${errorMessage(err)}`, {
         'retry-after': '1',
@@ -113,41 +168,79 @@ export class MapRequests {
     );
     const writer = new EventStreamWriter(res, this.#o.heartbeatMs);
     writer.open();
-    writer.event('accepted', JSON.stringify({ requestId, count: accepted.count }));
+    writer.event('accepted', this.#acceptedEvent(accepted));
 
+    // Publishing goes on when the caller leaves (it has the grace to come back); a cancel stops it.
     const stopPublishing = new AbortController();
+    const stopOnCancel = cancellations.onCancel((id) => {
+      if (id === requestId) stopPublishing.abort();
+    });
     const published = this.#publishTasks(requestId, request.inputs, stopPublishing.signal);
+    this.#publishing.add(published);
+    void published.catch(() => {}).finally(() => this.#publishing.delete(published));
     const sequencer = new ResultSequencer<Delivery>({ count: accepted.count, order: accepted.order });
-    const ending = this.#stream(requestId, sequencer, writer, res, published);
-    const outcome = await ending;
-    stopPublishing.abort();
+    const unwatch = accepted.keep ? undefined : grace.watch(requestId);
+    let end: StreamEnd;
+    try {
+      end = await this.#stream(requestId, sequencer, writer, res, published);
+    } finally {
+      unwatch?.();
+    }
+    if (end === 'cancelled') stopPublishing.abort();
+    else if (end !== 'done' && !accepted.keep) grace.left(requestId);
     await published.catch(() => {});
-    // Nobody will read these results any more: stop the work, unless asked to keep it for resume.
-    if (outcome !== 'done' && !accepted.keep) await this.#cancel(requestId);
+    stopOnCancel();
+    // Tasks published while the cancel was on its way were not purged with the rest.
+    if (stopPublishing.signal.aborted) await cancellations.purge(requestId);
   }
 
-  async #resume(req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> {
+  /** The stored accepted record of a map, or undefined after answering 404 or 503 itself. */
+  async #accepted(res: ServerResponse, requestId: string): Promise<AcceptedRecord | undefined> {
     const { jsm, names } = this.#o;
-    let accepted: AcceptedRecord;
     try {
       const stored = await jsm.streams.getMessage(names.resultsStream, {
         last_by_subj: `${names.resultsOf(requestId)}.accepted`,
       });
-      if (!stored) {
-        sendJsonError(
-          res,
-          'map_not_found',
-          `no map request ${requestId} in the results kept (--map-retention)`,
-        );
-        return;
-      }
-      accepted = stored.json<AcceptedRecord>();
+      if (stored) return stored.json<AcceptedRecord>();
+      sendJsonError(
+        res,
+        'map_not_found',
+        `no map request ${requestId} in the results kept (--map-retention)`,
+      );
     } catch (err) {
       sendJsonError(res, 'nats_unavailable', `could not read the map's results: ${errorMessage(err)}`, {
         'retry-after': '1',
       });
+    }
+    return undefined;
+  }
+
+  /** `accepted` event data: a caller that is not kept learns how long it has to resume. */
+  #acceptedEvent(accepted: AcceptedRecord): string {
+    return JSON.stringify({
+      requestId: accepted.requestId,
+      count: accepted.count,
+      cancelAfterDisconnectSeconds: accepted.keep ? null : this.#o.graceSeconds,
+    });
+  }
+
+  /** DELETE /_sluice/map/<requestId>: cancels the map on every replica. */
+  async #delete(res: ServerResponse, requestId: string): Promise<void> {
+    try {
+      await this.#o.cancellations.cancel(requestId, 'deleted');
+    } catch (err) {
+      sendJsonError(res, 'nats_unavailable', `could not cancel the map: ${errorMessage(err)}`, {
+        'retry-after': '1',
+      });
       return;
     }
+    const body = JSON.stringify({ requestId, cancelled: true });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  }
+
+  async #resume(req: IncomingMessage, res: ServerResponse, accepted: AcceptedRecord): Promise<void> {
+    const { requestId } = accepted;
     const header = req.headers['last-event-id'];
     let lastEventId: number | undefined;
     if (header !== undefined && header !== '') {
@@ -163,13 +256,20 @@ export class MapRequests {
     }
     const writer = new EventStreamWriter(res, this.#o.heartbeatMs);
     writer.open();
-    writer.event('accepted', JSON.stringify({ requestId, count: accepted.count }));
+    writer.event('accepted', this.#acceptedEvent(accepted));
     const sequencer = new ResultSequencer<Delivery>({
       count: accepted.count,
       order: accepted.order,
       lastEventId,
     });
-    await this.#stream(requestId, sequencer, writer, res, Promise.resolve());
+    const unwatch = accepted.keep ? undefined : this.#o.grace.watch(requestId);
+    let end: StreamEnd;
+    try {
+      end = await this.#stream(requestId, sequencer, writer, res, Promise.resolve());
+    } finally {
+      unwatch?.();
+    }
+    if ((end === 'client_left' || end === 'failed') && !accepted.keep) this.#o.grace.left(requestId);
   }
 
   /**
@@ -199,7 +299,7 @@ export class MapRequests {
     let waitMs = 100;
     for (;;) {
       try {
-        await this.#o.js.publish(subject, data, { msgID });
+        await this.#o.publisher.publish(subject, data, msgID);
         return;
       } catch (err) {
         if (signal.aborted) return;
@@ -215,7 +315,8 @@ export class MapRequests {
   /**
    * Streams the request's records from the results stream (an ordered consumer: JetStream
    * replays from the start, so nothing published before it existed is missed) through the
-   * sequencer to the client, until every index was sent, the client leaves, or the map fails.
+   * sequencer to the caller, until every index was sent, the map is cancelled, the caller
+   * leaves, or the map fails.
    */
   async #stream(
     requestId: string,
@@ -223,12 +324,12 @@ export class MapRequests {
     writer: EventStreamWriter,
     res: ServerResponse,
     published: Promise<void>,
-  ): Promise<'done' | 'client_left' | 'failed'> {
-    const { js, names, metrics, link, log } = this.#o;
+  ): Promise<StreamEnd> {
+    const { names, metrics, link, log } = this.#o;
     metrics.requestsActive.inc();
     let failure: Error | undefined;
     let outage: NodeJS.Timeout | undefined;
-    let messages: Awaited<ReturnType<Awaited<ReturnType<typeof js.consumers.get>>['consume']>> | undefined;
+    let messages: ConsumerMessages | undefined;
     const fail = (err: Error) => {
       failure ??= err;
       void messages?.close();
@@ -264,19 +365,27 @@ export class MapRequests {
         return 'done';
       }
       const kindAt = names.resultsOf(requestId).length + 1;
-      let nextSeq = 1;
+      // The last record read; its stream sequence (parsed from its reply subject) only matters on a resubscribe.
+      let last: JsMsg | undefined;
       while (!failure && !res.destroyed) {
+        const nextSeq = last ? last.seq + 1 : 1;
         messages = await this.#openResults(requestId, nextSeq, () => !!failure || res.destroyed);
         if (!messages) break;
         resubscribe = false;
+        this.#restartWhenStalled(messages, () => {
+          resubscribe = true;
+        });
         for await (const msg of messages) {
-          nextSeq = msg.seq + 1;
-          const kind = msg.subject.slice(kindAt) as RecordKind;
-          if (kind === 'result' || kind === 'error') {
-            const data = msg.string();
-            const index = (JSON.parse(data) as { index: number }).index;
-            for (const event of sequencer.accept(index, kind === 'error', { kind, index, data })) {
-              writer.event(event.kind, event.data, event.index);
+          last = msg;
+          const kind = msg.subject.slice(kindAt);
+          if (kind === 'batch' || kind === 'result' || kind === 'error') {
+            // `result` and `error`: one record each, as sidecars before batches stored them (a rollout).
+            const lines = kind === 'batch' ? parseBatch(msg.string()) : [legacyLine(kind, msg.string())];
+            for (const line of lines) {
+              const delivery: Delivery = { kind: line.kind, index: line.index, data: line.text };
+              for (const event of sequencer.accept(line.index, line.kind === 'error', delivery)) {
+                writer.event(event.kind, event.data, event.index);
+              }
             }
             if (sequencer.complete) {
               this.#done(writer, requestId, sequencer);
@@ -284,12 +393,10 @@ export class MapRequests {
             }
             if (writer.backedUp) await writer.drained();
           } else if (kind === 'cancelled') {
-            fail(
-              new MapHaltedError(
-                'the map was cancelled: its client left or it failed (send "keep": true to resume)',
-              ),
-            );
-            break;
+            // What arrived before the cancel is sent (held results too, in order); the rest is cancelled.
+            for (const event of sequencer.flush()) writer.event(event.kind, event.data, event.index);
+            this.#done(writer, requestId, sequencer, sequencer.outstanding);
+            return 'cancelled';
           }
         }
         if (!resubscribe) break;
@@ -340,24 +447,33 @@ export class MapRequests {
     }
   }
 
-  #done(writer: EventStreamWriter, requestId: string, sequencer: ResultSequencer<Delivery>): void {
-    writer.event('done', JSON.stringify({ requestId, count: sequencer.count, failed: sequencer.failed }));
-    writer.end();
+  /**
+   * nats.js does not always bring an ordered consumer back when the server holding it dies
+   * without this connection breaking (a NATS cluster losing a server): after two missed
+   * heartbeats the stream resubscribes itself, from the last record read.
+   */
+  #restartWhenStalled(messages: ConsumerMessages, restart: () => void): void {
+    void (async () => {
+      for await (const status of messages.status()) {
+        if (status.type === 'heartbeats_missed' && status.count >= 2) {
+          restart();
+          await messages.close();
+          return;
+        }
+      }
+    })().catch(() => {});
   }
 
-  /**
-   * The client left (or the map failed) and it was not asked to be kept: record that (a resume then says so), tell
-   * every replica to abort its running tasks of it, and purge the ones still queued.
-   */
-  async #cancel(requestId: string): Promise<void> {
-    const { js, jsm, nc, names, log } = this.#o;
-    try {
-      await js.publish(`${names.resultsOf(requestId)}.cancelled`, '{}');
-      nc.publish(names.cancelSubject, requestId);
-      const purged = await jsm.streams.purge(names.tasksStream, { filter: `${names.tasksOf(requestId)}.>` });
-      log.info({ requestId, purged: purged.purged }, 'map cancelled');
-    } catch (err) {
-      log.warn({ requestId, err: errorMessage(err) }, 'could not cancel a map whose client left');
-    }
+  #done(
+    writer: EventStreamWriter,
+    requestId: string,
+    sequencer: ResultSequencer<Delivery>,
+    cancelled?: number,
+  ): void {
+    const { count, failed } = sequencer;
+    const summary =
+      cancelled === undefined ? { requestId, count, failed } : { requestId, count, failed, cancelled };
+    writer.event('done', JSON.stringify(summary));
+    writer.end();
   }
 }

@@ -64,6 +64,16 @@ export class ResultSequencer<T> {
     return ready;
   }
 
+  /**
+   * The map ends early (cancelled): the records held for input order, in index order, so
+   * what was computed still reaches the caller (with gaps where inputs were cancelled).
+   */
+  flush(): T[] {
+    const held = [...this.#held.entries()].sort(([a], [b]) => a - b).map(([, event]) => event);
+    this.#held.clear();
+    return held;
+  }
+
   /** Every index has a record (and so every event was handed out). */
   get complete(): boolean {
     return this.#seenCount === this.count;

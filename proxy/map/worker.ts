@@ -1,22 +1,33 @@
-import { Agent } from 'node:http';
-import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Consumer, ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
-import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import { errorMessage } from '../../common/errors.ts';
 import type { Logger } from '../../common/log.ts';
 import type { MapNames } from '../../common/map-streams.ts';
+import { functionAccepts } from '../admin.ts';
 import type { ConcurrencyLimiter, Release } from '../limiter.ts';
-import { type CallOutcome, callFunction } from './call-function.ts';
+import { type Call, type CallOutcome, FunctionCaller } from './call-function.ts';
+import type { Cancellations } from './cancellations.ts';
+import type { JetStreamPublisher } from './js-publisher.ts';
 import type { MapMetrics, TaskOutcome } from './metrics.ts';
-import { type ErrorRecord, encodeRecord, maxRecordBytes, type ResultRecord, resultMsgId } from './records.ts';
+import {
+  type ErrorRecord,
+  encodeRecord,
+  maxRecordBytes,
+  requeuedTaskMsgId,
+  resultRecordText,
+  type TaskError,
+} from './records.ts';
+import { ResultWriter } from './result-writer.ts';
+import { attemptOf, parseTask, requeueSubject, type TaskInfo } from './task.ts';
+import { TaskPuller } from './task-puller.ts';
 
 export interface WorkerOptions {
   nc: NatsConnection;
-  js: JetStreamClient;
+  publisher: JetStreamPublisher;
+  cancellations: Cancellations;
   names: MapNames;
-  /** Looks the shared durable consumer up again (creating it if it went missing). */
-  consumer: () => Promise<Consumer>;
+  /** Makes the shared durable consumer exist (again); retried until it works. */
+  ensureConsumer: () => Promise<void>;
   limiter: ConcurrencyLimiter;
   metrics: MapMetrics;
   log: Logger;
@@ -27,329 +38,411 @@ export interface WorkerOptions {
   maxDeliver: number;
   /** Hard cap on one attempt (--max-duration). */
   taskTimeoutMs: number;
-  /** How long cancelled request ids are remembered (--map-retention). */
-  retentionMs: number;
 }
 
-interface Task {
-  msg: JsMsg;
-  requestId: string;
-  index: number;
+const ACK = Uint8Array.of(43, 65, 67, 75); // +ACK
+const NAK = Uint8Array.of(45, 78, 65, 75); // -NAK
+const WPI = Uint8Array.of(43, 87, 80, 73); // +WPI: in progress, restart the ack wait
+
+type Stage = 'waiting' | 'running' | 'finishing';
+
+/** A task this replica holds: from delivery until it is acked, nakked or handed back. */
+interface Held {
+  msg: Msg;
+  info: TaskInfo;
+  stage: Stage;
+  /** When its ack wait last restarted (delivery or an in-progress ack). */
+  touched: number;
+  started: number;
+  call?: Call;
 }
+
+/** Function down: probe every 100 ms doubling to 1 s until it accepts connections again. */
+const PROBE_FIRST_MS = 100;
+const PROBE_MAX_MS = 1_000;
 
 /**
- * Takes this replica's share of the function's map tasks from the shared durable pull
- * consumer: one limiter slot per task (the same slots plain streams use), the input POSTed to
- * the function, the result published to the request's results subject, then the task acked.
- * While a task waits for a slot or runs, in-progress acks keep it from being redelivered; a
- * replica that dies stops sending them, so its tasks go to another replica after ack wait.
+ * Takes this replica's share of the function's map tasks from the shared durable consumer:
+ * one limiter slot per task (the slots plain streams use too), the input POSTed to the
+ * function, the result stored in the results stream, then the task acked. While it holds a
+ * task, in-progress acks keep it from going to another replica; a replica that dies stops
+ * sending them, so its tasks go elsewhere after ack wait.
+ *
+ * A function that refuses connections (crashed, restarting, not started) stops this replica
+ * from taking tasks until it accepts them again; the tasks it holds go back to the queue at
+ * once without counting as an attempt (task.ts), so the other replicas take them.
  */
 export class MapWorker {
   readonly #o: WorkerOptions;
-  readonly #agent: Agent;
-  readonly #stopping = new AbortController();
-  /** Request ids whose client left, and when (so the set can be pruned). */
-  readonly #cancelled = new Map<string, number>();
-  readonly #running = new Map<string, Set<AbortController>>();
-  readonly #tasks = new Set<Promise<void>>();
-  #messages: ConsumerMessages | undefined;
-  #cancelSub: Subscription | undefined;
-  #loop: Promise<void> | undefined;
-  /**
-   * Set while the function does not accept connections (it exited and is restarting): this
-   * replica takes no new tasks, so the ones it handed back go to replicas that can run them
-   * instead of spending their attempts here.
-   */
-  #functionDown: Promise<void> | undefined;
+  readonly #caller: FunctionCaller;
+  readonly #puller: TaskPuller;
+  readonly #results: ResultWriter;
+  readonly #taskPrefix: string;
+  readonly #replicaJson: string;
+  readonly #held = new Set<Held>();
+  /** Held tasks not yet finishing (waiting for a slot or running). */
+  #busyCount = 0;
+  /** Aborted when held tasks waiting for a slot must go back (function down, draining). */
+  #holdBack = new AbortController();
+  #functionDown = false;
+  #draining = false;
+  #stopped = false;
+  #sweep: NodeJS.Timeout | undefined;
+  #probe: Promise<void> | undefined;
+  #ensuring: Promise<void> | undefined;
+  #onIdle: (() => void) | undefined;
+  #emptied: (() => void) | undefined;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
-    this.#agent = new Agent({ keepAlive: true, maxSockets: options.concurrency });
+    this.#caller = new FunctionCaller({
+      url: options.upstream,
+      maxSockets: options.concurrency,
+      maxBytes: () => maxRecordBytes(options.nc),
+      timeoutMs: options.taskTimeoutMs,
+    });
+    this.#taskPrefix = options.names.tasksSubjects.slice(0, -1); // `sluice.<ns>.<name>.tasks.`
+    this.#replicaJson = JSON.stringify(options.replica);
+    this.#results = new ResultWriter({
+      publisher: options.publisher,
+      names: options.names,
+      maxBytes: () => maxRecordBytes(options.nc),
+      giveUpMs: options.ackWaitMs,
+      stopped: () => this.#stopped,
+      log: options.log,
+    });
+    this.#puller = new TaskPuller({
+      nc: options.nc,
+      send: (subject, data, reply) => options.publisher.send(subject, data, reply),
+      stream: options.names.tasksStream,
+      consumer: options.names.workerConsumer,
+      taskPrefix: this.#taskPrefix,
+      free: () => this.#free(),
+      minBatch: Math.max(1, Math.floor(options.concurrency / 4)),
+      expiresMs: 5_000,
+      onTask: (msg) => this.#receive(msg),
+      onMissing: () => this.#ensureConsumer(),
+    });
   }
 
   start(): void {
-    this.#cancelSub = this.#o.nc.subscribe(this.#o.names.cancelSubject, {
-      callback: (err, msg) => {
-        if (!err) this.cancel(msg.string());
-      },
-    });
-    this.#loop = this.#consumeForever();
+    this.#o.cancellations.onCancel((requestId) => this.#cancelled(requestId));
+    const tick = Math.max(50, Math.min(1_000, Math.floor(this.#heartbeatMs() / 2)));
+    this.#sweep = setInterval(() => this.#sweepHeld(), tick);
+    this.#puller.start();
   }
 
-  /** Skips the request's queued tasks on this replica and aborts the ones running. */
-  cancel(requestId: string): void {
-    const now = Date.now();
-    this.#cancelled.set(requestId, now);
-    for (const [id, at] of this.#cancelled) {
-      if (now - at <= this.#o.retentionMs) break; // insertion order: the rest are newer
-      this.#cancelled.delete(id);
-    }
-    for (const controller of this.#running.get(requestId) ?? []) controller.abort(new Error('map cancelled'));
+  /** The NATS connection came back: pulls in flight died with the old one. */
+  reconnected(): void {
+    this.#puller.reset();
   }
 
   /**
-   * Stops taking tasks and hands the running ones back at once (nak), so another replica
-   * starts them without waiting for ack wait.
+   * SIGTERM: takes no more tasks at once and hands back those still waiting for a slot; the
+   * running ones get until `drainMs` to finish; what still runs then goes back to the queue.
    */
+  async drain(drainMs: number): Promise<void> {
+    this.#draining = true;
+    this.#puller.pause();
+    this.#holdBack.abort();
+    if (this.#busy() > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          this.#onIdle = resolve;
+        }),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, drainMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      this.#onIdle = undefined;
+    }
+    for (const held of this.#held) held.call?.abort('shutdown');
+  }
+
+  /** Stops for good: hands back whatever is held and waits for its hand-backs. */
   async close(): Promise<void> {
-    this.#stopping.abort(new Error('shutting down'));
-    this.#cancelSub?.unsubscribe();
-    await this.#messages?.close();
-    for (const set of this.#running.values()) for (const c of set) c.abort(new Error('shutting down'));
-    await Promise.allSettled([this.#loop, ...this.#tasks]);
-    this.#agent.destroy();
+    if (!this.#draining) await this.drain(0);
+    this.#stopped = true;
+    this.#puller.stop();
+    await this.#whenEmpty(5_000);
+    clearInterval(this.#sweep);
+    this.#caller.destroy();
   }
 
-  /**
-   * Asks the shared consumer for as many tasks as this replica can hold now (--concurrency
-   * less the tasks it holds), so a replica never hoards work another one could start, and
-   * every task it holds gets in-progress acks from the moment it arrives.
-   */
-  async #consumeForever(): Promise<void> {
-    const { log, concurrency } = this.#o;
-    let backoffMs = 100;
-    let consumer: Consumer | undefined;
-    while (!this.#stopping.signal.aborted) {
-      try {
-        if (this.#functionDown) {
-          await this.#functionDown;
-          continue;
-        }
-        consumer ??= await this.#o.consumer();
-        if (this.#tasks.size >= concurrency) {
-          await Promise.race(this.#tasks);
-          continue;
-        }
-        this.#messages = await consumer.fetch({
-          max_messages: concurrency - this.#tasks.size,
-          expires: 5_000,
-        });
-        for await (const msg of this.#messages) this.#take(msg);
-        backoffMs = 100;
-      } catch (err) {
-        if (this.#stopping.signal.aborted) break;
-        consumer = undefined;
-        log.warn({ err: errorMessage(err), retryMs: backoffMs }, 'map worker cannot fetch tasks; retrying');
-        await sleep(backoffMs, undefined, { signal: this.#stopping.signal }).catch(() => {});
-        backoffMs = Math.min(backoffMs * 2, 5_000);
-      }
-    }
+  /** Tasks that hold or wait for the function (finishing ones only wait for NATS). */
+  #busy(): number {
+    return this.#busyCount;
   }
 
-  #markFunctionDown(): void {
-    if (this.#functionDown) return;
-    this.#o.log.warn(
-      { upstream: this.#o.upstream.origin },
-      'function not answering: no map tasks taken until it does',
-    );
-    this.#functionDown = this.#untilFunctionAnswers().finally(() => {
-      this.#functionDown = undefined;
-    });
+  /** Done with the function: only NATS is left to wait for. */
+  #finishing(held: Held): void {
+    if (held.stage !== 'finishing') this.#busyCount--;
+    held.stage = 'finishing';
   }
 
-  async #untilFunctionAnswers(): Promise<void> {
-    const { hostname, port } = this.#o.upstream;
-    while (!this.#stopping.signal.aborted) {
-      if (await accepts(hostname, Number(port) || 80)) return;
-      await sleep(100, undefined, { signal: this.#stopping.signal }).catch(() => {});
-    }
-  }
-
-  #take(msg: JsMsg): void {
-    const task = (async () => {
-      const release = await this.#slotFor(msg);
-      if (!release) {
-        msg.nak(); // shutting down: someone else takes it now
-        return;
-      }
-      await this.#run(msg, release);
-    })().catch((err) => this.#o.log.error({ err, subject: msg.subject }, 'map task failed unexpectedly'));
-    this.#tasks.add(task);
-    void task.finally(() => this.#tasks.delete(task));
-  }
-
-  /** Waits (FIFO, with plain streams) for a slot, keeping the task ours meanwhile. */
-  async #slotFor(msg: JsMsg): Promise<Release | undefined> {
-    const heartbeat = setInterval(() => msg.working(), this.#heartbeatMs());
-    try {
-      return await this.#o.limiter.acquire(2 ** 31 - 1, this.#stopping.signal);
-    } catch {
-      return undefined;
-    } finally {
-      clearInterval(heartbeat);
-    }
+  #free(): number {
+    if (this.#functionDown || this.#draining) return 0;
+    return this.#o.concurrency - this.#busy();
   }
 
   #heartbeatMs(): number {
     return Math.max(100, Math.floor(this.#o.ackWaitMs / 4));
   }
 
-  #parse(msg: JsMsg): Task | undefined {
-    const prefix = this.#o.names.tasksSubjects.slice(0, -1); // `sluice.<ns>.<name>.tasks.`
-    const [requestId, indexText, ...rest] = msg.subject.slice(prefix.length).split('.');
-    const index = Number(indexText);
-    if (!msg.subject.startsWith(prefix) || !requestId || rest.length > 0 || !Number.isInteger(index)) {
-      return undefined;
+  #receive(msg: Msg): void {
+    const info = parseTask(msg, this.#taskPrefix);
+    if (!info) {
+      this.#o.log.error({ subject: msg.subject }, 'map task with a malformed subject; dropping it');
+      this.#o.publisher.send(msg.reply!, '+TERM malformed subject');
+      return;
     }
-    return { msg, requestId, index };
+    const now = performance.now();
+    const held: Held = { msg, info, stage: 'waiting', touched: now, started: now };
+    this.#held.add(held);
+    this.#busyCount++;
+    if (info.deliveryCount > 1) this.#o.metrics.redeliveries.inc();
+    void this.#run(held).catch((err: unknown) => {
+      this.#o.log.error({ err, subject: msg.subject }, 'map task failed unexpectedly');
+      this.#release(held);
+    });
   }
 
-  async #run(msg: JsMsg, release: Release): Promise<void> {
-    const { metrics, log, maxDeliver } = this.#o;
-    const started = performance.now();
-    let outcome: TaskOutcome = 'failed';
-    const task = this.#parse(msg);
+  async #run(held: Held): Promise<void> {
+    const { info } = held;
+    if (this.#o.cancellations.has(info.requestId)) return this.#end(held, 'cancelled', ACK);
+    if (this.#functionDown || this.#draining) return this.#handBack(held);
+    const release = this.#o.limiter.tryAcquire() ?? (await this.#slot());
+    if (!release) return this.#handBack(held);
+    let outcome: CallOutcome;
     try {
-      if (!task) {
-        log.error({ subject: msg.subject }, 'map task with a malformed subject; dropping it');
-        msg.term('malformed subject');
-        return;
-      }
-      const attempt = msg.info.deliveryCount;
-      if (attempt > 1) metrics.redeliveries.inc();
-      if (this.#cancelled.has(task.requestId)) {
-        outcome = 'cancelled';
-        msg.ack();
-        return;
-      }
-      if (attempt > maxDeliver) {
+      if (this.#o.cancellations.has(info.requestId)) return this.#end(held, 'cancelled', ACK);
+      if (this.#functionDown || this.#draining) return this.#handBack(held);
+      const attempt = attemptOf(info);
+      if (attempt > this.#o.maxDeliver) {
         // The consumer allows one delivery more than maxDeliver so that an input whose last
         // attempt died with its replica is reported instead of silently dropped.
-        outcome = 'failed';
-        await this.#finish(task, {
-          index: task.index,
-          error: {
-            status: 504,
-            message: `no result after ${maxDeliver} attempts: the replica running the last one stopped answering (no ack within ${this.#o.ackWaitMs / 1000} s)`,
-          },
-          attempts: maxDeliver,
-        });
-        return;
+        return await this.#finish(
+          held,
+          'error',
+          this.#errorText(info.index, this.#lostError(), this.#o.maxDeliver),
+        );
       }
-      outcome = await this.#attempt(task, attempt);
+      held.stage = 'running';
+      held.call = this.#caller.call(held.msg.data);
+      outcome = await held.call.done;
+      held.call = undefined;
     } finally {
       release();
-      metrics.tasks.inc({ outcome });
-      metrics.taskDuration.observe({ outcome }, (performance.now() - started) / 1000);
     }
+    return this.#settle(held, outcome);
   }
 
-  async #attempt(task: Task, attempt: number): Promise<TaskOutcome> {
-    const { msg, requestId, index } = task;
-    const controller = new AbortController();
-    const abort = () => controller.abort(this.#stopping.signal.reason);
-    this.#stopping.signal.addEventListener('abort', abort);
-    const running = this.#running.get(requestId) ?? new Set<AbortController>();
-    this.#running.set(requestId, running);
-    running.add(controller);
-    const heartbeat = setInterval(() => msg.working(), this.#heartbeatMs());
+  /** Waits (FIFO, with plain streams) for a slot; undefined when the task must go back instead. */
+  async #slot(): Promise<Release | undefined> {
     try {
-      const callStarted = performance.now();
-      let result: CallOutcome;
-      try {
-        result = await callFunction(this.#agent, this.#o.upstream, msg.string(), {
-          signal: controller.signal,
-          maxBytes: this.#maxPayload(),
-          timeoutMs: this.#o.taskTimeoutMs,
-        });
-      } catch {
-        // Aborted: cancelled (drop it) or shutting down (hand it to another replica now).
-        if (this.#stopping.signal.aborted) {
-          msg.nak();
-          return 'retried';
-        }
-        msg.ack();
-        return 'cancelled';
-      }
-      const ms = Math.round(performance.now() - callStarted);
-      switch (result.kind) {
-        case 'ok':
-          return await this.#finish(task, { index, output: result.output, replica: this.#o.replica, ms });
-        case 'too_large':
-          return await this.#finish(task, this.#tooLarge(index, result.bytes, attempt));
-        case 'rejected': // 4xx: the input itself is wrong, another attempt cannot help
-          return await this.#finish(task, {
-            index,
-            error: { status: result.status, message: result.message },
-            attempts: attempt,
-          });
-      }
-      if (result.unreachable) this.#markFunctionDown();
-      if (attempt < this.#o.maxDeliver) {
-        // 5xx or no answer: back off a little, then any replica may retry it.
-        msg.nak(Math.min(250 * 2 ** (attempt - 1), 5_000));
-        return 'retried';
-      }
-      return await this.#finish(task, {
-        index,
-        error: { status: result.status, message: result.message },
-        attempts: attempt,
-      });
-    } finally {
-      clearInterval(heartbeat);
-      this.#stopping.signal.removeEventListener('abort', abort);
-      running.delete(controller);
-      if (running.size === 0) this.#running.delete(requestId);
+      return await this.#o.limiter.acquire(2 ** 31 - 1, this.#holdBack.signal);
+    } catch {
+      return undefined;
     }
   }
 
-  #maxPayload(): number {
-    return maxRecordBytes(this.#o.nc);
+  async #settle(held: Held, outcome: CallOutcome): Promise<void> {
+    const { info } = held;
+    const attempt = attemptOf(info);
+    const ms = Math.round(performance.now() - held.started);
+    switch (outcome.kind) {
+      case 'ok':
+        return this.#finish(
+          held,
+          'result',
+          resultRecordText(info.index, outcome.outputJson, this.#replicaJson, ms),
+        );
+      case 'rejected': // 4xx: the input itself is wrong, another attempt cannot help
+        return this.#finish(held, 'error', this.#errorText(info.index, outcome.error, attempt));
+      case 'too_large':
+        return this.#finish(
+          held,
+          'error',
+          this.#errorText(info.index, this.#tooLarge(outcome.bytes), attempt),
+        );
+      case 'unreachable':
+        this.#down(outcome.message);
+        return this.#handBack(held);
+      case 'aborted':
+        if (this.#o.cancellations.has(info.requestId)) return this.#end(held, 'cancelled', ACK);
+        return this.#handBack(held);
+      case 'failed':
+        if (attempt < this.#o.maxDeliver) {
+          // 5xx, a broken call or a timeout: back off a little, then any replica may retry it.
+          const delayMs = Math.min(250 * 2 ** (attempt - 1), 5_000);
+          return this.#end(
+            held,
+            'retried',
+            new TextEncoder().encode(`-NAK {"delay":${delayMs * 1_000_000}}`),
+          );
+        }
+        return this.#finish(held, 'error', this.#errorText(info.index, outcome.error, attempt));
+    }
   }
 
-  #tooLarge(index: number, bytes: number, attempt: number): ErrorRecord {
+  #errorText(index: number, error: TaskError, attempts: number): string {
+    const record: ErrorRecord = { index, error, attempts };
+    return encodeRecord(record);
+  }
+
+  #lostError(): TaskError {
     return {
-      index,
-      error: {
-        status: 413,
-        message: `result is ${bytes} bytes or more, larger than the ${this.#maxPayload()} bytes a NATS message can carry`,
-      },
-      attempts: attempt,
+      status: 504,
+      message: `no result after ${this.#o.maxDeliver} attempts: the replica running the last one stopped answering (no ack within ${this.#o.ackWaitMs / 1000} s)`,
+    };
+  }
+
+  #tooLarge(bytes: number): TaskError {
+    return {
+      status: 413,
+      message: `result is ${bytes} bytes or more, larger than the ${maxRecordBytes(this.#o.nc)} bytes a NATS message can carry`,
     };
   }
 
   /**
-   * Stores the record (msgID dedupes a task that ran twice), then acks the task. A record
-   * that cannot be stored is not acked, so the task runs again after ack wait.
+   * Stores the record (ResultWriter: with the others of its request finishing now), then acks
+   * the task. A record that cannot be stored is not acked, so the task runs again after ack
+   * wait; a task that ran twice has two records, and the requester sends the first.
    */
-  async #finish(task: Task, record: ResultRecord | ErrorRecord): Promise<TaskOutcome> {
-    const kind = 'error' in record ? 'error' : 'result';
-    let data = encodeRecord(record);
-    if (Buffer.byteLength(data) > this.#maxPayload()) {
-      data = encodeRecord(this.#tooLarge(task.index, Buffer.byteLength(data), task.msg.info.deliveryCount));
+  async #finish(held: Held, kind: 'result' | 'error', text: string): Promise<void> {
+    const { info } = held;
+    this.#finishing(held);
+    this.#puller.fill();
+    let record = text;
+    const max = maxRecordBytes(this.#o.nc);
+    if (record.length * 3 > max && Buffer.byteLength(record) > max) {
+      kind = 'error';
+      record = this.#errorText(info.index, this.#tooLarge(Buffer.byteLength(record)), attemptOf(info));
     }
-    const subject = `${this.#o.names.resultsOf(task.requestId)}.${kind}`;
-    const deadline = performance.now() + this.#o.ackWaitMs;
-    let waitMs = 100;
-    for (;;) {
-      try {
-        await this.#o.js.publish(subject, data, { msgID: resultMsgId(task.requestId, task.index) });
-        break;
-      } catch (err) {
-        if (this.#stopping.signal.aborted || performance.now() + waitMs > deadline) {
-          this.#o.log.warn(
-            { err: errorMessage(err), requestId: task.requestId, index: task.index },
-            'could not store a map result; the task will run again',
-          );
-          return 'retried';
-        }
-        await sleep(waitMs);
-        waitMs = Math.min(waitMs * 2, 2_000);
-      }
-    }
-    task.msg.ack();
-    return kind === 'error' ? 'failed' : 'ok';
+    const stored = await this.#results.store(info.requestId, { kind, index: info.index, text: record });
+    if (stored) this.#end(held, kind === 'error' ? 'failed' : 'ok', ACK);
+    else this.#release(held, 'retried');
   }
-}
 
-/** Something accepts TCP connections at host:port. */
-function accepts(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host, port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
+  /**
+   * Back to the queue without counting an attempt: published again with the attempts so far
+   * in its subject, then the old message acked. If that cannot be stored, a plain nak (which
+   * JetStream counts) still hands it on.
+   */
+  async #handBack(held: Held): Promise<void> {
+    const { info, msg } = held;
+    if (this.#o.cancellations.has(info.requestId)) return this.#end(held, 'cancelled', ACK);
+    this.#finishing(held);
+    try {
+      await this.#o.publisher.publish(
+        requeueSubject(this.#taskPrefix, info),
+        msg.data,
+        requeuedTaskMsgId(info.requestId, info.index, info.streamSeq),
+      );
+      this.#end(held, 'handed_back', ACK);
+    } catch (err) {
+      this.#o.log.warn(
+        { err: errorMessage(err), requestId: info.requestId },
+        'could not requeue a map task; nakking it',
+      );
+      this.#end(held, 'handed_back', NAK);
+    }
+  }
+
+  #end(held: Held, outcome: TaskOutcome, reply: Uint8Array): void {
+    this.#o.publisher.send(held.msg.reply!, reply);
+    this.#release(held, outcome);
+  }
+
+  #release(held: Held, outcome?: TaskOutcome): void {
+    if (!this.#held.delete(held)) return;
+    if (held.stage !== 'finishing') this.#busyCount--;
+    if (outcome) {
+      const { tasks, taskDuration } = this.#o.metrics;
+      tasks[outcome].inc();
+      taskDuration[outcome].observe((performance.now() - held.started) / 1000);
+    }
+    if (this.#held.size === 0) this.#emptied?.();
+    if (this.#onIdle && this.#busy() === 0) this.#onIdle();
+    this.#puller.fill();
+  }
+
+  #whenEmpty(timeoutMs: number): Promise<void> {
+    if (this.#held.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.#emptied = () => {
+        clearTimeout(timer);
+        resolve();
+      };
     });
-    socket.once('error', () => resolve(false));
-  });
+  }
+
+  /** Cancel heard: running calls of the request are aborted (the function sees the connection close). */
+  #cancelled(requestId: string): void {
+    for (const held of this.#held) if (held.info.requestId === requestId) held.call?.abort('cancelled');
+  }
+
+  /** In-progress acks for tasks held past a quarter of ack wait, and the --max-duration cap. */
+  #sweepHeld(): void {
+    const now = performance.now();
+    const heartbeat = this.#heartbeatMs();
+    for (const held of this.#held) {
+      if (now - held.touched >= heartbeat) {
+        held.touched = now;
+        this.#o.publisher.send(held.msg.reply!, WPI);
+      }
+      if (held.call && now - held.started > this.#o.taskTimeoutMs) held.call.abort('timeout');
+    }
+  }
+
+  /** The function refused a connection: take nothing until it accepts one again. */
+  #down(reason: string): void {
+    if (this.#functionDown) return;
+    this.#functionDown = true;
+    this.#puller.pause();
+    this.#holdBack.abort();
+    this.#o.log.warn({ reason }, 'function unreachable: taking no map tasks until it answers');
+    this.#probe ??= this.#probeUntilUp().finally(() => {
+      this.#probe = undefined;
+    });
+  }
+
+  async #probeUntilUp(): Promise<void> {
+    let waitMs = PROBE_FIRST_MS;
+    while (!this.#stopped) {
+      await sleep(waitMs);
+      if (await functionAccepts(this.#o.upstream, 1_000)) break;
+      waitMs = Math.min(waitMs * 2, PROBE_MAX_MS);
+    }
+    if (this.#stopped) return;
+    this.#functionDown = false;
+    this.#holdBack = new AbortController();
+    this.#o.log.info('function answers again: taking map tasks');
+    if (!this.#draining) this.#puller.resume();
+  }
+
+  #ensureConsumer(): void {
+    this.#ensuring ??= (async () => {
+      let waitMs = 250;
+      while (!this.#stopped) {
+        try {
+          await this.#o.ensureConsumer();
+          break;
+        } catch (err) {
+          this.#o.log.warn(
+            { err: errorMessage(err), retryMs: waitMs },
+            'map worker consumer missing; making it again',
+          );
+          await sleep(waitMs);
+          waitMs = Math.min(waitMs * 2, 5_000);
+        }
+      }
+      if (!this.#stopped && !this.#draining && !this.#functionDown) this.#puller.resume();
+    })().finally(() => {
+      this.#ensuring = undefined;
+    });
+  }
 }

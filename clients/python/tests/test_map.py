@@ -47,7 +47,9 @@ def test_a_failed_input_is_a_value_unless_raise_on_error(echo: Serve) -> None:
     assert [(r.index, r.ok) for r in results] == [(0, True), (1, False), (2, True)]
     failed = results[1].error
     assert failed is not None and failed.status == 500
-    assert failed.message is not None and "on purpose" in failed.message
+    # The function's JSON error body stays JSON (SPEC §2); a text body would be `message`.
+    assert failed.body == {"error": {"code": "ASKED_TO_FAIL", "message": "on purpose"}}
+    assert failed.message is None
     assert results[1].attempts == 3  # a 5xx is retried up to maxDeliver
 
     with pytest.raises(sluice.InputFailed) as caught:

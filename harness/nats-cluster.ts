@@ -1,0 +1,90 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, waitFor, waitForPort } from '../common/net.ts';
+import { type Started, start } from './process.ts';
+
+/** One server of a NATS cluster. */
+export interface ClusterServer {
+  name: string;
+  url: string;
+  monitorUrl: string;
+  /** SIGKILL by default: a server that dies. */
+  kill: (signal?: NodeJS.Signals) => Promise<void>;
+  running: () => boolean;
+  output: () => string;
+}
+
+export interface NatsCluster {
+  servers: ClusterServer[];
+  /** Every server's client URL, comma-separated (as `--nats` takes them). */
+  urls: string;
+  stop: () => Promise<void>;
+}
+
+/**
+ * `size` real `nats-server -js` processes on loopback, routed to each other as one JetStream
+ * cluster (as the chart's StatefulSet with nats.replicas); resolves once JetStream has a meta
+ * leader, so streams with replicas can be made.
+ */
+export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-nats-cluster-'));
+  const ports: { client: number; cluster: number; monitor: number }[] = [];
+  for (let i = 0; i < size; i++)
+    ports.push({ client: await freePort(), cluster: await freePort(), monitor: await freePort() });
+  const routes = ports.map((p) => `nats://127.0.0.1:${p.cluster}`).join(',');
+  const processes: Started[] = ports.map((p, i) =>
+    start('nats-server', [
+      '-js',
+      '-a',
+      '127.0.0.1',
+      '-p',
+      String(p.client),
+      '-m',
+      String(p.monitor),
+      '-sd',
+      join(dir, `n${i}`),
+      '-n',
+      `n${i}`,
+      '--cluster_name',
+      'sluice',
+      '--cluster',
+      `nats://127.0.0.1:${p.cluster}`,
+      '--routes',
+      routes,
+    ]),
+  );
+  const servers = processes.map((server, i): ClusterServer => {
+    const running = () => server.child.exitCode === null && server.child.signalCode === null;
+    return {
+      name: `n${i}`,
+      url: `nats://127.0.0.1:${ports[i]!.client}`,
+      monitorUrl: `http://127.0.0.1:${ports[i]!.monitor}`,
+      kill: (signal = 'SIGKILL') => server.stop(signal),
+      running,
+      output: server.output,
+    };
+  });
+  const stop = async () => {
+    await Promise.all(processes.map((p) => p.stop()));
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await Promise.all(ports.map((p) => waitForPort(p.client)));
+    // A full /healthz (not js-enabled-only) passes once JetStream reached its meta leader.
+    await waitFor(
+      async () => {
+        for (const server of servers) if (!(await fetch(`${server.monitorUrl}/healthz`)).ok) return false;
+        return true;
+      },
+      {
+        timeoutMs: 30_000,
+        what: `a JetStream cluster of ${size}\n${servers.map((s) => s.output()).join('\n')}`,
+      },
+    );
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { servers, urls: servers.map((s) => s.url).join(','), stop };
+}
