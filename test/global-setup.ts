@@ -18,8 +18,7 @@ import { applyObject, waitForCrd } from './support/cluster.ts';
 // and its lock saved the value from before it; `up` takes that lock over and `down` restores it).
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const ipForward =
-    (await lockOwner())?.ipForward ??
-    (await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim();
+    (await lockOwner())?.ipForward ?? (await readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim();
   const plane = await up({ origin: 'tests', user: process.pid });
   project.provide('kubeconfig', plane.kubeconfig);
   await applyObject(plane.kubeconfig, streamingFunctionCrd());
