@@ -93,7 +93,21 @@ export const proxySettings = [
     env: 'SLUICE_NATS',
     arg: '<url>',
     default: '',
-    description: 'NATS URL; empty turns map off',
+    description: 'NATS URL for map and load reports; empty turns both off',
+  },
+  {
+    flag: 'map',
+    env: 'SLUICE_MAP',
+    arg: '<bool>',
+    default: 'true',
+    description: 'serve /_sluice/map and take map tasks (needs --nats)',
+  },
+  {
+    flag: 'advertise',
+    env: 'SLUICE_ADVERTISE',
+    arg: '<url>',
+    default: '',
+    description: 'where an activator reaches the public port, sent in load reports (default: from --listen)',
   },
   {
     flag: 'function',
@@ -182,6 +196,8 @@ export const proxyConfigSchema = z.object({
       'must start with / and not end with /',
     ),
   nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+  map: z.enum(['true', 'false'], { error: 'expected true or false' }).transform((v) => v === 'true'),
+  advertise: z.union([z.literal(''), httpUrl]),
   function: z
     .string()
     .regex(

@@ -30,13 +30,21 @@ describe('proxyFlags', () => {
   });
 
   it.each([
-    ['map on, NATS given: map flags', {}, 'nats://n:4222', true],
-    ['map on, no NATS: none', {}, '', false],
-    ['map off: none', { map: { enabled: false } }, 'nats://n:4222', false],
-  ])('%s', (_what, spec, nats, present) => {
+    ['map on, NATS given: NATS and map flags', {}, 'nats://n:4222', true, true],
+    ['map on, no NATS: none', {}, '', false, false],
+    [
+      'map off, NATS given: NATS (load reports), --map=false',
+      { map: { enabled: false } },
+      'nats://n:4222',
+      true,
+      false,
+    ],
+  ])('%s', (_what, spec, nats, natsFlag, mapFlags) => {
     const flags = proxyFlags(fn(spec), { drain: 1, nats });
-    expect(flags.some((f) => f.startsWith('--nats='))).toBe(present);
-    expect(flags.some((f) => f.startsWith('--map-path='))).toBe(present);
+    expect(flags.some((f) => f.startsWith('--nats='))).toBe(natsFlag);
+    expect(flags.some((f) => f.startsWith('--map-path='))).toBe(mapFlags);
+    expect(flags.includes('--map=false')).toBe(natsFlag && !mapFlags);
+    expect(loadProxyConfig(flags, {}).map).toBe(mapFlags || !natsFlag);
   });
 
   it('the tokens file only with spec.auth and a placement that mounts it', () => {

@@ -21,6 +21,8 @@ export interface ProxyPlacement {
   authTokensFile?: string;
   /** This replica's name in map results; default the proxy's hostname (SLUICE_REPLICA in a pod). */
   replica?: string;
+  /** Where an activator reaches the public port (load reports); default derived from `listen`. */
+  advertise?: string;
 }
 
 /**
@@ -50,9 +52,11 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   ];
   const prefix = pathPrefix(fn);
   if (prefix) flags.push(`--path-prefix=${prefix}`);
+  // NATS carries the load reports that autoscaling follows, with or without map.
+  if (placement.nats) flags.push(`--nats=${placement.nats}`);
+  if (placement.nats && !map.enabled) flags.push('--map=false');
   if (map.enabled && placement.nats) {
     flags.push(
-      `--nats=${placement.nats}`,
       `--map-path=${map.path}`,
       `--map-ack-wait=${map.ackWaitSeconds}`,
       `--map-max-deliver=${map.maxDeliver}`,
@@ -62,5 +66,6 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   if (auth?.secretName && placement.authTokensFile)
     flags.push(`--auth-tokens-file=${placement.authTokensFile}`);
   if (placement.replica) flags.push(`--replica=${placement.replica}`);
+  if (placement.advertise) flags.push(`--advertise=${placement.advertise}`);
   return flags;
 }

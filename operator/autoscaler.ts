@@ -1,0 +1,257 @@
+import { Gauge, type Registry } from 'prom-client';
+import {
+  type Decision,
+  type LoadParts,
+  ScaleDecider,
+  type ScalingPolicy,
+  scalingPolicy,
+  totalLoad,
+} from '../common/autoscale/decision.ts';
+import { errorMessage } from '../common/errors.ts';
+import type { Logger } from '../common/log.ts';
+import { type FunctionView, functionView } from './function.ts';
+import type { KubeObject } from './kube.ts';
+import type { LoadSignal } from './load-signal.ts';
+import type { ScalePlan, Scaling } from './reconciler-io.ts';
+
+/** One decision a second per function, as Knative's autoscaler ticks (its default is 2 s). */
+export const TICK_MS = 1000;
+/** status.inFlight is refreshed at most this often (a status write per function per second would not scale). */
+export const IN_FLIGHT_REFRESH_MS = 5000;
+/** How often the map tasks waiting of a map function without visible map traffic are looked at. */
+const PENDING_SWEEP_MS = 30_000;
+
+interface Tracked {
+  uid: string;
+  generation: number;
+  policy: ScalingPolicy;
+  mapEnabled: boolean;
+  decider: ScaleDecider;
+  decision: Decision | undefined;
+  parts: LoadParts;
+  known: boolean;
+  inFlight: number;
+  podLoad: Map<string, number>;
+  /** The count the reconciler was last asked to apply. */
+  asked: number;
+  inFlightAskedAt: number;
+  pending: number;
+  pendingAt: number;
+  polling: boolean;
+}
+
+export interface AutoscalerOptions {
+  signal: LoadSignal;
+  /** The functions (informer cache). */
+  functions: () => KubeObject[];
+  function: (namespace: string, name: string) => KubeObject | undefined;
+  /** The function's Deployment as cached, if any. */
+  deployment: (namespace: string, name: string) => KubeObject | undefined;
+  enqueue: (key: string) => void;
+  registry: Registry;
+  log: Logger;
+  now?: () => number;
+}
+
+const keyOf = (o: { metadata?: { namespace?: string; name?: string } }) =>
+  `${o.metadata?.namespace}/${o.metadata?.name}`;
+
+/**
+ * Decides each function's replicas once a second from the load signal (common/autoscale), and
+ * at once when an activator starts holding requests for it; a changed decision (and, every few
+ * seconds, a changed inFlight) puts the function on the work queue, whose reconcile writes it
+ * (Reconciler's scale phase). Runs on the leader only, like the reconciles.
+ */
+export class Autoscaler implements Scaling {
+  readonly #o: AutoscalerOptions;
+  readonly #tracked = new Map<string, Tracked>();
+  readonly #now: () => number;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: AutoscalerOptions) {
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+    const tracked = this.#tracked;
+    new Gauge({
+      name: 'sluice_autoscaler_desired_replicas',
+      help: 'Replicas the autoscaler wants for each function now',
+      labelNames: ['function'],
+      registers: [options.registry],
+      collect() {
+        this.reset();
+        for (const [fn, t] of tracked) this.set({ function: fn }, t.decider.current);
+      },
+    });
+    new Gauge({
+      name: 'sluice_autoscaler_load',
+      help: 'Load the autoscaler follows for each function: streams in flight + queued, map tasks waiting, requests held',
+      labelNames: ['function'],
+      registers: [options.registry],
+      collect() {
+        this.reset();
+        for (const [fn, t] of tracked) if (t.known) this.set({ function: fn }, totalLoad(t.parts));
+      },
+    });
+  }
+
+  start(): void {
+    this.#o.signal.start();
+    this.#timer = setInterval(() => this.tick(), TICK_MS);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  /** One decision for every function (and forgets the deleted ones). */
+  tick(): void {
+    const now = this.#now();
+    const seen = new Set<string>();
+    for (const object of this.#o.functions()) {
+      const key = keyOf(object);
+      seen.add(key);
+      if (object.metadata?.deletionTimestamp) continue;
+      const t = this.#track(key, object);
+      if (t) this.#decide(key, t, now);
+    }
+    for (const key of this.#tracked.keys()) if (!seen.has(key)) this.#tracked.delete(key);
+    this.#o.signal.book.prune(now);
+  }
+
+  /** An activator started holding requests for `fn`: decide now, not on the next tick. */
+  urgent(fn: string): void {
+    const [namespace = '', name = ''] = fn.split('/');
+    const object = this.#o.function(namespace, name);
+    const t = object && this.#track(fn, object);
+    if (t) this.#decide(fn, t, this.#now());
+  }
+
+  plan(fn: FunctionView, liveReplicas: number | undefined): ScalePlan {
+    const key = `${fn.metadata.namespace}/${fn.metadata.name}`;
+    const t = this.#trackView(key, fn, liveReplicas);
+    const { parts } = t;
+    const reason = t.decision?.reason ?? 'steady';
+    return {
+      replicas: t.decider.current,
+      inFlight: t.inFlight,
+      why: t.known
+        ? `${reason}: load ${totalLoad(parts)} (streams ${parts.streams}, map tasks waiting ${parts.pendingTasks}, held ${parts.held}), ${t.policy.target} per replica`
+        : `${reason}: no load reports`,
+      podLoad: t.podLoad,
+    };
+  }
+
+  #track(key: string, object: KubeObject): Tracked | undefined {
+    const existing = this.#tracked.get(key);
+    const m = object.metadata ?? {};
+    if (existing && existing.uid === m.uid && existing.generation === m.generation) return existing;
+    let fn: FunctionView;
+    try {
+      fn = functionView(object);
+    } catch {
+      return undefined; // the reconciler reports the invalid spec
+    }
+    return this.#trackView(
+      key,
+      fn,
+      this.#o.deployment(fn.metadata.namespace, fn.metadata.name)?.spec?.replicas,
+    );
+  }
+
+  #trackView(key: string, fn: FunctionView, liveReplicas: number | undefined): Tracked {
+    const existing = this.#tracked.get(key);
+    const { uid, generation } = fn.metadata;
+    if (existing && existing.uid === uid && existing.generation === generation) return existing;
+    const policy = scalingPolicy(fn.spec.scaling);
+    if (existing && existing.uid === uid) {
+      existing.generation = generation;
+      existing.policy = policy;
+      existing.mapEnabled = fn.spec.map.enabled;
+      // A changed spec (kubectl scale: minReplicas) is decided at once.
+      this.#decide(key, existing, this.#now());
+      return existing;
+    }
+    const start = Math.min(
+      policy.maxReplicas,
+      Math.max(policy.minReplicas, liveReplicas ?? policy.minReplicas),
+    );
+    const t: Tracked = {
+      uid,
+      generation,
+      policy,
+      mapEnabled: fn.spec.map.enabled,
+      decider: new ScaleDecider(start),
+      decision: undefined,
+      parts: { streams: 0, pendingTasks: 0, held: 0 },
+      known: false,
+      inFlight: 0,
+      podLoad: new Map(),
+      asked: liveReplicas ?? start,
+      inFlightAskedAt: 0,
+      pending: 0,
+      pendingAt: 0,
+      polling: false,
+    };
+    this.#tracked.set(key, t);
+    return t;
+  }
+
+  #decide(key: string, t: Tracked, now: number): void {
+    const { signal } = this.#o;
+    const [namespace = '', name = ''] = key.split('/');
+    const deployment = this.#o.deployment(namespace, name);
+    const view = signal.book.view(key, now);
+    const readyPods = deployment?.status?.readyReplicas ?? 0;
+    // No report from a function with ready pods means no signal, not no load: hold the count.
+    t.known = signal.connected && (view !== undefined || readyPods === 0);
+    t.parts = { streams: view?.streams ?? 0, pendingTasks: t.pending, held: view?.held ?? 0 };
+    t.inFlight = view?.inFlight ?? 0;
+    t.podLoad = new Map((view?.replicas ?? []).map((r) => [r.name, r.active + r.queued]));
+    const before = t.decider.current;
+    t.decision = t.decider.observe(t.known ? totalLoad(t.parts) : undefined, t.policy, now);
+    if (
+      t.mapEnabled &&
+      !t.polling &&
+      ((view?.maps ?? 0) > 0 || t.pending > 0 || now - t.pendingAt >= PENDING_SWEEP_MS)
+    ) {
+      this.#poll(key, t, now);
+    }
+    const desired = t.decision.desired;
+    if (desired !== t.asked) {
+      this.#o.log.info(
+        { function: key, from: before, to: desired, reason: t.decision.reason, load: totalLoad(t.parts) },
+        'autoscaler decision',
+      );
+      t.asked = desired;
+      this.#o.enqueue(key);
+    } else if (t.inFlight !== this.#statusInFlight(key) && now - t.inFlightAskedAt >= IN_FLIGHT_REFRESH_MS) {
+      t.inFlightAskedAt = now;
+      this.#o.enqueue(key);
+    }
+  }
+
+  #statusInFlight(key: string): number {
+    const [namespace = '', name = ''] = key.split('/');
+    return this.#o.function(namespace, name)?.status?.inFlight ?? 0;
+  }
+
+  #poll(key: string, t: Tracked, now: number): void {
+    t.polling = true;
+    t.pendingAt = now;
+    this.#o.signal
+      .pendingTasks(key)
+      .then((pending) => {
+        const rose = pending > t.pending;
+        t.pending = pending;
+        // Tasks waiting are a burst like any other: decide now rather than on the next tick.
+        if (rose) this.#decide(key, t, this.#now());
+      })
+      .catch((err) =>
+        this.#o.log.warn({ function: key, err: errorMessage(err) }, 'pending map tasks unknown'),
+      )
+      .finally(() => {
+        t.polling = false;
+      });
+  }
+}
