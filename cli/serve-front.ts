@@ -1,27 +1,30 @@
-import {
-  Agent,
-  createServer,
-  type IncomingMessage,
-  request,
-  type Server,
-  type ServerResponse,
-} from 'node:http';
-
+import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { forwardTo } from '../activator/forward.ts';
+import { type HoldSettings, holdRequest } from '../activator/hold.ts';
+import { WaitingRoom } from '../activator/waiting-room.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
-import { endToEndHeaders } from '../proxy/headers.ts';
 
 export interface Backend {
   name: string;
   port: number;
+  /** Its proxy's /readyz says the function answers. */
   ready: boolean;
+  /** Requests the front has sent it that have not finished. */
   inFlight: number;
+  /** Of those, the ones that are load (not map requests, whose tasks count where they wait). */
+  load: number;
+  /** The highest `load` since the autoscaler last looked. */
+  peak: number;
+  /** Chosen for removal: takes nothing new, stops once its streams end. */
+  draining?: boolean;
 }
+
+const takesWork = (b: Backend) => b.ready && !b.draining;
 
 /** Least requests in flight among ready backends; ties go round-robin so idle replicas share the load. */
 export function pickBackend(backends: readonly Backend[], turn: number): Backend | undefined {
-  const ready = backends.filter((b) => b.ready);
-  const pool = ready.length > 0 ? ready : backends;
+  const pool = backends.filter(takesWork);
   let best: Backend | undefined;
   for (let i = 0; i < pool.length; i++) {
     const candidate = pool[(turn + i) % pool.length]!;
@@ -30,75 +33,120 @@ export function pickBackend(backends: readonly Backend[], turn: number): Backend
   return best;
 }
 
+/**
+ * Where a request goes: a ready replica with a free slot. When every ready one is full, it is
+ * held (and counted as load) while more replicas can come (one is starting, or the autoscaler
+ * may start one), so it is not queued behind a busy replica while an idle one starts; with no
+ * more to come, the least loaded takes it and its proxy queues it. Knative's activator throttles
+ * by capacity the same way.
+ */
+export function pickWithRoom(
+  backends: readonly Backend[],
+  concurrency: number,
+  turn: number,
+  canGrow: boolean,
+): Backend | undefined {
+  const best = pickBackend(backends, turn);
+  if (!best) return undefined;
+  if (best.load < concurrency) return best;
+  const starting = backends.some((b) => !b.ready && !b.draining);
+  return starting || canGrow ? undefined : best;
+}
+
 export interface FrontOptions {
   backends: readonly Backend[];
-  /** How long a request that arrives while no replica is ready waits for one (default 30 s). */
-  readyWaitMs?: number;
+  /** How requests are held while no replica is ready (from the spec). */
+  hold: HoldSettings;
+  /** spec.scaling.concurrency: the streams one replica takes at once. */
+  concurrency: number;
+  /** More replicas may be started (below maxReplicas, autoscaling on). */
+  canGrow?: () => boolean;
   /** Answers a request itself instead of forwarding it (map without NATS); true when it did. */
   intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  /** A request is held now (no replica ready): the autoscaler should act at once. */
+  onHeld?: () => void;
+  /** Whether a request is load for the autoscaler (default: every one). */
+  countsAsLoad?: (req: IncomingMessage) => boolean;
+  /** A held request's first byte reached its client, this long after it arrived. */
+  onColdStart?: (firstByteMs: number) => void;
+}
+
+export interface Front {
+  server: Server;
+  /** Requests held now (no replica ready). */
+  room: WaitingRoom<Backend>;
+  /** Hands held requests to replicas that can take them; call when readiness or load changes. */
+  offer: () => void;
+  closeAll: () => void;
 }
 
 /**
  * The front port of `sluice serve`: forwards each request to one replica's proxy and pipes the
  * response back chunk by chunk (headers flushed at once, no buffering, Nagle off), so an event
- * stream reaches the client as the proxy relays it. A client that leaves aborts the upstream
- * request, which the proxy passes on to the function.
+ * stream reaches the client as the proxy relays it. With no replica ready (at zero, or right
+ * after start-up) it holds requests as the cluster's activator does (activator/hold.ts).
  */
-export function createFront(options: FrontOptions): { server: Server; closeAll: () => void } {
+export function createFront(options: FrontOptions): Front {
   const agent = new Agent({ keepAlive: true });
   const sockets = new Set<Socket>();
+  const room = new WaitingRoom<Backend>();
   let turn = 0;
-  const readyWaitMs = options.readyWaitMs ?? 30_000;
+  const pick = () =>
+    pickWithRoom(options.backends, options.concurrency, turn++, options.canGrow?.() ?? false);
+  const offer = () =>
+    room.offer(() => {
+      const backend = pick();
+      // Reserved at once, so one offer never hands every held request to the same replica.
+      if (backend) backend.inFlight += 1;
+      return backend;
+    });
   const server = createServer({ noDelay: true }, async (req, res) => {
     if (options.intercept?.(req, res)) return;
-    // Right after start-up (or while every function restarts) a request waits for a replica
-    // to turn ready, as the proxy's own queue would, instead of failing with a 502.
-    if (!(await someReady(options.backends, readyWaitMs, res))) {
-      if (res.destroyed) return;
-      res.setHeader('retry-after', '1');
-      return sendJsonError(res, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
+    const arrived = performance.now();
+    let backend = room.size === 0 ? pick() : undefined; // first come, first served
+    let started = false;
+    let held = false;
+    if (backend) {
+      backend.inFlight += 1;
+    } else {
+      held = true;
+      options.onHeld?.();
+      const outcome = await holdRequest(req, res, room, options.hold);
+      if (!outcome) return;
+      ({ target: backend, started } = outcome);
     }
-    const backend = pickBackend(options.backends, turn++);
-    if (!backend) return sendJsonError(res, 'no_replica', 'no replica is running');
-    backend.inFlight += 1;
+    const chosen = backend;
+    const load = options.countsAsLoad?.(req) ?? true;
+    if (load) {
+      chosen.load += 1;
+      chosen.peak = Math.max(chosen.peak, chosen.load);
+    }
     let released = false;
     const release = () => {
-      if (!released) backend.inFlight -= 1;
+      if (released) return;
       released = true;
+      chosen.inFlight -= 1;
+      if (load) chosen.load -= 1;
+      offer();
     };
-    const headers = endToEndHeaders(req.headers);
-    const upstream = request({
-      host: '127.0.0.1',
-      port: backend.port,
-      method: req.method,
-      path: req.url,
-      headers,
-      agent,
-    });
-    upstream.on('socket', (socket) => socket.setNoDelay(true));
-    upstream.on('response', (response: IncomingMessage) => {
-      res.writeHead(response.statusCode ?? 502, endToEndHeaders(response.headers));
-      res.flushHeaders();
-      response.pipe(res);
-      // The proxy ended the stream abruptly: end the client's the same way rather than cleanly.
-      response.on('aborted', () => res.destroy());
-      response.on('error', () => res.destroy());
-    });
-    upstream.on('error', (err: NodeJS.ErrnoException) => {
-      release();
-      if (res.headersSent) res.destroy(err);
-      else
-        sendJsonError(
-          res,
-          'replica_unavailable',
-          `${backend.name} did not answer (${err.code ?? err.message})`,
-        );
-    });
-    res.on('close', () => {
-      release();
-      if (!res.writableFinished) upstream.destroy();
-    });
-    req.pipe(upstream);
+    res.on('close', release);
+    if (res.destroyed) return release();
+    forwardTo(
+      req,
+      res,
+      { host: '127.0.0.1', port: chosen.port },
+      {
+        agent,
+        started,
+        unavailable: (err) =>
+          sendJsonError(
+            res,
+            'replica_unavailable',
+            `${chosen.name} did not answer (${err.code ?? err.message})`,
+          ),
+        firstByte: held ? () => options.onColdStart?.(performance.now() - arrived) : undefined,
+      },
+    );
   });
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
@@ -106,25 +154,12 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
   });
   return {
     server,
+    room,
+    offer,
     closeAll: () => {
       server.close();
       for (const socket of sockets) socket.destroy();
       agent.destroy();
     },
   };
-}
-
-/** Resolves true once a backend is ready, false after `timeoutMs` or when the client leaves. */
-async function someReady(
-  backends: readonly Backend[],
-  timeoutMs: number,
-  res: ServerResponse,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (!backends.some((b) => b.ready)) {
-    if (res.destroyed || Date.now() >= deadline) return false;
-    // Readiness is polled by serve every few hundred ms; a short wait here costs nothing.
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return true;
 }

@@ -42,6 +42,11 @@ export const WIRE_ERRORS = {
   },
   shutdown: { status: 503, meaning: 'the drain period ended while the request was queued or streaming' },
   internal: { status: 500, meaning: 'a bug in the proxy; the log line of the request id has the stack' },
+  cold_start_timeout: {
+    status: 503,
+    meaning:
+      'no replica became ready within coldStartTimeoutSeconds; the body names the function and the wait',
+  },
   // Map (SPEC §2)
   map_disabled: { status: 503, meaning: '/_sluice/map on a proxy without --nats' },
   nats_unavailable: { status: 503, meaning: 'map needs NATS, which is not connected now; retry' },
@@ -56,7 +61,6 @@ export const WIRE_ERRORS = {
   },
   map_failed: { status: undefined, meaning: 'the whole map ended early (cancelled, NATS gone too long)' },
   // `sluice serve`'s front port
-  no_replica: { status: 503, meaning: 'sluice serve: no replica is running or became ready in time' },
   replica_unavailable: { status: 502, meaning: 'sluice serve: the chosen replica did not answer' },
   map_unavailable: {
     status: 503,
@@ -87,18 +91,22 @@ export class WireError<C extends WireCode = WireCode> extends SluiceError {
   }
 }
 
-/** Answers `{"error":{"code","message"}}` with the code's status, unless a response already started. */
+/**
+ * Answers `{"error":{"code","message"}}` with the code's status, unless a response already
+ * started. `details` add fields beside them (`"function"`, `"waitedSeconds"`).
+ */
 export function sendJsonError(
   res: ServerResponse,
   code: ResponseCode,
   message: string,
   headers: OutgoingHttpHeaders = {},
+  details?: Record<string, unknown>,
 ): void {
   if (res.headersSent) {
     // Too late for a status line: the caller decides how to end a started response.
     return;
   }
-  const body = jsonErrorBody(code, message);
+  const body = jsonErrorBody(code, message, details);
   res.writeHead(wireStatus(code), {
     ...headers,
     'content-type': 'application/json; charset=utf-8',
@@ -109,8 +117,8 @@ export function sendJsonError(
 }
 
 /** `{"error":{"code","message"}}`: a JSON error body, and the data of an `event: error` that ends a stream. */
-export function jsonErrorBody(code: WireCode, message: string): string {
-  return JSON.stringify({ error: { code, message } });
+export function jsonErrorBody(code: WireCode, message: string, details?: Record<string, unknown>): string {
+  return JSON.stringify({ error: { code, message, ...details } });
 }
 
 export const errorEventData = jsonErrorBody;

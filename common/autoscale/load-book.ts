@@ -18,7 +18,7 @@ export interface ReplicaLoad {
 export interface FunctionLoad {
   /** Highest streams in flight + queued of the last interval, over replicas that take work. */
   streams: number;
-  /** Requests held by activators (their highest of the last interval). */
+  /** Requests held by activators now. */
   held: number;
   /** Streams in flight + queued now, over every replica (draining ones too): status.inFlight. */
   inFlight: number;
@@ -74,7 +74,9 @@ export class LoadBook {
       if (now - at > this.#staleMs) continue;
       fresh++;
       if (report.kind === 'activator') {
-        load.held += Math.max(report.peak, report.held ?? 0);
+        // Held now, not the interval's highest: a request held a moment ago that a replica took
+        // since is in that replica's peak, and must not count twice.
+        load.held += report.held ?? 0;
         continue;
       }
       const replica: ReplicaLoad = {

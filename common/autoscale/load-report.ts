@@ -18,9 +18,13 @@ export interface LoadReport {
   active: number;
   /** Waiting for a slot now. */
   queued: number;
-  /** Highest active + queued (held, for an activator) since the previous report. */
+  /** Highest active + queued since the previous report (an activator: its held now). */
   peak: number;
-  /** Activator: requests held now, waiting for a ready replica. */
+  /**
+   * Activator: requests held now, waiting for a ready replica. The load is this, not a peak: a
+   * request held a moment ago that a replica took since is in that replica's peak already. A
+   * request held for a moment still counts: the first held request is reported at once.
+   */
   held?: number;
   /** Replica: its function answers and it takes new work. */
   ready?: boolean;
