@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Backend, createFront, pickBackend, pickWithRoom } from '../cli/serve-front.ts';
+import { type Backend, pickBackend, pickWithRoom } from '../activator/pick.ts';
+import { createFront } from '../cli/serve-front.ts';
 import {
   functionCommand,
   functionEnv,
