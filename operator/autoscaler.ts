@@ -28,6 +28,7 @@ interface Tracked {
   mapEnabled: boolean;
   decider: ScaleDecider;
   decision: Decision | undefined;
+  decidedAt: number;
   parts: LoadParts;
   known: boolean;
   inFlight: number;
@@ -127,6 +128,12 @@ export class Autoscaler implements Scaling {
     if (t) this.#decide(fn, t, this.#now());
   }
 
+  /** The last decision for `namespace/name` and when it was made (logs, tests). */
+  lastDecision(key: string): { decision: Decision; at: number } | undefined {
+    const t = this.#tracked.get(key);
+    return t?.decision && { decision: t.decision, at: t.decidedAt };
+  }
+
   plan(fn: FunctionView, liveReplicas: number | undefined): ScalePlan {
     const key = `${fn.metadata.namespace}/${fn.metadata.name}`;
     const t = this.#trackView(key, fn, liveReplicas);
@@ -183,6 +190,7 @@ export class Autoscaler implements Scaling {
       mapEnabled: fn.spec.map.enabled,
       decider: new ScaleDecider(start),
       decision: undefined,
+      decidedAt: 0,
       parts: { streams: 0, pendingTasks: 0, held: 0 },
       known: false,
       inFlight: 0,
@@ -210,6 +218,7 @@ export class Autoscaler implements Scaling {
     t.podLoad = new Map((view?.replicas ?? []).map((r) => [r.name, r.active + r.queued]));
     const before = t.decider.current;
     t.decision = t.decider.observe(t.known ? totalLoad(t.parts) : undefined, t.policy, now);
+    t.decidedAt = now;
     if (
       t.mapEnabled &&
       !t.polling &&

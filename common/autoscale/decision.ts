@@ -128,9 +128,14 @@ export class ScaleDecider {
   observe(load: number | undefined, policy: ScalingPolicy, now: number): Decision {
     const known = load !== undefined;
     const inBounds = (n: number) => Math.min(policy.maxReplicas, Math.max(policy.minReplicas, n));
-    const wanted = known ? wantedReplicas(load, policy) : inBounds(this.#current);
     const minMoved = this.#min !== undefined && this.#min !== policy.minReplicas;
     this.#min = policy.minReplicas;
+    // With no load known, the count is held; unless a user just set it (kubectl scale).
+    const wanted = known
+      ? wantedReplicas(load, policy)
+      : minMoved
+        ? policy.minReplicas
+        : inBounds(this.#current);
     if (minMoved || this.#current !== inBounds(this.#current)) {
       // A user moved a bound (kubectl scale sets minReplicas): what came before says nothing
       // about the new range, and the count they asked for applies now.
