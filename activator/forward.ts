@@ -125,7 +125,7 @@ function errorOf(
       message: `the function answered ${type || 'a body'}, not an event stream`,
     };
   }
-  return { code: 'upstream_unavailable', message: `the function answered ${status} before any event`, body };
+  return { code: 'function_error', message: `the function answered ${status} before any event`, body };
 }
 
 function endWithError(

@@ -26,6 +26,10 @@ export const WIRE_ERRORS = {
     meaning: "the function's response broke off (a body that is not an event stream)",
   },
   upstream_closed: { status: 502, meaning: 'the function closed the connection mid-stream' },
+  function_error: {
+    status: undefined,
+    meaning: 'a held event stream had started (waiting comments) when the function answered an error status',
+  },
   idle_timeout: { status: 504, meaning: 'no byte from the function for --idle-timeout seconds' },
   max_duration: { status: 504, meaning: 'the stream ran longer than --max-duration seconds' },
   // The request
