@@ -239,7 +239,9 @@ describe('ScaleDecider tables', () => {
     // With no load known (no reports), the user's count applies as well.
     const blind = new ScaleDecider(3);
     blind.observe(undefined, scalingPolicy(spec({ minReplicas: 3, maxReplicas: 3 })), 0);
-    expect(blind.observe(undefined, scalingPolicy(spec({ minReplicas: 1, maxReplicas: 3 })), 1000).desired).toBe(1);
+    expect(
+      blind.observe(undefined, scalingPolicy(spec({ minReplicas: 1, maxReplicas: 3 })), 1000).desired,
+    ).toBe(1);
     // ... but never below what the load needs now.
     const busy = new ScaleDecider(3);
     busy.observe(12, scalingPolicy(spec({ minReplicas: 3, maxReplicas: 3 })), 0);
