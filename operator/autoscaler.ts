@@ -1,4 +1,4 @@
-import { Gauge, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import {
   type Decision,
   type LoadParts,
@@ -16,8 +16,11 @@ import type { ScalePlan, Scaling } from './reconciler-io.ts';
 
 /** One decision a second per function, as Knative's autoscaler ticks (its default is 2 s). */
 export const TICK_MS = 1000;
-/** status.inFlight is refreshed at most this often (a status write per function per second would not scale). */
-export const IN_FLIGHT_REFRESH_MS = 5000;
+/**
+ * status.inFlight is refreshed at most this often, as the HPA refreshes its status every sync
+ * period (15 s): a status write per busy function per second would not scale to 1,000 functions.
+ */
+export const IN_FLIGHT_REFRESH_MS = 15_000;
 /** How often the map tasks waiting of a map function without visible map traffic are looked at. */
 const PENDING_SWEEP_MS = 30_000;
 
@@ -32,6 +35,12 @@ interface Tracked {
   parts: LoadParts;
   known: boolean;
   inFlight: number;
+  /**
+   * The inFlight the status is to show: set from `inFlight` only when a write is asked for (a new
+   * count, or every IN_FLIGHT_REFRESH_MS), so the reconcile a status write itself triggers writes
+   * nothing more.
+   */
+  inFlightShown: number;
   podLoad: Map<string, number>;
   /** The count the reconciler was last asked to apply. */
   asked: number;
@@ -48,7 +57,8 @@ export interface AutoscalerOptions {
   function: (namespace: string, name: string) => KubeObject | undefined;
   /** The function's Deployment as cached, if any. */
   deployment: (namespace: string, name: string) => KubeObject | undefined;
-  enqueue: (key: string) => void;
+  /** Puts a function on the work queue; `urgent` (more replicas) goes ahead of the others. */
+  enqueue: (key: string, urgent: boolean) => void;
   registry: Registry;
   log: Logger;
   now?: () => number;
@@ -81,6 +91,18 @@ export class Autoscaler implements Scaling {
       collect() {
         this.reset();
         for (const [fn, t] of tracked) this.set({ function: fn }, t.decider.current);
+      },
+    });
+    const signal = options.signal;
+    new Counter({
+      name: 'sluice_autoscaler_reports_total',
+      help: 'Load reports received over NATS (ok), and messages on the load subjects that were not one (rejected)',
+      labelNames: ['result'],
+      registers: [options.registry],
+      collect() {
+        this.reset();
+        this.inc({ result: 'ok' }, signal.received);
+        this.inc({ result: 'rejected' }, signal.rejected);
       },
     });
     new Gauge({
@@ -141,7 +163,7 @@ export class Autoscaler implements Scaling {
     const reason = t.decision?.reason ?? 'steady';
     return {
       replicas: t.decider.current,
-      inFlight: t.inFlight,
+      inFlight: t.inFlightShown,
       why: t.known
         ? `${reason}: load ${totalLoad(parts)} (streams ${parts.streams}, map tasks waiting ${parts.pendingTasks}, held ${parts.held}), ${t.policy.target} per replica`
         : `${reason}: no load reports`,
@@ -194,6 +216,7 @@ export class Autoscaler implements Scaling {
       parts: { streams: 0, pendingTasks: 0, held: 0 },
       known: false,
       inFlight: 0,
+      inFlightShown: fn.status.inFlight ?? 0,
       podLoad: new Map(),
       asked: liveReplicas ?? start,
       inFlightAskedAt: 0,
@@ -232,17 +255,15 @@ export class Autoscaler implements Scaling {
         { function: key, from: before, to: desired, reason: t.decision.reason, load: totalLoad(t.parts) },
         'autoscaler decision',
       );
+      const up = desired > t.asked;
       t.asked = desired;
-      this.#o.enqueue(key);
-    } else if (t.inFlight !== this.#statusInFlight(key) && now - t.inFlightAskedAt >= IN_FLIGHT_REFRESH_MS) {
+      t.inFlightShown = t.inFlight;
+      this.#o.enqueue(key, up);
+    } else if (t.inFlight !== t.inFlightShown && now - t.inFlightAskedAt >= IN_FLIGHT_REFRESH_MS) {
       t.inFlightAskedAt = now;
-      this.#o.enqueue(key);
+      t.inFlightShown = t.inFlight;
+      this.#o.enqueue(key, false);
     }
-  }
-
-  #statusInFlight(key: string): number {
-    const [namespace = '', name = ''] = key.split('/');
-    return this.#o.function(namespace, name)?.status?.inFlight ?? 0;
   }
 
   #poll(key: string, t: Tracked, now: number): void {

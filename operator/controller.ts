@@ -44,8 +44,8 @@ export interface ControllerOptions {
   streams: MapStreams | undefined;
   metrics: OperatorMetrics;
   log: Logger;
-  /** Called for every key that needs a reconcile. */
-  enqueue: (key: string) => void;
+  /** Called for every key that needs a reconcile; `urgent` ones (a scale-up) go first. */
+  enqueue: (key: string, urgent?: boolean) => void;
 }
 
 /**

@@ -24,6 +24,7 @@ export class LoadSignal {
   #jsm: JetStreamManager | undefined;
   #sub: Subscription | undefined;
   #connecting: Promise<void> | undefined;
+  #stopped = false;
   received = 0;
   rejected = 0;
 
@@ -67,8 +68,6 @@ export class LoadSignal {
       }
     })();
   }
-
-  #stopped = false;
 
   #receive(subject: string, data: Uint8Array): void {
     const fn = functionOfSubject(subject);

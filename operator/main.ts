@@ -66,7 +66,7 @@ export async function startOperator(
     autoscale: signal ? { signal, registry: metrics.registry } : undefined,
     metrics,
     log,
-    enqueue: (key) => queue.add(key),
+    enqueue: (key, urgent) => (urgent ? queue.addFirst(key) : queue.add(key)),
   });
   const ready = () => leading && started && controller.synced;
 

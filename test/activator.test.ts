@@ -218,6 +218,16 @@ beforeAll(async () => {
 afterAll(async () => {
   await runner?.stop();
   await activator?.stop();
+  // The map function's streams go through the operator's finalizer: delete it while it runs.
+  await kube?.request('DELETE', resourcePath(SFN, 'streamingfunctions', ns, 'mapped')).catch(() => undefined);
+  await waitFor(
+    () =>
+      kube.get(resourcePath(SFN, 'streamingfunctions', ns, 'mapped')).then(
+        () => false,
+        () => true,
+      ),
+    { timeoutMs: 30_000, what: 'the map function finalized' },
+  ).catch(() => undefined);
   await op?.stop();
   await nc?.close();
   await nats?.stop();

@@ -210,7 +210,7 @@ describe('the operator follows the load reports (min 0, max 4, concurrency 2, de
         const s = (await get(fnPath(ns, 'echo')))?.status;
         return s?.desiredReplicas === 4 && s?.inFlight === 7;
       },
-      { timeoutMs: 15_000, what: 'status desiredReplicas 4, inFlight 7' },
+      { timeoutMs: 25_000, what: 'status desiredReplicas 4, inFlight 7' },
     );
     expect(await metric(op, 'sluice_autoscaler_desired_replicas', key)).toBe(4);
     expect(await metric(op, 'sluice_autoscaler_load', key)).toBe(7);
