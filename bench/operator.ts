@@ -24,6 +24,7 @@ import { start as startProcess, startSluice } from '../harness/process.ts';
 import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
 import { up } from '../scripts/cluster.ts';
 import { applyObject, waitForCrd } from '../test/support/cluster.ts';
 
@@ -136,10 +137,12 @@ function create(name: string) {
       apiVersion: 'sluice.dev/v1alpha1',
       kind: 'StreamingFunction',
       metadata: { name, namespace: ns },
-      // Room to scale (step 6); the reports of step 5 keep each one at 1.
+      // A thousand functions cannot run as processes here: kwok plays their pods. Room to scale
+      // (step 6); the reports of step 5 keep each one at 1.
       spec: {
         image: 'ghcr.io/acme/echo:1',
         map: { enabled: false },
+        tolerations: [{ key: SIMULATED_KEY, operator: 'Exists' }],
         scaling: { minReplicas: 1, maxReplicas: 3 },
       },
     },

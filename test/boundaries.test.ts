@@ -70,6 +70,8 @@ describe('module boundaries', () => {
     // The activator is data path (proxy's header rules) plus a watcher of functions (operator's
     // Kubernetes client and informer); neither of those imports it.
     ['activator', ['api', 'common', 'proxy', 'operator'], /^(@nats-io\/|prom-client$|zod$|commander$)/],
+    // The local plane's node side: a kubelet for processes, on the operator's small API client.
+    ['plane', ['common', 'operator'], /^(yaml$|zod$)/],
   ];
   it.each(allowed)('%s/ imports only %j and its own packages', async (folder, folders, packages) => {
     const edges = await importsFrom(folder);

@@ -78,7 +78,6 @@ class FakeWorld implements ReconcilerIO, MapStreams {
   writes: string[] = [];
   events: string[] = [];
   status: Record<string, unknown> | undefined;
-  podList: KubeObject[] = [];
   activatorEndpoints: ActivatorEndpoints | undefined;
 
   constructor(fn: KubeObject | undefined, objects: KubeObject[] = [], foreign: KubeObject[] = []) {
@@ -97,8 +96,10 @@ class FakeWorld implements ReconcilerIO, MapStreams {
     const entry = this.objects.get(kind.kind);
     return entry?.labelled ? entry.object : undefined;
   }
+  /** The function's pods, as the pod informer has them. */
+  podsLeft: KubeObject[] = [];
   pods() {
-    return this.podList;
+    return this.podsLeft;
   }
   async apply(kind: OwnedKind, object: KubeObject) {
     const failure = this.failApply.get(kind.kind);
@@ -256,6 +257,17 @@ const table: Row[] = [
       ),
     writes: ['remove streams', 'finalizers [other]'],
     events: ['Normal StreamsDeleted: deleted the map streams'],
+  },
+  {
+    name: 'deleted while its pods run: the Deployment goes to zero first; streams and finalizer wait',
+    world: () => {
+      const fn = sfn({}, { deletionTimestamp: '2025-01-01T00:00:00Z', finalizers: [STREAMS_FINALIZER] });
+      const world = new FakeWorld(fn, [{ ...owned('Deployment'), spec: { replicas: 2 } }]);
+      world.podsLeft = [{ metadata: { name: `${NAME}-abc`, namespace: NS } }];
+      return world;
+    },
+    writes: ['scale Deployment 2 -> 0'],
+    events: ['Normal StoppingPods: the pods stop before the map streams are deleted'],
   },
   {
     name: 'deleted while NATS fails: the finalizer stays and the reconcile is retried',
@@ -436,7 +448,7 @@ describe('Reconciler outcome tables: the scaling phase', () => {
       name: 'the autoscaler wants fewer: each pod costs its streams first (idlest go), then /scale 3 -> 1',
       world: async () => {
         const world = await settled({ scaling: { maxReplicas: 5 } }, 3, 3);
-        world.podList = [pod('echo-a', '4'), pod('echo-b'), pod('echo-c', '9')];
+        world.podsLeft = [pod('echo-a', '4'), pod('echo-b'), pod('echo-c', '9')];
         return world;
       },
       scaling: new FixedScaling({
