@@ -31,7 +31,7 @@ export class ServeScaler {
 
   constructor(options: ServeScalerOptions) {
     this.#o = options;
-    this.#decider = new ScaleDecider(options.initial);
+    this.#decider = new ScaleDecider(options.initial, options.policy.minReplicas);
   }
 
   get current(): number {

@@ -210,7 +210,7 @@ export class Autoscaler implements Scaling {
       generation,
       policy,
       mapEnabled: fn.spec.map.enabled,
-      decider: new ScaleDecider(start),
+      decider: new ScaleDecider(start, policy.minReplicas),
       decision: undefined,
       decidedAt: 0,
       parts: { streams: 0, pendingTasks: 0, held: 0 },

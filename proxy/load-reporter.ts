@@ -2,7 +2,6 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { encodeReport, type LoadReport, loadSubject } from '../common/autoscale/load-report.ts';
 import { errorMessage } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
-import { functionAccepts } from './admin.ts';
 import type { ConcurrencyLimiter } from './limiter.ts';
 
 /** Reports go out this often, and at once on a change of readiness or a drain. */
@@ -17,7 +16,8 @@ export interface LoadReporterOptions {
   replica: string;
   /** Where an activator reaches this proxy's public port. */
   url: string;
-  upstream: URL;
+  /** What /readyz says: the function answers (and map, when on, has NATS). */
+  ready: () => Promise<boolean>;
   limiter: ConcurrencyLimiter;
   draining: () => boolean;
   /** Map requests this proxy answers now (their tasks may wait in JetStream). */
@@ -28,7 +28,7 @@ export interface LoadReporterOptions {
 
 /**
  * Publishes this replica's load on `sluice.<ns>.<name>.load` (common/autoscale/load-report.ts):
- * once a second, and at once when the function first answers (so a held request is forwarded the
+ * once a second, and at once when it first turns ready (the function answers; map has NATS) (so a held request is forwarded the
  * moment the replica can take it, not on the next tick or the kubelet's next probe) and when a
  * drain starts (so no activator sends it new work). `peak` is the highest active + queued since
  * the last report: a request that comes and goes between two reports still counts as load.
@@ -60,7 +60,7 @@ export class LoadReporter {
     this.#timer.unref();
     const poll = async () => {
       if (this.#closed || this.#o.draining()) return;
-      if (await functionAccepts(this.#o.upstream, 500)) {
+      if (await this.#o.ready()) {
         this.#ready = true;
         await this.report();
         return;
@@ -104,7 +104,7 @@ export class LoadReporter {
 
   async #tick(): Promise<void> {
     if (!this.#o.draining()) {
-      const ready = await functionAccepts(this.#o.upstream, 500);
+      const ready = await this.#o.ready();
       if (ready !== this.#ready) this.#o.log.info({ ready }, 'function readiness changed');
       this.#ready = ready;
     }

@@ -7,7 +7,7 @@ import type { Registry } from 'prom-client';
 import { errorMessage } from '../common/errors.ts';
 import { createLogger, type Logger } from '../common/log.ts';
 import { jsonErrorBody, wireStatus } from '../common/wire-errors.ts';
-import { createAdminServer } from './admin.ts';
+import { createAdminServer, functionAccepts } from './admin.ts';
 import { TokenFile } from './auth.ts';
 import type { ProxyConfig } from './config.ts';
 import { ConcurrencyLimiter } from './limiter.ts';
@@ -69,7 +69,7 @@ interface LoadReports {
  */
 function startLoadReports(
   config: ProxyConfig,
-  deps: Omit<LoadReporterOptions, 'nc' | 'fn' | 'replica' | 'upstream'>,
+  deps: Omit<LoadReporterOptions, 'nc' | 'fn' | 'replica'>,
 ): LoadReports {
   const stopping = new AbortController();
   let reporter: LoadReporter | undefined;
@@ -95,7 +95,6 @@ function startLoadReports(
       nc,
       fn: config.function,
       replica,
-      upstream: new URL(config.upstream),
     });
     reporter.start();
   })();
@@ -138,14 +137,15 @@ export async function runProxy(
   });
   publicServer.on('request', handler.handle);
   publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
+  const notReadyReason = () => {
+    if (handler.draining) return 'draining: the proxy is shutting down';
+    if (map && !map.ready()) return 'map: not connected to NATS';
+    return undefined;
+  };
   const adminServer = createAdminServer({
     registry: metrics.registry,
     upstream: new URL(config.upstream),
-    notReadyReason: () => {
-      if (handler.draining) return 'draining: the proxy is shutting down';
-      if (map && !map.ready()) return 'map: not connected to NATS';
-      return undefined;
-    },
+    notReadyReason,
   });
 
   const publicPort = await listen(publicServer, config.listen.host, config.listen.port);
@@ -155,6 +155,8 @@ export async function runProxy(
     // replicas stay where they are, so a NATS that is not there yet is waited for in the background.
     reports = startLoadReports(config, {
       url: advertisedUrl(config, publicPort),
+      // What /readyz answers: an activator sends work the moment it would pass.
+      ready: async () => !notReadyReason() && (await functionAccepts(new URL(config.upstream), 500)),
       limiter,
       draining: () => handler.draining,
       maps: () => activeMaps(metrics.registry),

@@ -236,6 +236,14 @@ describe('ScaleDecider tables', () => {
       desired: 1,
       reason: 'bounds',
     });
+    // Even before the first observation: the count was set under minReplicas 3.
+    const fresh = new ScaleDecider(3, 3);
+    expect(
+      fresh.observe(undefined, scalingPolicy(spec({ minReplicas: 1, maxReplicas: 3 })), 0),
+    ).toMatchObject({
+      desired: 1,
+      reason: 'bounds',
+    });
     // With no load known (no reports), the user's count applies as well.
     const blind = new ScaleDecider(3);
     blind.observe(undefined, scalingPolicy(spec({ minReplicas: 3, maxReplicas: 3 })), 0);

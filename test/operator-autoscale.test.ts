@@ -50,7 +50,7 @@ async function operator(ns: string, ...flags: string[]): Promise<RunningOperator
     ],
     {},
   );
-  const op = await startOperator(config, createLogger('operator', 'silent'));
+  const op = await startOperator(config, createLogger('operator', process.env.OP_LOG ?? 'silent'));
   operators.push(op);
   return op;
 }

@@ -112,8 +112,10 @@ export class ScaleDecider {
   /** Samples of the delay window, oldest first, `wanted` strictly falling (a max-queue). */
   #window: Sample[] = [];
 
-  constructor(current: number) {
+  /** `minReplicas`: the policy's when the count was set (a later change is a user's kubectl scale). */
+  constructor(current: number, minReplicas?: number) {
     this.#current = current;
+    this.#min = minReplicas;
     this.#window.push({ wanted: current, until: Number.POSITIVE_INFINITY });
   }
 
