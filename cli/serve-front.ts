@@ -63,8 +63,10 @@ export function createFront(options: FrontOptions): Front {
       backend.inFlight += 1;
     } else {
       held = true;
+      const holding = holdRequest(req, res, room, options.hold);
+      // Once it is in the room, so the decision counts it.
       options.onHeld?.();
-      const outcome = await holdRequest(req, res, room, options.hold);
+      const outcome = await holding;
       if (!outcome) return;
       ({ target: backend, started } = outcome);
     }

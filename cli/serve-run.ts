@@ -191,8 +191,8 @@ export async function runServe(file: string, override: string[], options: ServeO
   }
 
   let launched = 0;
-  /** Starts one more replica: its function and the proxy in front of it. */
-  const launch = async (): Promise<Replica> => {
+  /** A replica with its proxy started and its function not yet: its name, ports and processes. */
+  const prepare = async (): Promise<Replica> => {
     const i = launched++;
     const replicaName = `${name}-${i}`;
     const [functionPort, listenPort, adminPort] = [await freePort(), await freePort(), await freePort()];
@@ -239,10 +239,27 @@ export async function runServe(file: string, override: string[], options: ServeO
         replica.ready = false;
       },
     });
-    replicas.push(replica);
     supervised.push(replica.fn, replica.proxy);
-    replica.fn.start();
     replica.proxy.start();
+    return replica;
+  };
+
+  // Following the load, the next replica's proxy is started ahead (a warm sidecar): a cold start
+  // then waits for the function alone, not for a Node process to load the proxy as well.
+  let spare: Promise<Replica> | undefined;
+  const keepSpare = () => {
+    if (fixedCount === undefined && !stopping && !spare && replicas.length < policy.maxReplicas)
+      spare = prepare();
+  };
+
+  /** Starts one more replica: its function and the proxy in front of it (the warm one, if any). */
+  const launch = async (): Promise<Replica> => {
+    const next = spare ?? prepare();
+    spare = undefined;
+    const replica = await next;
+    replicas.push(replica);
+    replica.fn.start();
+    keepSpare();
     return replica;
   };
 
@@ -267,6 +284,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       replicas.splice(replicas.indexOf(replica), 1);
       for (const s of [replica.fn, replica.proxy]) supervised.splice(supervised.indexOf(s), 1);
       serveLog.line(`${replica.name} stopped`);
+      keepSpare();
     })();
     return replica.stopping;
   };
@@ -285,6 +303,7 @@ export async function runServe(file: string, override: string[], options: ServeO
   };
 
   for (let i = 0; i < initial; i++) await launch();
+  keepSpare();
 
   const pending = natsUrl ? new PendingTasks(natsUrl, fnName) : undefined;
   if (fixedCount === undefined) {
@@ -364,7 +383,8 @@ export async function runServe(file: string, override: string[], options: ServeO
     await pending?.close();
     // Proxies first (they stop taking requests and end streams), then functions, NATS last.
     const natsProcess = natsBinary ? supervised[0] : undefined;
-    await Promise.all(replicas.map((r) => r.proxy.stop(STOP_GRACE_MS)));
+    const warm = await spare;
+    await Promise.all([...replicas, ...(warm ? [warm] : [])].map((r) => r.proxy.stop(STOP_GRACE_MS)));
     await Promise.all(replicas.map((r) => r.fn.stop(STOP_GRACE_MS)));
     await natsProcess?.stop(STOP_GRACE_MS);
     if (natsDir) rmSync(natsDir, { recursive: true, force: true });
