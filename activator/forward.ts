@@ -125,7 +125,8 @@ function errorOf(
       message: `the function answered ${type || 'a body'}, not an event stream`,
     };
   }
-  return { code: 'function_error', message: `the function answered ${status} before any event`, body };
+  // The function failed before its headers, as far as the held stream is concerned.
+  return { code: 'upstream_unavailable', message: `the function answered ${status} before any event`, body };
 }
 
 function endWithError(

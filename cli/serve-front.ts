@@ -1,10 +1,29 @@
-import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import {
+  Agent,
+  createServer,
+  type Server as HttpServer,
+  type IncomingMessage,
+  type ServerResponse,
+} from 'node:http';
+import { Http2ServerRequest } from 'node:http2';
+import type { Server, Socket } from 'node:net';
 import { forwardTo } from '../activator/forward.ts';
 import { type HoldSettings, holdRequest } from '../activator/hold.ts';
 import { type Backend, pickWithRoom } from '../activator/pick.ts';
 import { WaitingRoom } from '../activator/waiting-room.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
+import { H2Call } from '../proxy/h2/call.ts';
+import { createH2PublicServer, createPublicPort } from '../proxy/h2/public-port.ts';
+import { UpstreamPool } from '../proxy/h2/upstream-pool.ts';
+
+/** The front leaves limits to the replicas' proxies: it only relays. */
+const PASS_THROUGH = {
+  heartbeatMs: 0,
+  idleMs: Number.POSITIVE_INFINITY,
+  maxDurationMs: Number.POSITIVE_INFINITY,
+  maxBodyBytes: Number.POSITIVE_INFINITY,
+};
+const NO_COUNTERS = { events: () => {}, messages: () => {} };
 
 export interface FrontOptions {
   backends: readonly Backend[];
@@ -25,7 +44,10 @@ export interface FrontOptions {
 }
 
 export interface Front {
+  /** The listening port (HTTP/1.1 and h2c). */
   server: Server;
+  /** Its HTTP/1.1 side, where HTTP/1.1 requests arrive. */
+  http1: HttpServer;
   /** Requests held now (no replica ready). */
   room: WaitingRoom<Backend>;
   /** Hands held requests to replicas that can take them; call when readiness or load changes. */
@@ -37,10 +59,14 @@ export interface Front {
  * The front port of `sluice serve`: forwards each request to one replica's proxy and pipes the
  * response back chunk by chunk (headers flushed at once, no buffering, Nagle off), so an event
  * stream reaches the client as the proxy relays it. With no replica ready (at zero, or right
- * after start-up) it holds requests as the cluster's activator does (activator/hold.ts).
+ * after start-up) it holds requests as the cluster's activator does (activator/hold.ts). Like the
+ * proxy's, the port speaks h2c too: an HTTP/2 request (a gRPC call) goes on to the replica's
+ * proxy over HTTP/2, one stream of a connection per replica, with its trailers, deadline and
+ * cancellation.
  */
 export function createFront(options: FrontOptions): Front {
   const agent = new Agent({ keepAlive: true });
+  const pools = new Map<number, UpstreamPool>();
   const sockets = new Set<Socket>();
   const room = new WaitingRoom<Backend>();
   let turn = 0;
@@ -53,7 +79,7 @@ export function createFront(options: FrontOptions): Front {
       if (backend) backend.inFlight += 1;
       return backend;
     });
-  const server = createServer({ noDelay: true }, async (req, res) => {
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (options.intercept?.(req, res)) return;
     const arrived = performance.now();
     let backend = room.size === 0 ? pick() : undefined; // first come, first served
@@ -86,6 +112,22 @@ export function createFront(options: FrontOptions): Front {
     };
     res.on('close', release);
     if (res.destroyed) return release();
+    if (req instanceof Http2ServerRequest) {
+      let pool = pools.get(chosen.port);
+      if (!pool) {
+        pool = new UpstreamPool(`http://127.0.0.1:${chosen.port}`);
+        pools.set(chosen.port, pool);
+      }
+      const call = new H2Call(req, res, {
+        pool,
+        limits: PASS_THROUGH,
+        counters: NO_COUNTERS,
+        arrivedAt: performance.now(),
+        unavailableCode: 'replica_unavailable',
+      });
+      void call.start();
+      return;
+    }
     forwardTo(
       req,
       res,
@@ -102,18 +144,26 @@ export function createFront(options: FrontOptions): Front {
         firstByte: held ? () => options.onColdStart?.(performance.now() - arrived) : undefined,
       },
     );
-  });
-  server.on('connection', (socket: Socket) => {
+  };
+  const http1 = createServer({ noDelay: true }, handle);
+  http1.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
+  const port = createPublicPort({
+    http1,
+    http2: createH2PublicServer(handle),
+    firstBytesTimeoutMs: 60_000,
+  });
   return {
-    server,
+    server: port.server,
+    http1,
     room,
     offer,
     closeAll: () => {
-      server.close();
+      void port.close();
       for (const socket of sockets) socket.destroy();
+      for (const pool of pools.values()) pool.close();
       agent.destroy();
     },
   };

@@ -1,5 +1,5 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer } from 'node:http';
+import type { AddressInfo, Server, Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -10,6 +10,8 @@ import { jsonErrorBody, wireStatus } from '../common/wire-errors.ts';
 import { createAdminServer, functionAccepts } from './admin.ts';
 import { TokenFile } from './auth.ts';
 import type { ProxyConfig } from './config.ts';
+import { H2Forwarder } from './h2/forwarder.ts';
+import { createH2PublicServer, createPublicPort } from './h2/public-port.ts';
 import { ConcurrencyLimiter } from './limiter.ts';
 import type { LoadReporter, LoadReporterOptions } from './load-reporter.ts';
 import type { MapDependencies, MapService } from './map-service.ts';
@@ -127,7 +129,20 @@ export async function runProxy(
     config.nats && config.map
       ? await loadMap(config, { limiter, registry: metrics.registry, log })
       : undefined;
-  const handler = new PublicHandler({ config, limiter, metrics, log, tokens, map });
+  const h2 =
+    config.upstreamProtocol === 'h2c'
+      ? new H2Forwarder({
+          upstream: config.upstream,
+          metrics,
+          limits: {
+            heartbeatMs: config.heartbeat * 1000,
+            idleMs: config.idleTimeout * 1000,
+            maxDurationMs: config.maxDuration * 1000,
+            maxBodyBytes: config.maxBody,
+          },
+        })
+      : undefined;
+  const handler = new PublicHandler({ config, limiter, metrics, log, tokens, map, h2 });
 
   const publicServer = createServer({
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
@@ -142,13 +157,19 @@ export async function runProxy(
     if (map && !map.ready()) return 'map: not connected to NATS';
     return undefined;
   };
+  // HTTP/1.1 and h2c with prior knowledge share the public port (proxy/h2/public-port.ts).
+  const publicPortServer = createPublicPort({
+    http1: publicServer,
+    http2: createH2PublicServer(handler.handle),
+    firstBytesTimeoutMs: HEADERS_TIMEOUT_MS,
+  });
   const adminServer = createAdminServer({
     registry: metrics.registry,
     upstream: new URL(config.upstream),
     notReadyReason,
   });
 
-  const publicPort = await listen(publicServer, config.listen.host, config.listen.port);
+  const publicPort = await listen(publicPortServer.server, config.listen.host, config.listen.port);
   const adminPort = await listen(adminServer, config.admin.host, config.admin.port);
   if (config.nats) {
     // The autoscaler's signal (common/autoscale/load-report.ts); without it the function's
@@ -168,6 +189,7 @@ export async function runProxy(
       listen: publicPort,
       admin: adminPort,
       upstream: config.upstream,
+      upstreamProtocol: config.upstreamProtocol,
       concurrency: config.concurrency,
       map: !!map,
       loadReports: !!reports,
@@ -185,8 +207,10 @@ export async function runProxy(
     await reports?.close();
     await map?.close();
     tokens?.close();
+    h2?.close();
+    await publicPortServer.close();
     await Promise.all(
-      [publicServer, adminServer].map(
+      [adminServer].map(
         (server) =>
           new Promise<void>((resolve) => {
             server.close(() => resolve());

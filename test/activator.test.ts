@@ -305,7 +305,7 @@ describe('sluice activator: scale from zero with requests held', () => {
     const event = /event: error\ndata: (.*)\n\n$/.exec(answer.body);
     expect(event).not.toBeNull();
     expect(JSON.parse(event![1]!)).toMatchObject({
-      error: { code: 'function_error', status: 400, body: { error: { code: 'BAD_PARAMS' } } },
+      error: { code: 'upstream_unavailable', status: 400, body: { error: { code: 'BAD_PARAMS' } } },
     });
   });
 

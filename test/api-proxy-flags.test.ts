@@ -47,6 +47,22 @@ describe('proxyFlags', () => {
     expect(loadProxyConfig(flags, {}).map).toBe(mapFlags || !natsFlag);
   });
 
+  it('spec.protocol h2c: --upstream-protocol=h2c and no map (it POSTs HTTP/1.1); http: neither flag changes', () => {
+    const h2c = proxyFlags(fn({ protocol: 'h2c' }), { drain: 1, nats: 'nats://n:4222' });
+    expect(h2c).toContain('--upstream-protocol=h2c');
+    // NATS for the load reports, map off.
+    expect(h2c).toEqual(expect.arrayContaining(['--nats=nats://n:4222', '--map=false']));
+    expect(h2c.some((f) => f.startsWith('--map-path='))).toBe(false);
+    expect(loadProxyConfig(h2c, {})).toMatchObject({ upstreamProtocol: 'h2c', map: false });
+    const http = proxyFlags(fn({}), { drain: 1, nats: '' });
+    expect(http.some((f) => f.startsWith('--upstream-protocol'))).toBe(false);
+    expect(loadProxyConfig(http, {}).upstreamProtocol).toBe('http1');
+    expect(() => withDefaults({ image: 'i', protocol: 'grpc' })).toThrow();
+    expect(() => loadProxyConfig(['--upstream-protocol=h2c', '--nats=nats://n:4222'], {})).toThrow(
+      /--map \(SLUICE_MAP\): map POSTs each input over HTTP\/1.1/,
+    );
+  });
+
   it('the tokens file only with spec.auth and a placement that mounts it', () => {
     const auth = { auth: { secretName: 's' } };
     const has = (flags: string[]) => flags.includes('--auth-tokens-file=/t');

@@ -37,7 +37,7 @@ export function pathPrefix(fn: FunctionSpecOf): string {
 
 /** The `sluice proxy` flags of a function (SPEC §2), in a stable order (it is part of the pod template). */
 export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): string[] {
-  const { port, scaling, streaming, map, auth } = fn.spec;
+  const { port, protocol, scaling, streaming, map, auth } = fn.spec;
   const flags = [
     `--listen=${placement.listen ?? `0.0.0.0:${PROXY_PORT}`}`,
     `--admin=${placement.admin ?? `0.0.0.0:${PROXY_ADMIN_PORT}`}`,
@@ -52,10 +52,14 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   ];
   const prefix = pathPrefix(fn);
   if (prefix) flags.push(`--path-prefix=${prefix}`);
-  // NATS carries the load reports that autoscaling follows, with or without map.
+  // Only when it is not the default, so the pod templates of HTTP/1.1 functions stay as they were.
+  if (protocol === 'h2c') flags.push('--upstream-protocol=h2c');
+  // NATS carries the load reports that autoscaling follows, with or without map. Map POSTs each
+  // input to the function over HTTP/1.1, which an h2c function does not speak.
+  const mapOn = map.enabled && protocol !== 'h2c';
   if (placement.nats) flags.push(`--nats=${placement.nats}`);
-  if (placement.nats && !map.enabled) flags.push('--map=false');
-  if (map.enabled && placement.nats) {
+  if (placement.nats && !mapOn) flags.push('--map=false');
+  if (mapOn && placement.nats) {
     flags.push(
       `--map-path=${map.path}`,
       `--map-ack-wait=${map.ackWaitSeconds}`,

@@ -96,7 +96,8 @@ class ShuttingDown(Unavailable):
 
 
 class NoReplica(Unavailable):
-    """503 from `sluice serve`: no replica of the function is running or became ready."""
+    """503: no replica of the function became ready within its coldStartTimeoutSeconds while the
+    request was held (scale from zero, the activator or `sluice serve`)."""
 
 
 class MapUnavailable(Unavailable):
@@ -109,7 +110,8 @@ class UpstreamError(ServerError):
 
 
 class StreamTimeout(ServerError):
-    """The proxy ended a stream: silent longer than the idle timeout, or over its max duration."""
+    """The proxy ended a stream: silent longer than the idle timeout, over its max duration, or
+    (a gRPC call) past its grpc-timeout."""
 
 
 class InternalError(ServerError):
@@ -189,7 +191,7 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "queue_timeout": QueueTimeout,
         "shutting_down": ShuttingDown,
         "shutdown": ShuttingDown,
-        "no_replica": NoReplica,
+        "cold_start_timeout": NoReplica,
         "map_disabled": MapUnavailable,
         "map_unavailable": MapUnavailable,
         "nats_unavailable": MapUnavailable,
@@ -199,6 +201,7 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "replica_unavailable": UpstreamError,
         "idle_timeout": StreamTimeout,
         "max_duration": StreamTimeout,
+        "deadline_exceeded": StreamTimeout,
         "internal": InternalError,
         "map_failed": MapFailed,
     }
