@@ -19,6 +19,7 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./
+COPY activator ./activator
 COPY api ./api
 COPY bin ./bin
 COPY cli ./cli

@@ -5,14 +5,22 @@
 //     and until it reports every function Ready (pods really scheduled and run by kwok);
 //     the operator's peak RSS and the API requests it sent per function;
 //  3. apply → Deployment latency again with those 1,000 in its caches (is it flat?);
-//  4. steady state: writes the operator makes while nothing changes (should be 0).
+//  4. steady state: writes the operator makes while nothing changes (should be 0);
+//  5. autoscaling at 1,000 functions x 10 replicas: 10,000 reporters (a child process) publish one
+//     real load report a second each to a real nats-server; the operator's CPU% with them, against
+//     the steady state without them;
+//  6. a burst (an activator's held requests) -> the scale write, with those reports flowing;
+//  7. the alternative signal: what scraping one sidecar's /metrics costs the scraper, times 10,000.
 // The operator runs as a `sluice operator` child process, measured through its /metrics.
 import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
+import { connect } from '@nats-io/transport-node';
+import { encodeReport, loadSubject } from '../common/autoscale/load-report.ts';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
-import { startSluice } from '../harness/process.ts';
+import { startNats } from '../harness/nats.ts';
+import { start as startProcess, startSluice } from '../harness/process.ts';
 import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
@@ -35,6 +43,7 @@ const kube = await KubeClient.load(kubeconfig);
 const ns = `bench-${randomUUID().slice(0, 6)}`;
 await kube.request('POST', '/api/v1/namespaces', { body: { metadata: { name: ns } } });
 
+const nats = await startNats();
 const metricsPort = await freePort();
 const operator = startSluice(
   [
@@ -43,6 +52,7 @@ const operator = startSluice(
     `--namespace=${ns}`,
     `--metrics=127.0.0.1:${metricsPort}`,
     '--workers=8',
+    `--nats=${nats.url}`,
   ],
   { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn' } },
 );
@@ -52,6 +62,7 @@ async function metrics(): Promise<{
   cpuSeconds: number;
   requests: Record<string, number>;
   reconciles: number;
+  reports: number;
 }> {
   const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
   const requests: Record<string, number> = {};
@@ -63,7 +74,8 @@ async function metrics(): Promise<{
     reconciles += Number(m[1]);
   const rss = Number(/^process_resident_memory_bytes (\S+)/m.exec(text)?.[1] ?? 0);
   const cpuSeconds = Number(/^process_cpu_seconds_total (\S+)/m.exec(text)?.[1] ?? 0);
-  return { rss, cpuSeconds, requests, reconciles };
+  const reports = Number(/^sluice_autoscaler_reports_total\{result="ok"\} (\S+)/m.exec(text)?.[1] ?? 0);
+  return { rss, cpuSeconds, requests, reconciles, reports };
 }
 const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
 const writes = (r: Record<string, number>) => (r.POST ?? 0) + (r.PATCH ?? 0) + (r.PUT ?? 0) + (r.DELETE ?? 0);
@@ -75,11 +87,16 @@ const pct = (xs: number[], p: number) => {
 // The bench's own view: when each Deployment appears, and each function's Ready condition.
 const deploymentSeen = new Map<string, number>();
 const readySeen = new Map<string, number>();
+/** When each Deployment was first seen asking for 3 replicas (the burst of step 6). */
+const threeSeen = new Map<string, number>();
 const deployments = new Informer<KubeObject>(kube, {
   path: resourcePath('apps/v1', 'deployments', ns),
   onChange: (d, change) => {
     if (change !== 'deleted' && !deploymentSeen.has(d.metadata!.name!)) {
       deploymentSeen.set(d.metadata!.name!, performance.now());
+    }
+    if (change !== 'deleted' && d.spec?.replicas === 3 && !threeSeen.has(d.metadata!.name!)) {
+      threeSeen.set(d.metadata!.name!, performance.now());
     }
   },
   log,
@@ -120,11 +137,13 @@ function create(name: string) {
       apiVersion: 'sluice.dev/v1alpha1',
       kind: 'StreamingFunction',
       metadata: { name, namespace: ns },
-      // A thousand functions cannot run as processes here: kwok plays their pods.
+      // A thousand functions cannot run as processes here: kwok plays their pods. Room to scale
+      // (step 6); the reports of step 5 keep each one at 1.
       spec: {
         image: 'ghcr.io/acme/echo:1',
         map: { enabled: false },
         tolerations: [{ key: SIMULATED_KEY, operator: 'Exists' }],
+        scaling: { minReplicas: 1, maxReplicas: 3 },
       },
     },
   });
@@ -194,6 +213,101 @@ const idleBefore = await metrics();
 await new Promise((r) => setTimeout(r, 10_000));
 const idleAfter = await metrics();
 const idleWrites = writes(idleAfter.requests) - writes(idleBefore.requests);
+const idleCpuPct = ((idleAfter.cpuSeconds - idleBefore.cpuSeconds) / 10) * 100;
+
+// 5. 10,000 reporters (MANY functions x 10 replicas), one report a second each.
+const REPLICAS = Number(process.env.BENCH_REPLICAS ?? 10);
+const reporters = startProcess(process.execPath, [
+  'bench/load-reporters.ts',
+  nats.url,
+  ns,
+  'many-',
+  String(MANY),
+  String(REPLICAS),
+]);
+await waitFor(async () => (await metrics()).reports > MANY * REPLICAS * 3, {
+  timeoutMs: 60_000,
+  what: `the operator to hear the reports (${reporters.output().slice(-500)})`,
+});
+const LOAD_SECONDS = Number(process.env.BENCH_LOAD_SECONDS ?? 30);
+const loadBefore = await metrics();
+const loadT0 = performance.now();
+let loadPeakRss = loadBefore.rss;
+const loadSampler = setInterval(() => {
+  metrics()
+    .then((m) => {
+      loadPeakRss = Math.max(loadPeakRss, m.rss);
+    })
+    .catch(() => undefined);
+}, 1000);
+await new Promise((r) => setTimeout(r, LOAD_SECONDS * 1000));
+const loadAfter = await metrics();
+clearInterval(loadSampler);
+const loadWall = (performance.now() - loadT0) / 1000;
+const autoscaling = {
+  reporters: MANY * REPLICAS,
+  seconds: loadWall,
+  reportsPerSecond: (loadAfter.reports - loadBefore.reports) / loadWall,
+  operatorCpuPct: ((loadAfter.cpuSeconds - loadBefore.cpuSeconds) / loadWall) * 100,
+  idleCpuPct,
+  statusWritesPerSecond: (writes(loadAfter.requests) - writes(loadBefore.requests)) / loadWall,
+  peakRssMB: loadPeakRss / 2 ** 20,
+};
+
+// 6. Bursts while the reports flow: an activator holds 13 requests (3 replicas at 6 each).
+const activatorNc = await connect({ servers: nats.url });
+const burstLatencies: number[] = [];
+for (let i = 0; i < 5; i++) {
+  const name = `many-${i}`;
+  const t = performance.now();
+  const report = {
+    from: 'activator/bench',
+    kind: 'activator' as const,
+    active: 0,
+    queued: 0,
+    peak: 13,
+    held: 13,
+  };
+  activatorNc.publish(loadSubject(`${ns}/${name}`), encodeReport(report));
+  await waitFor(() => threeSeen.has(name), { timeoutMs: 30_000, intervalMs: 1, what: `${name} scaled to 3` });
+  burstLatencies.push(threeSeen.get(name)! - t);
+}
+await activatorNc.close();
+await reporters.stop();
+
+// 7. Scraping instead: one real sidecar's /metrics, fetched and parsed by this process.
+const proxyAdmin = await freePort();
+const proxy = startSluice([
+  'proxy',
+  `--listen=127.0.0.1:${await freePort()}`,
+  `--admin=127.0.0.1:${proxyAdmin}`,
+  '--upstream=http://127.0.0.1:9',
+]);
+await waitFor(() => fetch(`http://127.0.0.1:${proxyAdmin}/healthz`).then((r) => r.ok), { what: 'a proxy' });
+const SCRAPES = 500;
+let scrapeBytes = 0;
+const cpu0 = process.cpuUsage();
+const scrapeT0 = performance.now();
+for (let i = 0; i < SCRAPES; i++) {
+  const text = await (await fetch(`http://127.0.0.1:${proxyAdmin}/metrics`)).text();
+  scrapeBytes = text.length;
+  // What a scraper needs from it: the streams in flight and the queue.
+  for (const line of text.split('\n')) {
+    if (line.startsWith('sluice_proxy_streams_active ') || line.startsWith('sluice_proxy_queue_waiting ')) {
+      Number(line.split(' ')[1]);
+    }
+  }
+}
+const cpu1 = process.cpuUsage(cpu0);
+const scrapeCpuMs = (cpu1.user + cpu1.system) / 1000 / SCRAPES;
+const scrapeWallMs = (performance.now() - scrapeT0) / SCRAPES;
+await proxy.stop();
+const scraping = {
+  bytesPerScrape: scrapeBytes,
+  scraperCpuMsPerScrape: scrapeCpuMs,
+  wallMsPerScrape: scrapeWallMs,
+  scraperCpuPctAt10kPerSecond: scrapeCpuMs * MANY * REPLICAS * 0.1,
+};
 
 const results = {
   date: new Date().toISOString(),
@@ -212,6 +326,9 @@ const results = {
   },
   operatorPeakRssMB: peakRss / 2 ** 20,
   steadyStateWrites10s: idleWrites,
+  autoscaling,
+  burstToScaleMs: { p50: pct(burstLatencies, 50), max: Math.max(...burstLatencies) },
+  scraping,
   loadAverage: { start: loadAtStart, end: loadavg()[0]! },
 };
 console.log(JSON.stringify(results, null, 2));
@@ -236,6 +353,13 @@ shared with other work): latencies are dominated by the API server's own CPU sha
 | operator CPU per function (all its reconciles) | ${f(results.many.operatorCpuMsPerFunction, 1)} ms | |
 | API requests per function (all verbs) / writes | ${f(results.many.requestsPerFunction, 2)} / ${f(results.many.writesPerFunction, 2)} | |
 | writes in 10 s of steady state | ${idleWrites} | 0 |
+| operator CPU, steady state (no load reports) | ${f(idleCpuPct, 1)} % of a core | |
+| **autoscaling**: ${autoscaling.reporters} reporters (${MANY} functions x ${REPLICAS} replicas), reports received | ${f(autoscaling.reportsPerSecond)} /s | ${autoscaling.reporters} /s |
+| … operator CPU while deciding on them (one decision per function a second) | ${f(autoscaling.operatorCpuPct, 1)} % of a core | ≤ 25 % |
+| … status writes (inFlight refreshed at most every 15 s per function) | ${f(autoscaling.statusWritesPerSecond, 1)} /s | |
+| … operator peak RSS | ${f(autoscaling.peakRssMB)} MB | ≤ 150 MB |
+| burst (13 held requests) → Deployment scaled to 3, p50 / max of 5 | ${f(results.burstToScaleMs.p50)} ms / ${f(results.burstToScaleMs.max)} ms | ≤ 2,000 ms |
+| the alternative: scraping one sidecar's /metrics (${f(scraping.bytesPerScrape / 1024, 1)} KiB), scraper CPU | ${f(scraping.scraperCpuMsPerScrape, 2)} ms per scrape = ${f(scraping.scraperCpuPctAt10kPerSecond)} % of a core at ${autoscaling.reporters}/s | |
 
 Requests during the ${MANY}: ${Object.entries(delta)
   .map(([k, v]) => `${k} ${v}`)
@@ -258,6 +382,7 @@ await writeFile(path, doc);
 
 clearInterval(sampler);
 await operator.stop();
+await nats.stop();
 await deployments.stop();
 await functions.stop();
 await kube.request('DELETE', `/api/v1/namespaces/${ns}`).catch(() => undefined);

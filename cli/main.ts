@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { registerActivatorCommand } from '../activator/command.ts';
 import { registerOperatorCommand } from '../operator/command.ts';
 import { registerProxyCommand } from '../proxy/command.ts';
 import { registerClientCommands } from './client-commands.ts';
@@ -12,6 +13,7 @@ const program = new Command('sluice')
   .enablePositionalOptions();
 registerProxyCommand(program);
 registerOperatorCommand(program);
+registerActivatorCommand(program);
 registerServeCommand(program);
 registerClientCommands(program);
 

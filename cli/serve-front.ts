@@ -3,16 +3,18 @@ import {
   createServer,
   type Server as HttpServer,
   type IncomingMessage,
-  request,
   type ServerResponse,
 } from 'node:http';
 import { Http2ServerRequest } from 'node:http2';
 import type { Server, Socket } from 'node:net';
+import { forwardTo } from '../activator/forward.ts';
+import { type HoldSettings, holdRequest } from '../activator/hold.ts';
+import { type Backend, pickWithRoom } from '../activator/pick.ts';
+import { WaitingRoom } from '../activator/waiting-room.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
 import { H2Call } from '../proxy/h2/call.ts';
 import { createH2PublicServer, createPublicPort } from '../proxy/h2/public-port.ts';
 import { UpstreamPool } from '../proxy/h2/upstream-pool.ts';
-import { endToEndHeaders } from '../proxy/headers.ts';
 
 /** The front leaves limits to the replicas' proxies: it only relays. */
 const PASS_THROUGH = {
@@ -23,76 +25,98 @@ const PASS_THROUGH = {
 };
 const NO_COUNTERS = { events: () => {}, messages: () => {} };
 
-export interface Backend {
-  name: string;
-  port: number;
-  ready: boolean;
-  inFlight: number;
-}
-
-/** Least requests in flight among ready backends; ties go round-robin so idle replicas share the load. */
-export function pickBackend(backends: readonly Backend[], turn: number): Backend | undefined {
-  const ready = backends.filter((b) => b.ready);
-  const pool = ready.length > 0 ? ready : backends;
-  let best: Backend | undefined;
-  for (let i = 0; i < pool.length; i++) {
-    const candidate = pool[(turn + i) % pool.length]!;
-    if (!best || candidate.inFlight < best.inFlight) best = candidate;
-  }
-  return best;
-}
-
 export interface FrontOptions {
   backends: readonly Backend[];
-  /** How long a request that arrives while no replica is ready waits for one (default 30 s). */
-  readyWaitMs?: number;
+  /** How requests are held while no replica is ready (from the spec). */
+  hold: HoldSettings;
+  /** spec.scaling.concurrency: the streams one replica takes at once. */
+  concurrency: number;
+  /** More replicas may be started (below maxReplicas, autoscaling on). */
+  canGrow?: () => boolean;
   /** Answers a request itself instead of forwarding it (map without NATS); true when it did. */
   intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  /** A request is held now (no replica ready): the autoscaler should act at once. */
+  onHeld?: () => void;
+  /** Whether a request is load for the autoscaler (default: every one). */
+  countsAsLoad?: (req: IncomingMessage) => boolean;
+  /** A held request's first byte reached its client, this long after it arrived. */
+  onColdStart?: (firstByteMs: number) => void;
+}
+
+export interface Front {
+  /** The listening port (HTTP/1.1 and h2c). */
+  server: Server;
+  /** Its HTTP/1.1 side, where HTTP/1.1 requests arrive. */
+  http1: HttpServer;
+  /** Requests held now (no replica ready). */
+  room: WaitingRoom<Backend>;
+  /** Hands held requests to replicas that can take them; call when readiness or load changes. */
+  offer: () => void;
+  closeAll: () => void;
 }
 
 /**
  * The front port of `sluice serve`: forwards each request to one replica's proxy and pipes the
  * response back chunk by chunk (headers flushed at once, no buffering, Nagle off), so an event
- * stream reaches the client as the proxy relays it. A client that leaves aborts the upstream
- * request, which the proxy passes on to the function. Like the proxy's, the port speaks h2c
- * too: an HTTP/2 request (a gRPC call) goes on to the replica's proxy over HTTP/2, one stream
- * of a connection per replica, with its trailers, deadline and cancellation.
+ * stream reaches the client as the proxy relays it. With no replica ready (at zero, or right
+ * after start-up) it holds requests as the cluster's activator does (activator/hold.ts). Like the
+ * proxy's, the port speaks h2c too: an HTTP/2 request (a gRPC call) goes on to the replica's
+ * proxy over HTTP/2, one stream of a connection per replica, with its trailers, deadline and
+ * cancellation.
  */
-export function createFront(options: FrontOptions): {
-  /** The listening port (both protocols). */
-  server: Server;
-  /** Its HTTP/1.1 side, where HTTP/1.1 requests arrive. */
-  http1: HttpServer;
-  closeAll: () => void;
-} {
+export function createFront(options: FrontOptions): Front {
   const agent = new Agent({ keepAlive: true });
   const pools = new Map<number, UpstreamPool>();
   const sockets = new Set<Socket>();
+  const room = new WaitingRoom<Backend>();
   let turn = 0;
-  const readyWaitMs = options.readyWaitMs ?? 30_000;
+  const pick = () =>
+    pickWithRoom(options.backends, options.concurrency, turn++, options.canGrow?.() ?? false);
+  const offer = () =>
+    room.offer(() => {
+      const backend = pick();
+      // Reserved at once, so one offer never hands every held request to the same replica.
+      if (backend) backend.inFlight += 1;
+      return backend;
+    });
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (options.intercept?.(req, res)) return;
-    // Right after start-up (or while every function restarts) a request waits for a replica
-    // to turn ready, as the proxy's own queue would, instead of failing with a 502.
-    if (!(await someReady(options.backends, readyWaitMs, res))) {
-      if (res.destroyed) return;
-      res.setHeader('retry-after', '1');
-      return sendJsonError(res, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
+    const arrived = performance.now();
+    let backend = room.size === 0 ? pick() : undefined; // first come, first served
+    let started = false;
+    let held = false;
+    if (backend) {
+      backend.inFlight += 1;
+    } else {
+      held = true;
+      const holding = holdRequest(req, res, room, options.hold);
+      // Once it is in the room, so the decision counts it.
+      options.onHeld?.();
+      const outcome = await holding;
+      if (!outcome) return;
+      ({ target: backend, started } = outcome);
     }
-    const backend = pickBackend(options.backends, turn++);
-    if (!backend) return sendJsonError(res, 'no_replica', 'no replica is running');
-    backend.inFlight += 1;
+    const chosen = backend;
+    const load = options.countsAsLoad?.(req) ?? true;
+    if (load) {
+      chosen.load += 1;
+      chosen.peak = Math.max(chosen.peak, chosen.load);
+    }
     let released = false;
     const release = () => {
-      if (!released) backend.inFlight -= 1;
+      if (released) return;
       released = true;
+      chosen.inFlight -= 1;
+      if (load) chosen.load -= 1;
+      offer();
     };
+    res.on('close', release);
+    if (res.destroyed) return release();
     if (req instanceof Http2ServerRequest) {
-      res.once('close', release);
-      let pool = pools.get(backend.port);
+      let pool = pools.get(chosen.port);
       if (!pool) {
-        pool = new UpstreamPool(`http://127.0.0.1:${backend.port}`);
-        pools.set(backend.port, pool);
+        pool = new UpstreamPool(`http://127.0.0.1:${chosen.port}`);
+        pools.set(chosen.port, pool);
       }
       const call = new H2Call(req, res, {
         pool,
@@ -104,39 +128,22 @@ export function createFront(options: FrontOptions): {
       void call.start();
       return;
     }
-    const headers = endToEndHeaders(req.headers);
-    const upstream = request({
-      host: '127.0.0.1',
-      port: backend.port,
-      method: req.method,
-      path: req.url,
-      headers,
-      agent,
-    });
-    upstream.on('socket', (socket) => socket.setNoDelay(true));
-    upstream.on('response', (response: IncomingMessage) => {
-      res.writeHead(response.statusCode ?? 502, endToEndHeaders(response.headers));
-      res.flushHeaders();
-      response.pipe(res);
-      // The proxy ended the stream abruptly: end the client's the same way rather than cleanly.
-      response.on('aborted', () => res.destroy());
-      response.on('error', () => res.destroy());
-    });
-    upstream.on('error', (err: NodeJS.ErrnoException) => {
-      release();
-      if (res.headersSent) res.destroy(err);
-      else
-        sendJsonError(
-          res,
-          'replica_unavailable',
-          `${backend.name} did not answer (${err.code ?? err.message})`,
-        );
-    });
-    res.on('close', () => {
-      release();
-      if (!res.writableFinished) upstream.destroy();
-    });
-    req.pipe(upstream);
+    forwardTo(
+      req,
+      res,
+      { host: '127.0.0.1', port: chosen.port },
+      {
+        agent,
+        started,
+        unavailable: (err) =>
+          sendJsonError(
+            res,
+            'replica_unavailable',
+            `${chosen.name} did not answer (${err.code ?? err.message})`,
+          ),
+        firstByte: held ? () => options.onColdStart?.(performance.now() - arrived) : undefined,
+      },
+    );
   };
   const http1 = createServer({ noDelay: true }, handle);
   http1.on('connection', (socket: Socket) => {
@@ -151,6 +158,8 @@ export function createFront(options: FrontOptions): {
   return {
     server: port.server,
     http1,
+    room,
+    offer,
     closeAll: () => {
       void port.close();
       for (const socket of sockets) socket.destroy();
@@ -158,19 +167,4 @@ export function createFront(options: FrontOptions): {
       agent.destroy();
     },
   };
-}
-
-/** Resolves true once a backend is ready, false after `timeoutMs` or when the client leaves. */
-async function someReady(
-  backends: readonly Backend[],
-  timeoutMs: number,
-  res: ServerResponse,
-): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (!backends.some((b) => b.ready)) {
-    if (res.destroyed || Date.now() >= deadline) return false;
-    // Readiness is polled by serve every few hundred ms; a short wait here costs nothing.
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return true;
 }

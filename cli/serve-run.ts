@@ -1,18 +1,25 @@
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import type { Backend } from '../activator/pick.ts';
 import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
 import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
+import { type LoadParts, scalingPolicy } from '../common/autoscale/decision.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
-import { type Backend, createFront } from './serve-front.ts';
+import { createFront } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
+import { PendingTasks } from './serve-pending.ts';
 import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
+import { describeScale, ServeScaler } from './serve-scaler.ts';
 
 const SLUICE_BIN = fileURLToPath(new URL('../bin/sluice.js', import.meta.url));
 const STOP_GRACE_MS = 5_000;
+/** What serve runs at most, whatever spec.scaling.maxReplicas says (as --replicas). */
+const MAX_LOCAL_REPLICAS = 64;
 const NATS_MISSING =
   'map needs a local nats-server with JetStream, which was not found on PATH: install it with `npm run setup` ' +
   '(or `apt-get install nats-server`) and restart sluice serve';
@@ -34,6 +41,12 @@ interface Replica extends Backend {
   adminPort: number;
   fn: Supervised;
   proxy: Supervised;
+  /** A readiness check is on its way. */
+  checking?: boolean;
+  /** Set once it is being stopped (it no longer counts as running). */
+  stopping?: Promise<void>;
+  /** Its processes are being stopped: too late to keep it. */
+  halting?: boolean;
 }
 
 /** `sluice serve`: runs until SIGINT/SIGTERM, then stops every process it started. */
@@ -41,18 +54,15 @@ export async function runServe(file: string, override: string[], options: ServeO
   const serveLog = new PrefixedLog('serve', 7);
   let fn: StreamingFunction;
   let command: string[];
-  let replicaCount: number;
+  let fixedCount: number | undefined;
   let frontPort: number;
   try {
     fn = await loadManifest(file);
     command = functionCommand(fn, override, file);
-    replicaCount = parseCount(
-      '--replicas',
-      options.replicas,
-      Math.max(1, fn.spec.scaling.minReplicas),
-      1,
-      64,
-    );
+    fixedCount =
+      options.replicas === undefined
+        ? undefined
+        : parseCount('--replicas', options.replicas, 1, 1, MAX_LOCAL_REPLICAS);
     frontPort = parseCount('--port', options.port, 8080, 0, 65535);
   } catch (err) {
     if (err instanceof ManifestError) {
@@ -93,18 +103,43 @@ export async function runServe(file: string, override: string[], options: ServeO
   const replicas: Replica[] = [];
   let natsUrl = '';
   const prefix = pathPrefix(fn);
+  const fnName = `${fn.metadata.namespace ?? 'default'}/${name}`;
+  const localPath = (req: { url?: string }) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    return prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
+  };
+  const isMapRequest = (req: { url?: string }) => {
+    const local = localPath(req);
+    return local === '/_sluice/map' || local.startsWith('/_sluice/map/');
+  };
+  let scaler: ServeScaler | undefined;
+  const policy = scalingPolicy({
+    ...fn.spec.scaling,
+    maxReplicas: Math.max(
+      fn.spec.scaling.minReplicas,
+      Math.min(fn.spec.scaling.maxReplicas, MAX_LOCAL_REPLICAS),
+    ),
+  });
   const front = createFront({
     backends: replicas,
+    concurrency: fn.spec.scaling.concurrency,
+    hold: {
+      fn: fnName,
+      timeoutMs: fn.spec.scaling.coldStartTimeoutSeconds * 1000,
+      heartbeatMs: fn.spec.streaming.heartbeatSeconds * 1000,
+    },
     intercept: (req, res) => {
-      if (natsUrl || !fn.spec.map.enabled) return false;
-      const path = (req.url ?? '/').split('?')[0]!;
-      const local = prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
-      if (local !== '/_sluice/map' && !local.startsWith('/_sluice/map/')) return false;
+      if (natsUrl || !fn.spec.map.enabled || !isMapRequest(req)) return false;
       sendJsonError(res, 'map_unavailable', NATS_MISSING);
       return true;
     },
+    // A map request's tasks are load where they wait (JetStream), not the request itself.
+    countsAsLoad: (req) => !isMapRequest(req),
+    canGrow: () => scaler !== undefined && replicas.filter((r) => !r.draining).length < policy.maxReplicas,
+    onHeld: () => void scaler?.decide(),
+    onColdStart: (ms) =>
+      serveLog.line(`cold start: a held request got its first byte after ${Math.round(ms)} ms`),
   });
-
   // The front port first: a port in use stops serve before anything else starts, and the
   // functions learn their own URL (SLUICE_URL) for calling themselves (map) or peers.
   try {
@@ -121,7 +156,12 @@ export async function runServe(file: string, override: string[], options: ServeO
   const address = front.server.address();
   if (typeof address === 'object' && address) frontPort = address.port;
   const frontUrl = `http://${options.host === '0.0.0.0' ? '127.0.0.1' : options.host}:${frontPort}`;
-  serveLog.line(`front port ${options.host}:${frontPort} -> ${replicaCount} replica(s) of ${name}`);
+  const initial = fixedCount ?? policy.minReplicas;
+  serveLog.line(
+    fixedCount === undefined
+      ? `front port ${options.host}:${frontPort} -> ${name}, ${policy.minReplicas} to ${policy.maxReplicas} replica(s) following the load (${policy.target} streams each; --replicas N for a fixed count)`
+      : `front port ${options.host}:${frontPort} -> ${fixedCount} replica(s) of ${name}`,
+  );
 
   // NATS for map: started only when the spec enables map and nats-server is installed.
   let natsDir: string | undefined;
@@ -150,10 +190,21 @@ export async function runServe(file: string, override: string[], options: ServeO
     serveLog.line(`map is off: ${NATS_MISSING}`);
   }
 
-  for (let i = 0; i < replicaCount; i++) {
+  let launched = 0;
+  /** A replica with its proxy started and its function not yet: its name, ports and processes. */
+  const prepare = async (): Promise<Replica> => {
+    const i = launched++;
     const replicaName = `${name}-${i}`;
     const [functionPort, listenPort, adminPort] = [await freePort(), await freePort(), await freePort()];
-    const replica = { name: replicaName, port: listenPort, adminPort, ready: false, inFlight: 0 } as Replica;
+    const replica = {
+      name: replicaName,
+      port: listenPort,
+      adminPort,
+      ready: false,
+      inFlight: 0,
+      load: 0,
+      peak: 0,
+    } as Replica;
     replica.fn = new Supervised({
       label: `${replicaName} fn`,
       command: command[0]!,
@@ -188,18 +239,105 @@ export async function runServe(file: string, override: string[], options: ServeO
         replica.ready = false;
       },
     });
-    replicas.push(replica);
     supervised.push(replica.fn, replica.proxy);
-    replica.fn.start();
     replica.proxy.start();
+    return replica;
+  };
+
+  // Following the load, the next replica's proxy is started ahead (a warm sidecar): a cold start
+  // then waits for the function alone, not for a Node process to load the proxy as well.
+  let spare: Promise<Replica> | undefined;
+  const keepSpare = () => {
+    if (fixedCount === undefined && !stopping && !spare && replicas.length < policy.maxReplicas)
+      spare = prepare();
+  };
+
+  /** Starts one more replica: its function and the proxy in front of it (the warm one, if any). */
+  const launch = async (): Promise<Replica> => {
+    const next = spare ?? prepare();
+    spare = undefined;
+    const replica = await next;
+    replicas.push(replica);
+    replica.fn.start();
+    keepSpare();
+    return replica;
+  };
+
+  /**
+   * Stops a replica the load no longer needs: it takes nothing new at once, and its processes
+   * stop only once the streams it serves have ended (never cut one).
+   */
+  const retire = (replica: Replica): Promise<void> => {
+    replica.draining = true;
+    replica.stopping ??= (async () => {
+      if (replica.inFlight > 0) {
+        serveLog.line(`${replica.name} stops once its ${replica.inFlight} request(s) end`);
+        while (replica.inFlight > 0 && replica.draining && !stopping) await sleep(100);
+        if (!replica.draining) {
+          replica.stopping = undefined; // needed again before it was idle: it stays
+          return;
+        }
+      }
+      replica.halting = true;
+      await replica.proxy.stop(STOP_GRACE_MS);
+      await replica.fn.stop(STOP_GRACE_MS);
+      replicas.splice(replicas.indexOf(replica), 1);
+      for (const s of [replica.fn, replica.proxy]) supervised.splice(supervised.indexOf(s), 1);
+      serveLog.line(`${replica.name} stopped`);
+      keepSpare();
+    })();
+    return replica.stopping;
+  };
+
+  const running = () => replicas.filter((r) => !r.draining);
+  const scaleTo = async (to: number) => {
+    const now = running();
+    if (to > now.length) {
+      // A replica still finishing its streams is the quickest one to have back.
+      for (const r of replicas) if (r.draining && !r.halting && running().length < to) r.draining = false;
+      while (running().length < to) await launch();
+    } else {
+      const idlest = [...now].sort((a, b) => a.inFlight - b.inFlight).slice(0, now.length - to);
+      for (const r of idlest) void retire(r);
+    }
+  };
+
+  for (let i = 0; i < initial; i++) await launch();
+  keepSpare();
+
+  const pending = natsUrl ? new PendingTasks(natsUrl, fnName) : undefined;
+  if (fixedCount === undefined) {
+    scaler = new ServeScaler({
+      policy,
+      initial,
+      load: async (): Promise<LoadParts> => {
+        let streams = 0;
+        for (const r of replicas) {
+          if (!r.draining) streams += Math.max(r.peak, r.load);
+          r.peak = r.load;
+        }
+        // Held now, not the interval's highest: a request held a moment ago is in a replica's peak
+        // by now, and counting it twice would start a replica nobody needs.
+        return { streams, held: front.room.size, pendingTasks: (await pending?.count()) ?? 0 };
+      },
+      scaleTo: (from, to, decision, parts) => {
+        serveLog.line(
+          describeScale(from, to, decision, parts, policy, fn.spec.scaling.scaleDownDelaySeconds),
+        );
+        void scaleTo(to);
+      },
+    });
+    scaler.start();
   }
 
   // Readiness: a replica takes requests once its proxy's /readyz says the function answers.
+  // Checked often while one starts: a held request goes the moment it can.
   const readiness = setInterval(() => {
-    for (const replica of replicas) if (!replica.ready) void checkReady(replica);
-  }, 250);
+    for (const replica of replicas) if (!replica.ready && !replica.checking) void checkReady(replica);
+  }, 25);
   let announced = false;
   const checkReady = async (replica: Replica) => {
+    replica.checking = true;
     try {
       const response = await fetch(`http://127.0.0.1:${replica.adminPort}/readyz`, {
         signal: AbortSignal.timeout(1000),
@@ -208,27 +346,45 @@ export async function runServe(file: string, override: string[], options: ServeO
       replica.ready = response.ok;
     } catch {
       replica.ready = false;
+    } finally {
+      replica.checking = false;
     }
+    if (replica.ready) front.offer();
     if (!announced && replicas.every((r) => r.ready)) {
       announced = true;
-      const url = frontUrl;
-      serveLog.line(`${name} ready with ${replicas.length} replica(s) on ${url}`);
-      serveLog.line(`  curl --no-buffer ${url}/`);
-      if (natsUrl) {
-        serveLog.line(`  curl --no-buffer -X POST ${url}/_sluice/map -d '{"inputs":[1,2,3]}'`);
-      }
+      announce();
     }
   };
+  const announce = () => {
+    const url = frontUrl;
+    const count = replicas.length;
+    serveLog.line(
+      count === 0
+        ? `${name} ready, scaled to zero: the first request starts a replica (and is held until it answers)`
+        : `${name} ready with ${count} replica(s) on ${url}`,
+    );
+    serveLog.line(`  curl --no-buffer ${url}/`);
+    if (natsUrl) {
+      serveLog.line(`  curl --no-buffer -X POST ${url}/_sluice/map -d '{"inputs":[1,2,3]}'`);
+    }
+  };
+  if (replicas.length === 0) {
+    announced = true;
+    announce();
+  }
 
   async function shutdown(code: number): Promise<void> {
     if (stopping) return;
     stopping = true;
     clearInterval(readiness);
+    scaler?.stop();
     serveLog.line('stopping');
     front.closeAll();
+    await pending?.close();
     // Proxies first (they stop taking requests and end streams), then functions, NATS last.
     const natsProcess = natsBinary ? supervised[0] : undefined;
-    await Promise.all(replicas.map((r) => r.proxy.stop(STOP_GRACE_MS)));
+    const warm = await spare;
+    await Promise.all([...replicas, ...(warm ? [warm] : [])].map((r) => r.proxy.stop(STOP_GRACE_MS)));
     await Promise.all(replicas.map((r) => r.fn.stop(STOP_GRACE_MS)));
     await natsProcess?.stop(STOP_GRACE_MS);
     if (natsDir) rmSync(natsDir, { recursive: true, force: true });

@@ -45,6 +45,11 @@ export const WIRE_ERRORS = {
   },
   shutdown: { status: 503, meaning: 'the drain period ended while the request was queued or streaming' },
   internal: { status: 500, meaning: 'a bug in the proxy; the log line of the request id has the stack' },
+  cold_start_timeout: {
+    status: 503,
+    meaning:
+      'no replica became ready within coldStartTimeoutSeconds; the body names the function and the wait',
+  },
   // Map (SPEC §2)
   map_disabled: { status: 503, meaning: '/_sluice/map on a proxy without --nats' },
   nats_unavailable: { status: 503, meaning: 'map needs NATS, which is not connected now; retry' },
@@ -62,7 +67,6 @@ export const WIRE_ERRORS = {
     meaning: 'the whole map ended early (NATS gone too long; a cancelled map ends with done instead)',
   },
   // `sluice serve`'s front port
-  no_replica: { status: 503, meaning: 'sluice serve: no replica is running or became ready in time' },
   replica_unavailable: { status: 502, meaning: 'sluice serve: the chosen replica did not answer' },
   map_unavailable: {
     status: 503,
@@ -93,6 +97,7 @@ export const WIRE_GRPC_STATUS = {
   shutting_down: 'UNAVAILABLE',
   shutdown: 'UNAVAILABLE',
   internal: 'INTERNAL',
+  cold_start_timeout: 'UNAVAILABLE',
   map_disabled: 'UNIMPLEMENTED',
   nats_unavailable: 'UNAVAILABLE',
   invalid_json: 'INVALID_ARGUMENT',
@@ -102,7 +107,6 @@ export const WIRE_GRPC_STATUS = {
   input_too_large: 'RESOURCE_EXHAUSTED',
   map_not_found: 'NOT_FOUND',
   map_failed: 'ABORTED',
-  no_replica: 'UNAVAILABLE',
   replica_unavailable: 'UNAVAILABLE',
   map_unavailable: 'UNAVAILABLE',
 } as const satisfies Record<WireCode, GrpcStatusName>;
@@ -144,13 +148,15 @@ export class WireError<C extends WireCode = WireCode> extends SluiceError {
 
 /**
  * Answers `{"error":{"code","message"}}` with the code's status, unless a response already
- * started. A gRPC call gets a trailers-only response with the code's gRPC status instead.
+ * started (`details` add fields beside them: `"function"`, `"waitedSeconds"`). A gRPC call gets a
+ * trailers-only response with the code's gRPC status instead.
  */
 export function sendJsonError(
   res: ServerResponse | Http2ServerResponse,
   code: ResponseCode,
   message: string,
   headers: OutgoingHttpHeaders = {},
+  details?: Record<string, unknown>,
 ): void {
   if (res.headersSent) {
     // Too late for a status line: the caller decides how to end a started response.
@@ -162,7 +168,7 @@ export function sendJsonError(
   }
   // HTTP/2 has no connection-specific fields (Node would drop them with a warning).
   if (res instanceof Http2ServerResponse) delete headers.connection;
-  const body = jsonErrorBody(code, message);
+  const body = jsonErrorBody(code, message, details);
   res.writeHead(wireStatus(code), {
     ...headers,
     'content-type': 'application/json; charset=utf-8',
@@ -197,8 +203,8 @@ export function sendGrpcError(
 }
 
 /** `{"error":{"code","message"}}`: a JSON error body, and the data of an `event: error` that ends a stream. */
-export function jsonErrorBody(code: WireCode, message: string): string {
-  return JSON.stringify({ error: { code, message } });
+export function jsonErrorBody(code: WireCode, message: string, details?: Record<string, unknown>): string {
+  return JSON.stringify({ error: { code, message, ...details } });
 }
 
 export const errorEventData = jsonErrorBody;

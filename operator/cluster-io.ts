@@ -4,7 +4,7 @@ import { FIELD_MANAGER } from './desired.ts';
 import type { FunctionView } from './function.ts';
 import type { Informer } from './informer.ts';
 import { isNotFound, type KubeClient, type KubeObject, resourcePath } from './kube.ts';
-import type { OwnedKind, ReconcilerIO } from './reconciler-io.ts';
+import type { ActivatorEndpoints, OwnedKind, ReconcilerIO } from './reconciler-io.ts';
 
 const functionPath = (namespace: string, name: string, subresource = '') =>
   resourcePath(API_VERSION, PLURAL, namespace, name, subresource);
@@ -17,6 +17,7 @@ export class ClusterIO implements ReconcilerIO {
   readonly #functions: Informer<KubeObject>;
   readonly #owned: Map<string, Informer<KubeObject>>;
   readonly #pods: Informer<KubeObject>;
+  readonly #activator: () => ActivatorEndpoints | undefined;
   readonly #log: Logger;
 
   constructor(options: {
@@ -24,12 +25,15 @@ export class ClusterIO implements ReconcilerIO {
     functions: Informer<KubeObject>;
     owned: Map<string, Informer<KubeObject>>;
     pods: Informer<KubeObject>;
+    /** The activator's endpoints (its Service's EndpointSlices); undefined without --activator. */
+    activator?: () => ActivatorEndpoints | undefined;
     log: Logger;
   }) {
     this.#client = options.client;
     this.#functions = options.functions;
     this.#owned = options.owned;
     this.#pods = options.pods;
+    this.#activator = options.activator ?? (() => undefined);
     this.#log = options.log;
   }
 
@@ -50,7 +54,7 @@ export class ClusterIO implements ReconcilerIO {
   }
 
   labelled(kind: OwnedKind, namespace: string, name: string): KubeObject | undefined {
-    return this.#owned.get(kind.kind)!.get(namespace, name);
+    return this.#owned.get(kind.kind)?.get(namespace, name);
   }
 
   pods(key: string): KubeObject[] {
@@ -74,6 +78,24 @@ export class ClusterIO implements ReconcilerIO {
 
   async patchStatus(namespace: string, name: string, status: unknown): Promise<void> {
     await this.#client.mergePatch(functionPath(namespace, name, 'status'), { status });
+  }
+
+  async scale(namespace: string, name: string, replicas: number): Promise<void> {
+    await this.#client.mergePatch(
+      resourcePath('apps/v1', 'deployments', namespace, name, 'scale'),
+      { spec: { replicas } },
+      { fieldManager: FIELD_MANAGER },
+    );
+  }
+
+  async patchPod(namespace: string, name: string, patch: unknown): Promise<void> {
+    await this.#client.mergePatch(resourcePath('v1', 'pods', namespace, name), patch, {
+      fieldManager: FIELD_MANAGER,
+    });
+  }
+
+  activator(): ActivatorEndpoints | undefined {
+    return this.#activator();
   }
 
   event(fn: FunctionView, type: 'Normal' | 'Warning', reason: string, message: string): void {

@@ -105,11 +105,20 @@ export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
       description: 'GPU extended resource for functions that name none',
     },
     {
-      flag: 'drain',
-      env: 'SLUICE_DRAIN',
+      flag: 'max-drain',
+      env: 'SLUICE_MAX_DRAIN',
       arg: '<seconds>',
-      default: '20',
-      description: "sidecar's drain on SIGTERM; the pod's grace period is set above it",
+      default: '3600',
+      description:
+        "most seconds a pod's sidecar lets streams finish on SIGTERM: its drain is spec.streaming.maxDurationSeconds up to this; the grace period is set above it",
+    },
+    {
+      flag: 'activator',
+      env: 'SLUICE_ACTIVATOR',
+      arg: '<namespace/service>',
+      default: '',
+      description:
+        "the activator's Service: a function with no ready replica routes to it, and it holds requests (scale from zero); empty: none",
     },
   ] as const satisfies readonly SettingSpec[];
 }
@@ -131,7 +140,17 @@ export const operatorConfigSchema = z.object({
   mapStreamReplicas: z.coerce.number().int().min(1).max(5),
   ingressClass: z.string(),
   gpuResourceName: z.string().regex(/^[a-z0-9.-]+\/[a-z0-9.-]+$/, 'expected vendor/resource'),
-  drain: z.coerce.number().int().min(0).max(3600),
+  maxDrain: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(7 * 86_400),
+  activator: z.union([
+    z.literal(''),
+    z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'expected namespace/service'),
+  ]),
 });
 
 export type OperatorConfig = z.output<typeof operatorConfigSchema>;

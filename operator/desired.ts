@@ -8,7 +8,7 @@ import type { KubeObject, OwnerReference } from './kube.ts';
 /** What the builders need from the operator's settings. */
 export type BuilderConfig = Pick<
   OperatorConfig,
-  'proxyImage' | 'nats' | 'ingressClass' | 'gpuResourceName' | 'drain'
+  'proxyImage' | 'nats' | 'ingressClass' | 'gpuResourceName' | 'maxDrain'
 >;
 
 export const FIELD_MANAGER = 'sluice-operator';
@@ -53,9 +53,23 @@ function metadata(fn: FunctionView, extra: Record<string, unknown> = {}) {
   };
 }
 
+/**
+ * Seconds a pod's sidecar lets its streams finish when told to stop (a scale-down, a rollout):
+ * the longest a stream may last, so none is cut, up to the operator's --max-drain.
+ */
+export function drainSeconds(fn: FunctionView, config: BuilderConfig): number {
+  return Math.min(fn.spec.streaming.maxDurationSeconds, config.maxDrain);
+}
+
 /** The sidecar's flags in a pod: the pod's ports, the operator's NATS and drain, the mounted tokens. */
 export function proxyArgs(fn: FunctionView, config: BuilderConfig): string[] {
-  return proxyFlags(fn, { drain: config.drain, nats: config.nats, authTokensFile: `${AUTH_MOUNT}/tokens` });
+  return proxyFlags(fn, {
+    drain: drainSeconds(fn, config),
+    nats: config.nats,
+    authTokensFile: `${AUTH_MOUNT}/tokens`,
+    // The kubelet expands $(VAR) from the container's env: an activator reaches the pod by IP.
+    advertise: config.nats ? `http://$(SLUICE_POD_IP):${PROXY_PORT}` : undefined,
+  });
 }
 
 const restricted = {
@@ -98,13 +112,14 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
     apiVersion: 'apps/v1',
     kind: 'Deployment',
     metadata: metadata(fn),
+    // No replicas: the reconciler adds the autoscaler's count when it applies, and changes it
+    // through the scale subresource.
     spec: {
-      replicas: spec.scaling.minReplicas,
       selector: { matchLabels: { [FUNCTION_LABEL]: fn.metadata.name } },
       template: {
         metadata: { labels: podLabels },
         spec: {
-          terminationGracePeriodSeconds: config.drain + GRACE_MARGIN_SECONDS,
+          terminationGracePeriodSeconds: drainSeconds(fn, config) + GRACE_MARGIN_SECONDS,
           automountServiceAccountToken: false,
           enableServiceLinks: false,
           securityContext: { runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } },
@@ -126,7 +141,10 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
               image: config.proxyImage,
               // The image's entrypoint is the sluice CLI (tini -- node bin/sluice.js).
               args: ['proxy', ...proxyArgs(fn, config)],
-              env: [{ name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }],
+              env: [
+                { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                { name: 'SLUICE_POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+              ],
               ports: [
                 { name: 'http', containerPort: PROXY_PORT, protocol: 'TCP' },
                 { name: 'admin', containerPort: PROXY_ADMIN_PORT, protocol: 'TCP' },

@@ -53,13 +53,20 @@ export async function startOperator(
   const streams = config.nats
     ? new (await import('./streams.ts')).StreamManager(config.nats, log, config.mapStreamReplicas)
     : undefined;
-  const controller = new Controller({
+  // The autoscaler's signal: the sidecars' load reports over the same NATS.
+  const signal = config.nats
+    ? new (await import('./load-signal.ts')).LoadSignal(config.nats, log, (fn) =>
+        controller.autoscaler?.urgent(fn),
+      )
+    : undefined;
+  const controller: Controller = new Controller({
     client,
     config,
     streams,
+    autoscale: signal ? { signal, registry: metrics.registry } : undefined,
     metrics,
     log,
-    enqueue: (key) => queue.add(key),
+    enqueue: (key, urgent) => (urgent ? queue.addFirst(key) : queue.add(key)),
   });
   const ready = () => leading && started && controller.synced;
 
@@ -89,9 +96,11 @@ export async function startOperator(
   let stopping: Promise<void> | undefined;
   const stop = () => {
     stopping ??= (async () => {
+      controller.autoscaler?.stop();
       queue.stop();
       await workers;
       await controller.stop();
+      await signal?.stop();
       await elector?.stop();
       leading = false;
       await streams?.close();
@@ -108,6 +117,7 @@ export async function startOperator(
     started = true;
     log.info({ namespace: config.namespace || '(all)' }, 'caches synced, reconciling');
     workers = queue.run(config.workers, (key) => controller.reconcile(key));
+    controller.autoscaler?.start();
     void workers.catch((err) => log.error({ err }, 'worker failed'));
   };
 

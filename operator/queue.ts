@@ -48,6 +48,22 @@ export class WorkQueue {
     this.wakers.shift()?.();
   }
 
+  /**
+   * Adds `key` ahead of every waiting key (or moves it there): a scale-up must not wait behind a
+   * backlog of routine reconciles.
+   */
+  addFirst(key: string): void {
+    if (this.stopped) return;
+    if (this.active.has(key)) {
+      this.dirty.add(key);
+      return;
+    }
+    if (this.queued.has(key)) this.waiting.splice(this.waiting.indexOf(key), 1);
+    this.queued.add(key);
+    this.waiting.unshift(key);
+    this.wakers.shift()?.();
+  }
+
   /** Adds `key` after `ms`; while one delay for the key is pending, further ones are dropped. */
   addAfter(key: string, ms: number): void {
     if (this.stopped || this.timers.has(key)) return;

@@ -15,6 +15,12 @@ export const INGRESS: OwnedKind = {
   plural: 'ingresses',
 };
 export const OWNED_KINDS = [DEPLOYMENT, SERVICE, INGRESS];
+/** `<name>-activator`: puts the activator behind the function's Service while no replica is ready. */
+export const ENDPOINT_SLICE: OwnedKind = {
+  kind: 'EndpointSlice',
+  apiVersion: 'discovery.k8s.io/v1',
+  plural: 'endpointslices',
+};
 
 /**
  * Everything the reconciler reads from and writes to the cluster: the seam between its phases
@@ -41,6 +47,34 @@ export interface ReconcilerIO {
   patchStatus(namespace: string, name: string, status: unknown): Promise<void>;
   /** A core/v1 Event on the function; losing one is not worth failing a reconcile over. */
   event(fn: FunctionView, type: 'Normal' | 'Warning', reason: string, message: string): void;
+
+  /** Sets the Deployment's replicas through its scale subresource. */
+  scale(namespace: string, name: string, replicas: number): Promise<void>;
+  /** A JSON merge patch of a pod (its deletion cost). */
+  patchPod(namespace: string, name: string, patch: unknown): Promise<void>;
+  /** The activator's ready addresses and port; undefined when the operator runs without one. */
+  activator(): ActivatorEndpoints | undefined;
+}
+
+export interface ActivatorEndpoints {
+  addresses: string[];
+  port: number;
+}
+
+/** What the autoscaler wants for one function now (Autoscaler in production). */
+export interface ScalePlan {
+  /** Replicas the Deployment should have. */
+  replicas: number;
+  /** Streams in flight + queued, summed over replicas: status.inFlight. */
+  inFlight: number;
+  /** Why, for the Event of a change. */
+  why: string;
+  /** Streams in flight + queued of each replica that reported, by pod name: its deletion cost. */
+  podLoad: ReadonlyMap<string, number>;
+}
+
+export interface Scaling {
+  plan(fn: FunctionView, liveReplicas: number | undefined): ScalePlan;
 }
 
 /** The function's JetStream streams; StreamManager in production. */

@@ -14,13 +14,17 @@ import { isNotFound, KubeApiError, type KubeObject } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import {
   DEPLOYMENT,
+  ENDPOINT_SLICE,
   INGRESS,
   type MapStreams,
   OWNED_KINDS,
   type OwnedKind,
   type ReconcilerIO,
+  type ScalePlan,
+  type Scaling,
   SERVICE,
 } from './reconciler-io.ts';
+import { activatorSliceName, DELETION_COST_ANNOTATION, desiredActivatorSlice } from './scaling.ts';
 import { computeStatus, type Observed, sameStatus } from './status.ts';
 
 export const STREAMS_FINALIZER = 'sluice.dev/streams';
@@ -29,6 +33,8 @@ export interface ReconcilerOptions {
   io: ReconcilerIO;
   /** Undefined when the operator manages no map streams (no --nats). */
   streams: MapStreams | undefined;
+  /** The autoscaler; undefined (no --nats, no load signal): every function runs minReplicas. */
+  scaling?: Scaling;
   config: BuilderConfig;
   metrics: Pick<OperatorMetrics, 'applies' | 'errors'>;
   log: Logger;
@@ -46,6 +52,8 @@ interface Pass {
   key: string;
   fn: FunctionView;
   observed: Observed;
+  /** Replicas to run, decided once per pass so every phase acts on the same number. */
+  plan: ScalePlan;
   created: string[];
   updated: string[];
 }
@@ -53,7 +61,8 @@ interface Pass {
 /**
  * Reconciles one StreamingFunction in ordered phases, as Knative's ReconcileKind: read, finalize
  * (when deleted), finalizer, streams, owned objects (look, then apply unless something foreign is
- * in the way), events, status. It reads and writes only through ReconcilerIO and MapStreams.
+ * in the way), activator path, scale, events, status. It reads and writes only through
+ * ReconcilerIO, MapStreams and Scaling.
  */
 export class Reconciler {
   readonly #o: ReconcilerOptions;
@@ -70,7 +79,9 @@ export class Reconciler {
     const pass = this.#begin(key, fn);
     await this.#guarded(pass, async () => {
       await this.#reconcileStreams(fn);
-      await this.#reconcileOwned(pass);
+      if (!(await this.#reconcileOwned(pass))) return;
+      await this.#reconcileActivatorPath(pass);
+      await this.#reconcileScale(pass);
     });
     await this.#writeStatus(pass);
   }
@@ -108,9 +119,7 @@ export class Reconciler {
     if (!live || !ownedBy(live, fn)) return false;
     if (this.#o.io.pods(`${namespace}/${name}`).length === 0) return false;
     if (live.spec?.replicas !== 0) {
-      const stopped = desiredDeployment(fn, this.#o.config);
-      stopped.spec.replicas = 0;
-      await this.#apply(DEPLOYMENT, stopped, live);
+      await this.#o.io.scale(namespace, name, 0);
       this.#event(fn, 'Normal', 'StoppingPods', 'the pods stop before the map streams are deleted');
     }
     return true;
@@ -121,9 +130,12 @@ export class Reconciler {
   }
 
   #begin(key: string, fn: FunctionView): Pass {
+    const { namespace, name } = fn.metadata;
+    const liveReplicas = this.#o.io.labelled(DEPLOYMENT, namespace, name)?.spec?.replicas;
     return {
       key,
       fn,
+      plan: this.#o.scaling?.plan(fn, liveReplicas) ?? fixedPlan(fn),
       observed: {
         deployment: undefined,
         pods: [],
@@ -170,16 +182,80 @@ export class Reconciler {
    * Looks first (reads, in parallel), writes only if nothing foreign is in the way: a function
    * whose Service name is taken gets no Deployment either.
    */
-  async #reconcileOwned(pass: Pass): Promise<void> {
+  /** False when something foreign is in the way (nothing was written). */
+  async #reconcileOwned(pass: Pass): Promise<boolean> {
     const looks = await this.#look(pass.fn);
     const foreign = looks.find((l) => l.live && !ownedBy(l.live, pass.fn));
     if (foreign) {
       const { namespace, name } = pass.fn.metadata;
       pass.observed.notOwned = `${foreign.kind.kind} ${namespace}/${name} exists and is not owned by this StreamingFunction; it was left as it is`;
       this.#event(pass.fn, 'Warning', 'NotOwned', pass.observed.notOwned);
-      return;
+      return false;
     }
     await Promise.all(looks.map((look) => this.#converge(pass, look)));
+    return true;
+  }
+
+  /**
+   * While the function has no ready replica (or is about to have none), its Service also routes
+   * to the activator, which holds requests until one is ready (Knative's proxy mode); once one
+   * is, the activator leaves the path and requests go straight to the pods.
+   */
+  async #reconcileActivatorPath(pass: Pass): Promise<void> {
+    const activator = this.#o.io.activator();
+    if (!activator) return;
+    const { fn, plan } = pass;
+    const { namespace, name } = fn.metadata;
+    const ready = pass.observed.deployment?.status?.readyReplicas ?? 0;
+    const wanted = plan.replicas === 0 || ready === 0;
+    const sliceName = activatorSliceName(fn);
+    const live = this.#o.io.labelled(ENDPOINT_SLICE, namespace, sliceName);
+    if (!wanted && (!live || (live.endpoints ?? []).length === 0)) return;
+    const desired = desiredActivatorSlice(fn, wanted ? activator : { addresses: [], port: activator.port });
+    const result = await this.#apply(ENDPOINT_SLICE, desired, live);
+    if (result.outcome !== 'unchanged') {
+      this.#o.log.info(
+        { function: `${namespace}/${name}`, activator: wanted, addresses: activator.addresses.length },
+        wanted ? 'activator in the path' : 'activator out of the path',
+      );
+    }
+  }
+
+  /**
+   * Writes the autoscaler's count through the Deployment's scale subresource. Before a scale-down
+   * each pod's deletion cost is set to its streams in flight, so the ReplicaSet removes the
+   * idlest pods first; a pod removed anyway drains its streams (the proxy's SIGTERM drain).
+   */
+  async #reconcileScale(pass: Pass): Promise<void> {
+    const live = pass.observed.deployment;
+    const from = live?.spec?.replicas;
+    const to = pass.plan.replicas;
+    if (!live || from === undefined || from === to) return;
+    const { namespace, name } = pass.fn.metadata;
+    if (to < from) await this.#setDeletionCosts(pass);
+    await this.#o.io.scale(namespace, name, to);
+    pass.observed.deployment = { ...live, spec: { ...live.spec, replicas: to } };
+    this.#event(pass.fn, 'Normal', 'Scaled', `scaled from ${from} to ${to} replicas (${pass.plan.why})`);
+  }
+
+  async #setDeletionCosts(pass: Pass): Promise<void> {
+    const { namespace } = pass.fn.metadata;
+    const pods = this.#o.io.pods(pass.key).filter((p) => !p.metadata?.deletionTimestamp);
+    await Promise.all(
+      pods.map(async (pod) => {
+        const podName = pod.metadata?.name ?? '';
+        // A pod that never reported (still starting) costs nothing: it goes before a serving one.
+        const cost = String(pass.plan.podLoad.get(podName) ?? 0);
+        if (pod.metadata?.annotations?.[DELETION_COST_ANNOTATION] === cost) return;
+        try {
+          await this.#o.io.patchPod(namespace, podName, {
+            metadata: { annotations: { [DELETION_COST_ANNOTATION]: cost } },
+          });
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+        }
+      }),
+    );
   }
 
   async #look(fn: FunctionView): Promise<Look[]> {
@@ -201,7 +277,14 @@ export class Reconciler {
 
   async #converge(pass: Pass, { kind, desired, live }: Look): Promise<void> {
     if (!desired) return this.#deleteOwned(pass.fn, kind);
-    const result = await this.#apply(kind, desired, live);
+    // Replicas are not part of the intent compared: they change through the scale subresource
+    // (#reconcileScale). An apply carries the count decided for this pass, so it never undoes one.
+    const result = await this.#apply(
+      kind,
+      desired,
+      live,
+      kind === DEPLOYMENT ? { replicas: pass.plan.replicas } : undefined,
+    );
     if (kind === DEPLOYMENT) pass.observed.deployment = result.live;
     if (kind === INGRESS) pass.observed.ingress = result.live;
     if (result.outcome === 'created') pass.created.push(kind.kind);
@@ -213,6 +296,7 @@ export class Reconciler {
     kind: OwnedKind,
     desired: KubeObject,
     live: KubeObject | undefined,
+    specExtra?: Record<string, unknown>,
   ): Promise<{ outcome: 'created' | 'updated' | 'unchanged'; live: KubeObject | undefined }> {
     const hash = desiredHash(desired);
     if (live && live.metadata?.annotations?.[HASH_ANNOTATION] === hash && covers(desired, live)) {
@@ -224,6 +308,7 @@ export class Reconciler {
         ...desired.metadata,
         annotations: { ...desired.metadata?.annotations, [HASH_ANNOTATION]: hash },
       },
+      ...(specExtra ? { spec: { ...specExtra, ...desired.spec } } : {}),
     };
     const applied = await this.#o.io.apply(kind, intent);
     this.#o.metrics.applies.inc({ kind: kind.kind });
@@ -251,8 +336,12 @@ export class Reconciler {
     if (updated.length) this.#event(fn, 'Normal', 'Updated', `updated ${updated.join(', ')} ${target}`);
   }
 
-  async #writeStatus({ key, fn, observed }: Pass): Promise<void> {
+  async #writeStatus({ key, fn, observed, plan }: Pass): Promise<void> {
     observed.pods = this.#o.io.pods(key).filter((p) => !p.metadata?.deletionTimestamp);
+    observed.scale = {
+      desired: plan.replicas,
+      inFlight: this.#o.scaling ? plan.inFlight : undefined,
+    };
     const status = computeStatus(fn, observed);
     if (sameStatus(status, fn.status)) return;
     // `kubectl describe sfn` should say why nothing runs, not only the pods' own events.
@@ -311,6 +400,16 @@ export class Reconciler {
     const { namespace, name } = fn.metadata;
     this.#o.log.info({ function: `${namespace}/${name}`, type, reason }, message);
   }
+}
+
+/** Without an autoscaler the function runs minReplicas, as the scale subresource sets it. */
+function fixedPlan(fn: FunctionView): ScalePlan {
+  return {
+    replicas: fn.spec.scaling.minReplicas,
+    inFlight: 0,
+    why: 'spec.scaling.minReplicas',
+    podLoad: new Map(),
+  };
 }
 
 function ownedBy(object: KubeObject, fn: FunctionView): boolean {

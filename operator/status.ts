@@ -13,7 +13,12 @@ export interface Observed {
   /** A terminal failure of this reconcile (bad spec the schema could not catch, forbidden, ...). */
   failure?: string;
   gpuResourceName: string;
+  /** The autoscaler's count and the streams in flight it heard of (undefined: no autoscaler). */
+  scale?: { desired: number; inFlight: number | undefined };
 }
+
+/** Replicas the function should run now: the autoscaler's count, else minReplicas. */
+const wantedReplicas = (fn: FunctionView, o: Observed) => o.scale?.desired ?? fn.spec.scaling.minReplicas;
 
 type NewCondition = Omit<Condition, 'lastTransitionTime' | 'observedGeneration'>;
 
@@ -31,7 +36,7 @@ function scheduledCondition(fn: FunctionView, o: Observed): NewCondition {
       };
     }
   }
-  const wanted = fn.spec.scaling.minReplicas;
+  const wanted = wantedReplicas(fn, o);
   if (o.pods.length === 0) {
     return wanted === 0
       ? { type: 'Scheduled', status: 'True', reason: 'NoReplicas', message: 'no replicas wanted' }
@@ -70,11 +75,20 @@ function readyCondition(fn: FunctionView, o: Observed, scheduled: NewCondition):
   if (o.notOwned) return { type: 'Ready', status: 'False', reason: 'NotOwned', message: o.notOwned };
   if (o.failure) return { type: 'Ready', status: 'False', reason: 'ReconcileError', message: o.failure };
   const d = o.deployment;
-  const wanted = fn.spec.scaling.minReplicas;
+  const wanted = wantedReplicas(fn, o);
   const ready = d?.status?.readyReplicas ?? 0;
   if (!d) return { type: 'Ready', status: 'False', reason: 'Pending', message: 'deployment not created yet' };
   const rolledOut = (d.status?.observedGeneration ?? 0) >= (d.metadata?.generation ?? 0);
   const updated = d.status?.updatedReplicas ?? 0;
+  if (rolledOut && wanted === 0 && (d.status?.replicas ?? 0) === 0) {
+    // Nothing runs, and that is right: a request is held while a replica starts.
+    return {
+      type: 'Ready',
+      status: 'True',
+      reason: 'Ready',
+      message: 'scaled to zero; a request starts a replica',
+    };
+  }
   if (rolledOut && ready >= wanted && updated >= wanted && (d.status?.replicas ?? 0) === wanted) {
     return { type: 'Ready', status: 'True', reason: 'Ready', message: `${ready}/${wanted} replicas ready` };
   }
@@ -85,6 +99,28 @@ function readyCondition(fn: FunctionView, o: Observed, scheduled: NewCondition):
     status: 'False',
     reason: rolledOut ? 'ReplicasNotReady' : 'RollingOut',
     message: `${ready}/${wanted} replicas ready`,
+  };
+}
+
+/** Whether replicas serve now (Knative's Active): False, reason ScaledToZero, at zero. */
+function activeCondition(fn: FunctionView, o: Observed): NewCondition {
+  const ready = o.deployment?.status?.readyReplicas ?? 0;
+  const running = o.deployment?.status?.replicas ?? 0;
+  if (ready > 0)
+    return { type: 'Active', status: 'True', reason: 'Serving', message: `${ready} replicas serve` };
+  if (wantedReplicas(fn, o) === 0 && running === 0) {
+    return {
+      type: 'Active',
+      status: 'False',
+      reason: 'ScaledToZero',
+      message: 'no replica runs; requests are held while one starts',
+    };
+  }
+  return {
+    type: 'Active',
+    status: 'Unknown',
+    reason: 'Activating',
+    message: 'waiting for a first replica to be ready',
   };
 }
 
@@ -99,7 +135,7 @@ function ingressAddress(ingress: KubeObject | undefined): string {
  */
 export function computeStatus(fn: FunctionView, o: Observed, now = new Date()): StreamingFunctionStatus {
   const scheduled = scheduledCondition(fn, o);
-  const fresh = [readyCondition(fn, o, scheduled), availableCondition(o), scheduled];
+  const fresh = [readyCondition(fn, o, scheduled), availableCondition(o), scheduled, activeCondition(fn, o)];
   const previous = fn.status.conditions ?? [];
   const conditions = fresh.map((c): Condition => {
     const old = previous.find((p) => p.type === c.type);
@@ -114,6 +150,8 @@ export function computeStatus(fn: FunctionView, o: Observed, now = new Date()): 
     observedGeneration: fn.metadata.generation,
     replicas: o.deployment?.status?.replicas ?? 0,
     readyReplicas: o.deployment?.status?.readyReplicas ?? 0,
+    desiredReplicas: wantedReplicas(fn, o),
+    inFlight: o.scale?.inFlight,
     selector: `${FUNCTION_LABEL}=${fn.metadata.name}`,
     url: functionUrl(fn, ingressAddress(o.ingress)),
     conditions,
@@ -127,6 +165,8 @@ export function sameStatus(a: StreamingFunctionStatus, b: StreamingFunctionStatu
       observedGeneration: s.observedGeneration,
       replicas: s.replicas ?? 0,
       readyReplicas: s.readyReplicas ?? 0,
+      desiredReplicas: s.desiredReplicas,
+      inFlight: s.inFlight,
       selector: s.selector,
       url: s.url,
       conditions: (s.conditions ?? []).map((c) => [

@@ -101,7 +101,21 @@ export const proxySettings = [
     env: 'SLUICE_NATS',
     arg: '<url>',
     default: '',
-    description: 'NATS URL; empty turns map off',
+    description: 'NATS URL for map and load reports; empty turns both off',
+  },
+  {
+    flag: 'map',
+    env: 'SLUICE_MAP',
+    arg: '<bool>',
+    default: 'true',
+    description: 'serve /_sluice/map and take map tasks (needs --nats)',
+  },
+  {
+    flag: 'advertise',
+    env: 'SLUICE_ADVERTISE',
+    arg: '<url>',
+    default: '',
+    description: 'where an activator reaches the public port, sent in load reports (default: from --listen)',
   },
   {
     flag: 'function',
@@ -199,6 +213,8 @@ export const proxyConfigSchema = z
         'must start with / and not end with /',
       ),
     nats: natsServers,
+    map: z.enum(['true', 'false'], { error: 'expected true or false' }).transform((v) => v === 'true'),
+    advertise: z.union([z.literal(''), httpUrl]),
     function: z
       .string()
       .regex(
@@ -217,10 +233,10 @@ export const proxyConfigSchema = z
     maxMapInputs: count(1),
     authTokensFile: z.string(),
   })
-  .refine((c) => c.nats === '' || c.upstreamProtocol === 'http1', {
-    path: ['nats'],
+  .refine((c) => c.nats === '' || !c.map || c.upstreamProtocol === 'http1', {
+    path: ['map'],
     message:
-      'map POSTs each input over HTTP/1.1, which an h2c function does not speak: leave --nats empty with --upstream-protocol h2c',
+      'map POSTs each input over HTTP/1.1, which an h2c function does not speak: pass --map=false with --upstream-protocol h2c (--nats still carries the load reports)',
   });
 
 export type ProxyConfig = z.output<typeof proxyConfigSchema>;

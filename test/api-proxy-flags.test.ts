@@ -44,13 +44,21 @@ describe('proxyFlags', () => {
   });
 
   it.each([
-    ['map on, NATS given: map flags', {}, 'nats://n:4222', true],
-    ['map on, no NATS: none', {}, '', false],
-    ['map off: none', { map: { enabled: false } }, 'nats://n:4222', false],
-  ])('%s', (_what, spec, nats, present) => {
+    ['map on, NATS given: NATS and map flags', {}, 'nats://n:4222', true, true],
+    ['map on, no NATS: none', {}, '', false, false],
+    [
+      'map off, NATS given: NATS (load reports), --map=false',
+      { map: { enabled: false } },
+      'nats://n:4222',
+      true,
+      false,
+    ],
+  ])('%s', (_what, spec, nats, natsFlag, mapFlags) => {
     const flags = proxyFlags(fn(spec), { drain: 1, nats });
-    expect(flags.some((f) => f.startsWith('--nats='))).toBe(present);
-    expect(flags.some((f) => f.startsWith('--map-path='))).toBe(present);
+    expect(flags.some((f) => f.startsWith('--nats='))).toBe(natsFlag);
+    expect(flags.some((f) => f.startsWith('--map-path='))).toBe(mapFlags);
+    expect(flags.includes('--map=false')).toBe(natsFlag && !mapFlags);
+    expect(loadProxyConfig(flags, {}).map).toBe(mapFlags || !natsFlag);
   });
 
   it('a NATS cluster reaches the proxy as the list of its servers', () => {
@@ -62,14 +70,16 @@ describe('proxyFlags', () => {
   it('spec.protocol h2c: --upstream-protocol=h2c and no map (it POSTs HTTP/1.1); http: neither flag changes', () => {
     const h2c = proxyFlags(fn({ protocol: 'h2c' }), { drain: 1, nats: 'nats://n:4222' });
     expect(h2c).toContain('--upstream-protocol=h2c');
-    expect(h2c.some((f) => f.startsWith('--nats='))).toBe(false);
-    expect(loadProxyConfig(h2c, {}).upstreamProtocol).toBe('h2c');
+    // NATS for the load reports, map off.
+    expect(h2c).toEqual(expect.arrayContaining(['--nats=nats://n:4222', '--map=false']));
+    expect(h2c.some((f) => f.startsWith('--map-path='))).toBe(false);
+    expect(loadProxyConfig(h2c, {})).toMatchObject({ upstreamProtocol: 'h2c', map: false });
     const http = proxyFlags(fn({}), { drain: 1, nats: '' });
     expect(http.some((f) => f.startsWith('--upstream-protocol'))).toBe(false);
     expect(loadProxyConfig(http, {}).upstreamProtocol).toBe('http1');
     expect(() => withDefaults({ image: 'i', protocol: 'grpc' })).toThrow();
     expect(() => loadProxyConfig(['--upstream-protocol=h2c', '--nats=nats://n:4222'], {})).toThrow(
-      /--nats \(SLUICE_NATS\): map POSTs each input over HTTP\/1.1/,
+      /--map \(SLUICE_MAP\): map POSTs each input over HTTP\/1.1/,
     );
   });
 

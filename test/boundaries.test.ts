@@ -67,6 +67,9 @@ describe('module boundaries', () => {
     ['client', ['common'], /^eventsource-parser$/],
     ['proxy', ['common'], /^(@nats-io\/|http-proxy-3$|prom-client$|zod$|commander$|pino$)/],
     ['operator', ['api', 'common'], /^(@kubernetes\/|@nats-io\/|prom-client$|zod$|commander$|yaml$)/],
+    // The activator is data path (proxy's header rules) plus a watcher of functions (operator's
+    // Kubernetes client and informer); neither of those imports it.
+    ['activator', ['api', 'common', 'proxy', 'operator'], /^(@nats-io\/|prom-client$|zod$|commander$)/],
     // The local plane's node side: a kubelet for processes, on the operator's small API client.
     ['plane', ['common', 'operator'], /^(yaml$|zod$)/],
   ];

@@ -127,12 +127,14 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
       await kubectl(['delete', 'pv', pv, '--wait=false']);
     });
 
-    it('has the operator (2 replicas) and NATS (1, its volume bound) ready', async () => {
+    it('has the operator (2 replicas), the activator (2) and NATS (1, its volume bound) ready', async () => {
       const get = async (what: string) =>
         JSON.parse((await kubectl(['get', what, '-n', ns.name, '-o', 'json'])).stdout).items as Manifest[];
-      const [deployment] = await get('deployments');
-      expect(deployment!.metadata.name).toBe(`${release}-sluice-operator`);
-      expect(deployment!.status.readyReplicas).toBe(2);
+      const deployments = await get('deployments');
+      expect(deployments.map((d) => [d.metadata.name, d.status.readyReplicas])).toEqual([
+        [`${release}-sluice-activator`, 2],
+        [`${release}-sluice-operator`, 2],
+      ]);
       const [sts] = await get('statefulsets');
       expect(sts!.metadata.name).toBe(`${release}-sluice-nats`);
       expect(sts!.status.readyReplicas).toBe(1);

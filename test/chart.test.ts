@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
+import { loadActivatorConfig } from '../activator/config.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
@@ -35,22 +36,29 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     expect(result.code).toBe(0);
   });
 
-  it('installs by default the CRD (kept on uninstall), the operator, RBAC, metrics Service and NATS', () => {
+  it('installs by default the CRD (kept on uninstall), the operator, the activator, RBAC, metrics Service and NATS', () => {
     const kinds = defaults.map((m) => `${m.kind}/${m.metadata.name}`).sort();
     expect(kinds).toEqual(
       [
+        'ClusterRole/sluice-activator',
         'ClusterRole/sluice-operator',
+        'ClusterRoleBinding/sluice-activator',
         'ClusterRoleBinding/sluice-operator',
         'ConfigMap/sluice-nats',
         'CustomResourceDefinition/streamingfunctions.sluice.dev',
+        'Deployment/sluice-activator',
         'Deployment/sluice-operator',
         'PodDisruptionBudget/sluice-operator',
+        'Role/sluice-activator-endpoints',
         'Role/sluice-leader-election',
+        'RoleBinding/sluice-activator-endpoints',
         'RoleBinding/sluice-leader-election',
+        'Service/sluice-activator',
         'Service/sluice-nats',
         'Service/sluice-nats-headless',
         'Service/sluice-operator-metrics',
         'ServiceAccount/sluice',
+        'ServiceAccount/sluice-activator',
         'StatefulSet/sluice-nats',
       ].sort(),
     );
@@ -96,6 +104,28 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     expect(flag(operatorArgs(defaults), 'nats')).toBe('nats://sluice-nats.sluice-system.svc:4222');
   });
 
+  it('runs the activator beside two operators as two replicas, and points the operator at its Service', () => {
+    const deployment = find(defaults, 'Deployment', '-activator')!;
+    const container = deployment.spec.template.spec.containers[0];
+    expect(deployment.spec.replicas).toBe(2);
+    expect(container.args).toEqual(
+      expect.arrayContaining(['activator', '--nats=nats://sluice-nats.sluice-system.svc:4222']),
+    );
+    expect(container.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'admin' });
+    expect(deployment.spec.template.spec.serviceAccountName).toBe('sluice-activator');
+    const service = find(defaults, 'Service', '-activator')!;
+    expect(service.spec.ports).toEqual([{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }]);
+    expect(flag(operatorArgs(defaults), 'activator')).toBe('sluice-system/sluice-activator');
+    expect(flag(operatorArgs(defaults), 'max-drain')).toBe('3600');
+    // Its flags are ones `sluice activator` accepts.
+    const config = loadActivatorConfig(container.args.slice(1), { POD_NAME: 'a-0' });
+    expect([config.listen.port, config.admin.port, config.identity]).toEqual([8080, 9090, 'a-0']);
+    // Its RBAC: read the functions, nothing more.
+    expect(find(defaults, 'ClusterRole', '-activator')!.rules).toEqual([
+      { apiGroups: ['sluice.dev'], resources: ['streamingfunctions'], verbs: ['list', 'watch'] },
+    ]);
+  });
+
   // Each feature flag: the values that turn it, and what must (not) be rendered.
   const features: { name: string; set: string[]; check: (m: Manifest[]) => void }[] = [
     {
@@ -114,6 +144,33 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
         expect(find(m, 'StatefulSet')).toBeUndefined();
         expect(flag(operatorArgs(m), 'nats')).toBeUndefined();
       },
+    },
+    {
+      name: 'no NATS: no activator (it needs the load reports), and the operator is not pointed at one',
+      set: ['nats.enabled=false'],
+      check: (m) => {
+        expect(find(m, 'Deployment', '-activator')).toBeUndefined();
+        expect(flag(operatorArgs(m), 'activator')).toBeUndefined();
+        expect(JSON.stringify(find(m, 'ClusterRole', '-operator')!.rules)).not.toContain('endpointslices');
+      },
+    },
+    {
+      name: 'activator.enabled=false leaves it out',
+      set: ['activator.enabled=false'],
+      check: (m) => {
+        expect(m.filter((x) => x.metadata.name.includes('activator'))).toEqual([]);
+        expect(flag(operatorArgs(m), 'activator')).toBeUndefined();
+      },
+    },
+    {
+      name: 'one operator replica: one activator replica',
+      set: ['operator.replicas=1'],
+      check: (m) => expect(find(m, 'Deployment', '-activator')!.spec.replicas).toBe(1),
+    },
+    {
+      name: 'operator.defaults.maxDrainSeconds reaches --max-drain',
+      set: ['operator.defaults.maxDrainSeconds=900'],
+      check: (m) => expect(flag(operatorArgs(m), 'max-drain')).toBe('900'),
     },
     {
       name: 'crds.enabled=false leaves the CRD out',
@@ -143,7 +200,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       set: ['operator.proxyImage.repository=registry.local/sluice', 'operator.proxyImage.tag=dev'],
       check: (m) => {
         expect(flag(operatorArgs(m), 'proxy-image')).toBe('registry.local/sluice:dev');
-        expect(find(m, 'Deployment')!.spec.template.spec.containers[0].image).toBe(
+        expect(find(m, 'Deployment', '-operator')!.spec.template.spec.containers[0].image).toBe(
           'ghcr.io/sluice-dev/sluice:0.1.0',
         );
       },
@@ -154,6 +211,10 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       check: (m) => {
         expect(find(m, 'ClusterRole')).toBeUndefined();
         expect(find(m, 'Role', '-operator')!.metadata.namespace).toBe('team-a');
+        expect(find(m, 'Role', '-activator')!.metadata.namespace).toBe('team-a');
+        expect(find(m, 'Deployment', '-activator')!.spec.template.spec.containers[0].args).toContain(
+          '--namespace=team-a',
+        );
         expect(find(m, 'RoleBinding', '-operator')!.metadata.namespace).toBe('team-a');
         expect(flag(operatorArgs(m), 'namespace')).toBe('team-a');
       },
@@ -172,7 +233,8 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       set: ['rbac.create=false', 'serviceAccount.create=false', 'serviceAccount.name=ops'],
       check: (m) => {
         expect(m.filter((x) => x.kind.includes('Role') || x.kind === 'ServiceAccount')).toEqual([]);
-        expect(find(m, 'Deployment')!.spec.template.spec.serviceAccountName).toBe('ops');
+        expect(find(m, 'Deployment', '-operator')!.spec.template.spec.serviceAccountName).toBe('ops');
+        expect(find(m, 'Deployment', '-activator')!.spec.template.spec.serviceAccountName).toBe('ops');
       },
     },
     {
@@ -216,7 +278,8 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['operator.logLevel=loud'], names: /\/operator\/logLevel/ },
     { set: ['operator.watchNamespace=Team_A'], names: /\/operator\/watchNamespace/ },
     { set: ['operator.defaults.gpuResourceName=gpu'], names: /\/operator\/defaults\/gpuResourceName/ },
-    { set: ['operator.defaults.drainSeconds=-5'], names: /\/operator\/defaults\/drainSeconds/ },
+    { set: ['operator.defaults.maxDrainSeconds=-5'], names: /\/operator\/defaults\/maxDrainSeconds/ },
+    { set: ['activator.port=80'], names: /\/activator\/port/ },
     { set: ['operator.replica=2'], names: /\/operator.*'replica' not allowed/ },
     { set: ['image.pullPolicy=Sometimes'], names: /\/image\/pullPolicy/ },
     { set: ['nats.url=http://nats:4222', 'nats.enabled=false'], names: /\/nats\/url/ },

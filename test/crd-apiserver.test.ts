@@ -78,7 +78,15 @@ describe('valid StreamingFunctions round-trip', () => {
     await create('partial', { image: 'i', gpu: { count: 1 }, scaling: { maxReplicas: 3 } });
     const { spec } = await read('partial');
     expect(spec.gpu).toEqual({ count: 1, resourceName: 'nvidia.com/gpu', type: '' });
-    expect(spec.scaling).toEqual({ minReplicas: 1, maxReplicas: 3, concurrency: 8, queueTimeoutSeconds: 30 });
+    expect(spec.scaling).toEqual({
+      minReplicas: 1,
+      maxReplicas: 3,
+      concurrency: 8,
+      targetConcurrency: 0,
+      scaleDownDelaySeconds: 60,
+      coldStartTimeoutSeconds: 600,
+      queueTimeoutSeconds: 30,
+    });
   });
 });
 

@@ -63,6 +63,22 @@ export const invalidCases: InvalidCase[] = [
     path: 'spec.scaling.minReplicas',
   },
   {
+    why: 'targetConcurrency above concurrency',
+    spec: { image, scaling: { concurrency: 4, targetConcurrency: 5 } },
+    path: 'spec.scaling.targetConcurrency',
+    message: 'targetConcurrency must not exceed concurrency',
+  },
+  {
+    why: 'negative scale-down delay',
+    spec: { image, scaling: { scaleDownDelaySeconds: -1 } },
+    path: 'spec.scaling.scaleDownDelaySeconds',
+  },
+  {
+    why: 'a cold start that may not wait at all',
+    spec: { image, scaling: { coldStartTimeoutSeconds: 0 } },
+    path: 'spec.scaling.coldStartTimeoutSeconds',
+  },
+  {
     why: 'negative queue timeout',
     spec: { image, scaling: { queueTimeoutSeconds: -1 } },
     path: 'spec.scaling.queueTimeoutSeconds',
@@ -207,7 +223,15 @@ export const fullSpec = {
   resources: { requests: { cpu: '4', memory: '32Gi' }, limits: { cpu: 8, memory: '64Gi' } },
   nodeSelector: { 'topology.kubernetes.io/zone': 'a' },
   tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'ml', effect: 'NoSchedule' }],
-  scaling: { minReplicas: 2, maxReplicas: 4, concurrency: 4, queueTimeoutSeconds: 5 },
+  scaling: {
+    minReplicas: 2,
+    maxReplicas: 4,
+    concurrency: 4,
+    targetConcurrency: 3,
+    scaleDownDelaySeconds: 300,
+    coldStartTimeoutSeconds: 900,
+    queueTimeoutSeconds: 5,
+  },
   streaming: { heartbeatSeconds: 10, idleTimeoutSeconds: 120, maxDurationSeconds: 7200 },
   map: {
     enabled: false,

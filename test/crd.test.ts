@@ -104,7 +104,15 @@ describe('zod schema (what sluice serve and the operator parse with)', () => {
       port: 9000,
       protocol: 'http',
       gpu: { count: 0, resourceName: 'nvidia.com/gpu', type: '' },
-      scaling: { minReplicas: 1, maxReplicas: 1, concurrency: 8, queueTimeoutSeconds: 30 },
+      scaling: {
+        minReplicas: 1,
+        maxReplicas: 1,
+        concurrency: 8,
+        targetConcurrency: 0,
+        scaleDownDelaySeconds: 60,
+        coldStartTimeoutSeconds: 600,
+        queueTimeoutSeconds: 30,
+      },
       streaming: { heartbeatSeconds: 15, idleTimeoutSeconds: 600, maxDurationSeconds: 3600 },
       map: {
         enabled: true,

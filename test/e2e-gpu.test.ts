@@ -185,6 +185,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     const items = JSON.parse(deployment.stdout).items as Manifest[];
     // kwok marks the operator pods Running and Ready without pulling the image.
     expect(items.map((d) => [d.metadata.name, d.status.readyReplicas])).toEqual([
+      [`${release}-sluice-activator`, 2],
       [`${release}-sluice-operator`, 2],
     ]);
     expect(installOutput).toContain('kubectl get sfn');
@@ -400,7 +401,11 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
         used.add(`${a.namespace}|${a.apiGroup}|${a.resource}|create`);
     }
     const granted = new Set<string>();
-    for (const role of rendered.filter((m) => m.kind === 'Role' || m.kind === 'ClusterRole')) {
+    // The operator's roles (the activator's own, for its ServiceAccount, are not the operator's to use).
+    const operatorRoles = rendered.filter(
+      (m) => (m.kind === 'Role' || m.kind === 'ClusterRole') && !m.metadata.name.endsWith('-activator'),
+    );
+    for (const role of operatorRoles) {
       const ns = role.kind === 'Role' ? role.metadata.namespace : '*';
       for (const g of grants(ns, role.rules as PolicyRule[])) granted.add(g);
     }

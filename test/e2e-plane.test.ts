@@ -246,11 +246,14 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
       async () => {
         const list = await fnPods('echo');
         const ready = list.filter(isReady);
-        return list.length === 2 && ready.length === 2 && ready.every((p) => !before.has(p.metadata.name))
+        // Two at least: the map burst above may have scaled echo up (maxReplicas 4) for a while.
+        return list.length >= 2 &&
+          ready.length === list.length &&
+          ready.every((p) => !before.has(p.metadata.name))
           ? ready
           : undefined;
       },
-      { timeoutMs: 90_000, what: 'two new pods Ready, the old ones gone' },
+      { timeoutMs: 90_000, what: 'new pods Ready, the old ones gone' },
     );
     for (const p of fresh) {
       expect(p.spec.containers[0].env).toContainEqual({ name: 'ROLLOUT', value: '2' });

@@ -84,7 +84,7 @@ async function buildContext(): Promise<string[]> {
 const dockerfile = parseDockerfile(await readFile(join(ROOT, 'Dockerfile'), 'utf8'));
 const final = dockerfile.at(-1)!;
 const deps = dockerfile.find((s) => s.name === 'deps')!;
-const runtimeDirs = ['api', 'bin', 'cli', 'client', 'common', 'operator', 'proxy'];
+const runtimeDirs = ['activator', 'api', 'bin', 'cli', 'client', 'common', 'operator', 'proxy'];
 
 describe('Dockerfile', () => {
   it('builds on Node 24 slim (bookworm) in both stages', () => {
@@ -213,7 +213,7 @@ describe('the image /app as a process', () => {
     expect(drifted).toEqual([]);
   });
 
-  it.each([['proxy'], ['operator'], ['serve'], ['invoke'], ['map']])(
+  it.each([['proxy'], ['operator'], ['activator'], ['serve'], ['invoke'], ['map']])(
     'answers `%s --help`',
     async (command) => {
       const { code, out } = await sluice([command, '--help']);
@@ -228,6 +228,21 @@ describe('the image /app as a process', () => {
       '--kubeconfig',
       join(app, 'no-such-kubeconfig'),
       '--leader-elect=false',
+    ]);
+    expect(code).not.toBe(0);
+    expect(out).toContain('kubeconfig');
+    expect(out).not.toMatch(
+      /ERR_MODULE_NOT_FOUND|Cannot find (module|package)|ERR_UNSUPPORTED_NODE_MODULES_TYPE_STRIPPING/,
+    );
+  });
+
+  it('loads the activator runtime and stops on a missing kubeconfig with its own error', async () => {
+    const { code, out } = await sluice([
+      'activator',
+      '--nats',
+      'nats://127.0.0.1:1',
+      '--kubeconfig',
+      join(app, 'no-such-kubeconfig'),
     ]);
     expect(code).not.toBe(0);
     expect(out).toContain('kubeconfig');

@@ -18,7 +18,7 @@ const config: BuilderConfig = {
   nats: 'nats://nats.sluice-system:4222',
   ingressClass: '',
   gpuResourceName: 'nvidia.com/gpu',
-  drain: 20,
+  maxDrain: 120,
 };
 
 function fn(spec: Record<string, unknown>, name = 'echo', namespace = 'team-a'): FunctionView {
@@ -47,7 +47,8 @@ describe('desiredDeployment', () => {
         expect(container(d, 'function').resources).toBeUndefined();
         expect(pod(d).tolerations).toBeUndefined();
         expect(pod(d).nodeSelector).toBeUndefined();
-        expect(d.spec.replicas).toBe(1);
+        // The count is the autoscaler's, added when applying and changed through /scale.
+        expect(d.spec.replicas).toBeUndefined();
       },
     },
     {
@@ -116,7 +117,17 @@ describe('desiredDeployment', () => {
           expect(c.securityContext.allowPrivilegeEscalation).toBe(false);
           expect(c.securityContext.capabilities).toEqual({ drop: ['ALL'] });
         }
-        expect(pod(d).terminationGracePeriodSeconds).toBeGreaterThan(config.drain);
+        // The drain follows maxDurationSeconds (3600) up to --max-drain (120), the grace above it.
+        expect(container(d, 'sluice-proxy').args).toContain('--drain=120');
+        expect(pod(d).terminationGracePeriodSeconds).toBe(130);
+      },
+    },
+    {
+      name: 'a stream may last maxDurationSeconds: the drain lets it finish (below --max-drain)',
+      spec: { streaming: { maxDurationSeconds: 90, idleTimeoutSeconds: 60 } },
+      check: (d) => {
+        expect(container(d, 'sluice-proxy').args).toContain('--drain=90');
+        expect(pod(d).terminationGracePeriodSeconds).toBe(100);
       },
     },
     {
@@ -132,7 +143,10 @@ describe('desiredDeployment', () => {
         expect(p.ports.find((x: { name: string }) => x.name === 'admin').containerPort).toBe(9090);
         expect(p.env).toEqual([
           { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+          { name: 'SLUICE_POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
         ]);
+        // Activators reach the pod by IP (the kubelet expands $(SLUICE_POD_IP)).
+        expect(p.args).toContain('--advertise=http://$(SLUICE_POD_IP):8080');
       },
     },
     {
@@ -152,7 +166,6 @@ describe('desiredDeployment', () => {
       name: 'labels and selector name the function; owner is the StreamingFunction',
       spec: { scaling: { minReplicas: 3, maxReplicas: 5 } },
       check: (d) => {
-        expect(d.spec.replicas).toBe(3);
         expect(d.spec.selector).toEqual({ matchLabels: { 'sluice.dev/function': 'echo' } });
         expect(d.spec.template.metadata.labels['app.kubernetes.io/name']).toBe('echo');
         expect(d.metadata.ownerReferences).toEqual([
@@ -188,7 +201,7 @@ describe('proxyArgs', () => {
       heartbeat: 7,
       idleTimeout: 90,
       maxDuration: 900,
-      drain: 20,
+      drain: 120,
       pathPrefix: '/llm/echo',
       nats: config.nats,
       function: 'team-a/echo',
@@ -205,8 +218,14 @@ describe('proxyArgs', () => {
     ['default path prefix is /<name>', {}, {}, ['--path-prefix=/echo'], []],
     ['ingress path / strips nothing', { ingress: { path: '/' } }, {}, [], ['--path-prefix']],
     ['ingress off strips nothing', { ingress: { enabled: false } }, {}, [], ['--path-prefix']],
-    ['map off: no --nats', { map: { enabled: false } }, {}, [], ['--nats']],
-    ['no NATS configured: no --nats', {}, { nats: '' }, [], ['--nats', '--map-path']],
+    [
+      'map off: --nats for load reports, --map=false',
+      { map: { enabled: false } },
+      {},
+      ['--map=false'],
+      ['--map-path'],
+    ],
+    ['no NATS configured: no --nats', {}, { nats: '' }, [], ['--nats', '--map-path', '--advertise']],
     ['no auth: no tokens file', {}, {}, [], ['--auth-tokens-file']],
   ];
   for (const [name, spec, overrides, present, absent] of table) {
@@ -409,7 +428,25 @@ describe('computeStatus', () => {
       'scaled to zero',
       { scaling: { minReplicas: 0 } },
       { deployment: deployment(0) },
-      { Ready: ['True', 'Ready'], Scheduled: ['True', 'NoReplicas'] },
+      { Ready: ['True', 'Ready'], Scheduled: ['True', 'NoReplicas'], Active: ['False', 'ScaledToZero'] },
+    ],
+    [
+      'scaled to zero by the autoscaler (minReplicas 0, max 3)',
+      { scaling: { minReplicas: 0, maxReplicas: 3 } },
+      { deployment: deployment(0), scale: { desired: 0, inFlight: 0 } },
+      { Ready: ['True', 'Ready'], Active: ['False', 'ScaledToZero'] },
+    ],
+    [
+      'a held request started the first replica: not ready yet, activating',
+      { scaling: { minReplicas: 0, maxReplicas: 3 } },
+      { deployment: deployment(0, 1), scale: { desired: 1, inFlight: 0 } },
+      { Ready: ['False', 'ReplicasNotReady'], Active: ['Unknown', 'Activating'] },
+    ],
+    [
+      'the autoscaler added replicas: ready once all it wants are',
+      { scaling: { minReplicas: 0, maxReplicas: 3 } },
+      { deployment: deployment(3), scale: { desired: 3, inFlight: 17 } },
+      { Ready: ['True', 'Ready'], Active: ['True', 'Serving'] },
     ],
   ];
   for (const [name, spec, observed, expected] of table) {
@@ -422,6 +459,17 @@ describe('computeStatus', () => {
       expect(s.selector).toBe('sluice.dev/function=echo');
     });
   }
+
+  it('desiredReplicas and inFlight come from the autoscaler; without one, desired is minReplicas', () => {
+    const scaled = computeStatus(fn({ scaling: { minReplicas: 1, maxReplicas: 4 } }), {
+      ...base,
+      deployment: deployment(3),
+      scale: { desired: 3, inFlight: 17 },
+    });
+    expect([scaled.desiredReplicas, scaled.inFlight]).toEqual([3, 17]);
+    const fixed = computeStatus(fn({ scaling: { minReplicas: 2, maxReplicas: 2 } }), base);
+    expect([fixed.desiredReplicas, fixed.inFlight]).toEqual([2, undefined]);
+  });
 
   it('recomputing an unchanged world gives the same status (no write)', () => {
     const f = fn({});

@@ -28,6 +28,23 @@ describe('WorkQueue', () => {
     expect(runs.sort()).toEqual(['ns/a', 'ns/b']);
   });
 
+  it('addFirst puts a key (a scale-up) ahead of a backlog, once', async () => {
+    const queue = new WorkQueue();
+    for (let i = 0; i < 50; i++) queue.add(`ns/routine-${i}`);
+    queue.add('ns/burst');
+    queue.addFirst('ns/burst');
+    expect(queue.depth).toBe(51);
+    const runs: string[] = [];
+    const running = queue.run(1, async (key) => {
+      runs.push(key);
+    });
+    await waitFor(() => runs.length === 51);
+    queue.stop();
+    await running;
+    expect(runs[0]).toBe('ns/burst');
+    expect(runs.filter((k) => k === 'ns/burst')).toHaveLength(1);
+  });
+
   it('never runs one key on two workers; an add during a run runs it again after', async () => {
     const queue = new WorkQueue();
     let concurrent = 0;

@@ -9,7 +9,14 @@ import { type FunctionView, InvalidSpecError } from '../operator/function.ts';
 import { KubeApiError, type KubeObject } from '../operator/kube.ts';
 import { createOperatorMetrics } from '../operator/metrics.ts';
 import { Reconciler, STREAMS_FINALIZER } from '../operator/reconciler.ts';
-import type { MapStreams, OwnedKind, ReconcilerIO } from '../operator/reconciler-io.ts';
+import type {
+  ActivatorEndpoints,
+  MapStreams,
+  OwnedKind,
+  ReconcilerIO,
+  ScalePlan,
+  Scaling,
+} from '../operator/reconciler-io.ts';
 import { StreamError } from '../operator/streams.ts';
 
 const NS = 'team-a';
@@ -21,7 +28,7 @@ const config: BuilderConfig = {
   nats: 'nats://nats:4222',
   ingressClass: '',
   gpuResourceName: 'nvidia.com/gpu',
-  drain: 20,
+  maxDrain: 3600,
 };
 
 function sfn(spec: Record<string, unknown> = {}, metadata: Record<string, unknown> = {}): KubeObject {
@@ -71,6 +78,7 @@ class FakeWorld implements ReconcilerIO, MapStreams {
   writes: string[] = [];
   events: string[] = [];
   status: Record<string, unknown> | undefined;
+  activatorEndpoints: ActivatorEndpoints | undefined;
 
   constructor(fn: KubeObject | undefined, objects: KubeObject[] = [], foreign: KubeObject[] = []) {
     this.fn = fn;
@@ -100,6 +108,20 @@ class FakeWorld implements ReconcilerIO, MapStreams {
     const stored = { ...object, kind: kind.kind, metadata: { ...object.metadata, uid: `${kind.kind}-uid` } };
     this.objects.set(kind.kind, { object: stored, labelled: true });
     return stored;
+  }
+  async scale(_ns: string, _name: string, replicas: number) {
+    const d = this.objects.get('Deployment')!.object;
+    this.writes.push(`scale Deployment ${d.spec.replicas} -> ${replicas}`);
+    d.spec = { ...d.spec, replicas };
+  }
+  async patchPod(_ns: string, name: string, patch: unknown) {
+    const annotations = (patch as { metadata: { annotations: Record<string, string> } }).metadata.annotations;
+    this.writes.push(
+      `pod ${name} deletion-cost ${annotations['controller.kubernetes.io/pod-deletion-cost']}`,
+    );
+  }
+  activator() {
+    return this.activatorEndpoints;
   }
   async delete(kind: OwnedKind) {
     this.writes.push(`delete ${kind.kind}`);
@@ -132,7 +154,18 @@ class FakeWorld implements ReconcilerIO, MapStreams {
   }
 }
 
-function reconciler(world: FakeWorld, withStreams = true) {
+/** The autoscaler's answer, fixed for a row. */
+class FixedScaling implements Scaling {
+  readonly answer: Partial<ScalePlan> & { replicas: number };
+  constructor(answer: Partial<ScalePlan> & { replicas: number }) {
+    this.answer = answer;
+  }
+  plan(): ScalePlan {
+    return { inFlight: 0, why: 'burst: load 14', podLoad: new Map(), ...this.answer };
+  }
+}
+
+function reconciler(world: FakeWorld, withStreams = true, scaling?: Scaling) {
   const metrics = createOperatorMetrics({
     queueDepth: () => 0,
     leader: () => true,
@@ -141,6 +174,7 @@ function reconciler(world: FakeWorld, withStreams = true) {
   const r = new Reconciler({
     io: world,
     streams: withStreams ? world : undefined,
+    scaling,
     config,
     metrics,
     log: createLogger('operator', 'silent'),
@@ -153,6 +187,8 @@ interface Row {
   world: () => FakeWorld;
   /** No --nats: the operator manages no streams. */
   noStreams?: boolean;
+  /** What the autoscaler wants (none: no autoscaler, minReplicas). */
+  scaling?: FixedScaling;
   writes: string[];
   events: string[];
   /** The reconcile's error (retried by the queue), if any. */
@@ -226,11 +262,11 @@ const table: Row[] = [
     name: 'deleted while its pods run: the Deployment goes to zero first; streams and finalizer wait',
     world: () => {
       const fn = sfn({}, { deletionTimestamp: '2025-01-01T00:00:00Z', finalizers: [STREAMS_FINALIZER] });
-      const world = new FakeWorld(fn, [owned('Deployment')]);
+      const world = new FakeWorld(fn, [{ ...owned('Deployment'), spec: { replicas: 2 } }]);
       world.podsLeft = [{ metadata: { name: `${NAME}-abc`, namespace: NS } }];
       return world;
     },
-    writes: ['apply Deployment'],
+    writes: ['scale Deployment 2 -> 0'],
     events: ['Normal StoppingPods: the pods stop before the map streams are deleted'],
   },
   {
@@ -314,7 +350,7 @@ describe('Reconciler outcome tables', () => {
   for (const row of table) {
     it(row.name, async () => {
       const world = row.world();
-      const outcome = await reconciler(world, !row.noStreams)
+      const outcome = await reconciler(world, !row.noStreams, row.scaling)
         .reconcile()
         .then(
           () => undefined,
@@ -366,4 +402,181 @@ describe('Reconciler outcome tables', () => {
       expect(world.writes.filter((w) => w.startsWith('status'))).toEqual([]);
     },
   );
+});
+
+describe('Reconciler outcome tables: the scaling phase', () => {
+  const ACTIVATOR: ActivatorEndpoints = { addresses: ['10.0.9.1', '10.0.9.2'], port: 8080 };
+  const pod = (name: string, cost?: string): KubeObject => ({
+    metadata: {
+      name,
+      namespace: NS,
+      annotations: cost === undefined ? undefined : { 'controller.kubernetes.io/pod-deletion-cost': cost },
+    },
+  });
+
+  /** A function whose objects the operator already applied; the Deployment at `replicas`, `ready` of them ready. */
+  async function settled(spec: Record<string, unknown>, replicas: number, ready: number): Promise<FakeWorld> {
+    const world = new FakeWorld(sfn({ map: { enabled: false }, ...spec }));
+    await reconciler(world, false, new FixedScaling({ replicas })).reconcile();
+    const d = world.objects.get('Deployment')!.object;
+    d.status = { replicas, readyReplicas: ready, updatedReplicas: replicas, observedGeneration: 1 };
+    world.writes = [];
+    world.events = [];
+    return world;
+  }
+
+  interface ScaleRow {
+    name: string;
+    world: () => Promise<FakeWorld>;
+    scaling?: FixedScaling;
+    writes: string[];
+    events: string[];
+    /** status.desiredReplicas written, if a status write is expected. */
+    desired?: number;
+  }
+
+  const rows: ScaleRow[] = [
+    {
+      name: 'the autoscaler wants more: /scale 1 -> 3 and a Scaled event',
+      world: () => settled({ scaling: { maxReplicas: 5 } }, 1, 1),
+      scaling: new FixedScaling({ replicas: 3, inFlight: 14 }),
+      writes: ['scale Deployment 1 -> 3', 'status Ready=False ReplicasNotReady'],
+      events: ['Normal Scaled: scaled from 1 to 3 replicas (burst: load 14)'],
+      desired: 3,
+    },
+    {
+      name: 'the autoscaler wants fewer: each pod costs its streams first (idlest go), then /scale 3 -> 1',
+      world: async () => {
+        const world = await settled({ scaling: { maxReplicas: 5 } }, 3, 3);
+        world.podsLeft = [pod('echo-a', '4'), pod('echo-b'), pod('echo-c', '9')];
+        return world;
+      },
+      scaling: new FixedScaling({
+        replicas: 1,
+        why: 'idle: load 4',
+        podLoad: new Map([
+          ['echo-a', 4],
+          ['echo-b', 0],
+        ]),
+      }),
+      // echo-a already costs 4; echo-c never reported (starting): 0, so it goes before a serving pod.
+      writes: [
+        'pod echo-b deletion-cost 0',
+        'pod echo-c deletion-cost 0',
+        'scale Deployment 3 -> 1',
+        'status Ready=False ReplicasNotReady',
+      ],
+      events: ['Normal Scaled: scaled from 3 to 1 replicas (idle: load 4)'],
+      desired: 1,
+    },
+    {
+      name: 'the count is already there: no scale write, no event',
+      world: () => settled({ scaling: { maxReplicas: 5 } }, 2, 2),
+      scaling: new FixedScaling({ replicas: 2 }),
+      writes: ['status Ready=True Ready'],
+      events: [],
+      desired: 2,
+    },
+    {
+      name: 'no autoscaler: kubectl scale (minReplicas 2) is written through /scale',
+      world: () => settled({ scaling: { minReplicas: 2, maxReplicas: 2 } }, 1, 1),
+      writes: ['scale Deployment 1 -> 2', 'status Ready=False ReplicasNotReady'],
+      events: ['Normal Scaled: scaled from 1 to 2 replicas (spec.scaling.minReplicas)'],
+      desired: 2,
+    },
+    {
+      name: 'new function at minReplicas 0: Deployment created with 0 replicas, the activator in its path',
+      world: async () => {
+        const world = new FakeWorld(
+          sfn({ map: { enabled: false }, scaling: { minReplicas: 0, maxReplicas: 3 } }),
+        );
+        world.activatorEndpoints = ACTIVATOR;
+        return world;
+      },
+      scaling: new FixedScaling({ replicas: 0 }),
+      writes: [
+        'apply Deployment',
+        'apply Service',
+        'apply Ingress',
+        'apply EndpointSlice',
+        'status Ready=True Ready',
+      ],
+      events: [`Normal Created: created Deployment, Service, Ingress ${KEY}`],
+      desired: 0,
+    },
+    {
+      name: 'a held request: /scale 0 -> 1 while the activator stays in the path (nothing ready yet)',
+      world: async () => {
+        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 0, 0);
+        world.activatorEndpoints = ACTIVATOR;
+        return world;
+      },
+      scaling: new FixedScaling({ replicas: 1, why: 'burst: load 1 (held 1)' }),
+      writes: ['apply EndpointSlice', 'scale Deployment 0 -> 1', 'status Ready=False ReplicasNotReady'],
+      events: ['Normal Scaled: scaled from 0 to 1 replicas (burst: load 1 (held 1))'],
+      desired: 1,
+    },
+    {
+      name: 'the first replica is ready: the activator leaves the path (its slice emptied)',
+      world: async () => {
+        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 1, 0);
+        world.activatorEndpoints = ACTIVATOR;
+        await reconciler(world, false, new FixedScaling({ replicas: 1 })).reconcile();
+        world.objects.get('Deployment')!.object.status.readyReplicas = 1;
+        world.writes = [];
+        return world;
+      },
+      scaling: new FixedScaling({ replicas: 1 }),
+      writes: ['apply EndpointSlice', 'status Ready=True Ready'],
+      events: [],
+      desired: 1,
+    },
+    {
+      name: 'down to zero while pods serve: the activator joins the path before /scale 2 -> 0',
+      world: async () => {
+        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 2, 2);
+        world.activatorEndpoints = ACTIVATOR;
+        return world;
+      },
+      scaling: new FixedScaling({ replicas: 0, why: 'idle: load 0' }),
+      writes: ['apply EndpointSlice', 'scale Deployment 2 -> 0', 'status Ready=False ReplicasNotReady'],
+      events: ['Normal Scaled: scaled from 2 to 0 replicas (idle: load 0)'],
+      desired: 0,
+    },
+  ];
+
+  for (const row of rows) {
+    it(row.name, async () => {
+      const world = await row.world();
+      await reconciler(world, false, row.scaling).reconcile();
+      // Phases run in order: the activator path, then deletion costs, then the scale.
+      expect(world.writes).toEqual(
+        row.writes[0]?.startsWith('apply Deployment') ? expect.arrayContaining(row.writes) : row.writes,
+      );
+      expect(world.writes).toHaveLength(row.writes.length);
+      expect(world.events).toEqual(row.events);
+      if (row.desired !== undefined) expect(world.status?.desiredReplicas).toBe(row.desired);
+    });
+  }
+
+  it('a Deployment is created with the count decided for the pass', async () => {
+    const world = new FakeWorld(
+      sfn({ map: { enabled: false }, scaling: { minReplicas: 0, maxReplicas: 3 } }),
+    );
+    await reconciler(world, false, new FixedScaling({ replicas: 0 })).reconcile();
+    expect(world.objects.get('Deployment')!.object.spec.replicas).toBe(0);
+  });
+
+  it('the activator slice lists the activator pods under the Service port name', async () => {
+    const world = new FakeWorld(
+      sfn({ map: { enabled: false }, scaling: { minReplicas: 0, maxReplicas: 3 } }),
+    );
+    world.activatorEndpoints = ACTIVATOR;
+    await reconciler(world, false, new FixedScaling({ replicas: 0 })).reconcile();
+    const slice = world.objects.get('EndpointSlice')!.object;
+    expect(slice.metadata?.name).toBe('echo-activator');
+    expect(slice.metadata?.labels?.['kubernetes.io/service-name']).toBe('echo');
+    expect(slice.ports).toEqual([{ name: 'http', port: 8080, protocol: 'TCP' }]);
+    expect(slice.endpoints.map((e: { addresses: string[] }) => e.addresses[0])).toEqual(ACTIVATOR.addresses);
+  });
 });

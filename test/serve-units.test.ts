@@ -1,7 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Server as NetServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Backend, createFront, pickBackend } from '../cli/serve-front.ts';
+import { type Backend, pickBackend, pickWithRoom } from '../activator/pick.ts';
+import { createFront } from '../cli/serve-front.ts';
 import {
   functionCommand,
   functionEnv,
@@ -16,19 +17,43 @@ const manifest = (spec: string, name = 'fn') =>
   `apiVersion: sluice.dev/v1alpha1\nkind: StreamingFunction\nmetadata:\n  name: ${name}\nspec:\n${spec}`;
 
 describe('pickBackend', () => {
-  const b = (name: string, inFlight: number, ready = true): Backend => ({ name, port: 1, ready, inFlight });
+  const b = (name: string, inFlight: number, ready = true, draining = false): Backend => ({
+    name,
+    port: 1,
+    ready,
+    inFlight,
+    load: inFlight,
+    peak: inFlight,
+    draining,
+  });
   it.each([
     ['least in flight wins', [b('a', 3), b('b', 1), b('c', 2)], 0, 'b'],
     ['ties rotate with the turn (0)', [b('a', 0), b('b', 0)], 0, 'a'],
     ['ties rotate with the turn (1)', [b('a', 0), b('b', 0)], 1, 'b'],
     ['a replica that is not ready is skipped', [b('a', 0, false), b('b', 5)], 0, 'b'],
-    ['none ready: any, so the proxy answers 502 itself', [b('a', 2, false), b('b', 1, false)], 0, 'b'],
+    ['a replica being stopped takes nothing new', [b('a', 0, true, true), b('b', 5)], 0, 'b'],
+    ['none ready: none (the request is held)', [b('a', 2, false), b('b', 1, false)], 0, undefined],
   ])('%s', (_what, backends, turn, expected) => {
     expect(pickBackend(backends, turn)?.name).toBe(expected);
   });
 
   it('no backends: undefined', () => {
     expect(pickBackend([], 0)).toBeUndefined();
+  });
+
+  it.each([
+    ['a free slot', [b('a', 1), b('b', 0, false)], false, 'a'],
+    ['ready ones full, another starting: held for it', [b('a', 2), b('b', 0, false)], false, undefined],
+    ['ready ones full, the autoscaler may add one: held', [b('a', 2), b('b', 3)], true, undefined],
+    [
+      'ready ones full, no more to come: the least loaded (its proxy queues)',
+      [b('a', 2), b('b', 3)],
+      false,
+      'a',
+    ],
+    ['nothing ready', [b('a', 0, false)], false, undefined],
+  ])('a request (concurrency 2) goes to %s', (_what, backends, canGrow, expected) => {
+    expect(pickWithRoom(backends, 2, 0, canGrow)?.name).toBe(expected);
   });
 });
 
@@ -169,34 +194,51 @@ describe('front port before any replica is ready', () => {
     return (server.address() as AddressInfo).port;
   }
 
+  const hold = { fn: 'default/fn', timeoutMs: 30_000, heartbeatMs: 15_000 };
+
   it('holds a request until a replica turns ready, then forwards it', async () => {
     // The replica's port has no listener yet, as right after `sluice serve` starts.
     const backendPort = await freePort();
-    const backend: Backend = { name: 'r0', port: backendPort, ready: false, inFlight: 0 };
-    const front = createFront({ backends: [backend] });
-    let arrived = false;
-    front.http1.on('request', () => {
-      arrived = true;
-    });
+    const backend: Backend = { name: 'r0', port: backendPort, ready: false, inFlight: 0, load: 0, peak: 0 };
+    const front = createFront({ backends: [backend], hold, concurrency: 8 });
     const frontPort = await listen(front.server);
     const response = fetch(`http://127.0.0.1:${frontPort}/`);
-    await waitFor(() => arrived, { what: 'the request to reach the front port' });
+    await waitFor(() => front.room.size === 1, { what: 'the request to be held' });
     const replica = createServer((_req, res) => res.end('from the replica'));
     servers.push(replica);
     await new Promise<void>((resolve) => replica.listen(backendPort, '127.0.0.1', resolve));
     backend.ready = true;
+    front.offer();
     const answer = await response;
     expect(answer.status).toBe(200);
     expect(await answer.text()).toBe('from the replica');
+    expect(front.room.size).toBe(0);
   });
 
-  it('answers 503 with Retry-After when none turns ready in time', async () => {
-    const backend: Backend = { name: 'r0', port: 1, ready: false, inFlight: 0 };
-    const front = createFront({ backends: [backend], readyWaitMs: 100 });
+  it('answers 503 cold_start_timeout with Retry-After, naming the function and the wait', async () => {
+    const backend: Backend = { name: 'r0', port: 1, ready: false, inFlight: 0, load: 0, peak: 0 };
+    const front = createFront({ backends: [backend], hold: { ...hold, timeoutMs: 100 }, concurrency: 8 });
     const frontPort = await listen(front.server);
     const answer = await fetch(`http://127.0.0.1:${frontPort}/`);
     expect(answer.status).toBe(503);
     expect(answer.headers.get('retry-after')).toBe('1');
-    expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('no_replica');
+    const { error } = (await answer.json()) as {
+      error: { code: string; function: string; waitedSeconds: number; message: string };
+    };
+    expect(error).toMatchObject({ code: 'cold_start_timeout', function: 'default/fn' });
+    expect(error.waitedSeconds).toBeGreaterThanOrEqual(0.1);
+    expect(error.message).toContain('default/fn');
+  });
+
+  it('a client that leaves while held is forgotten (stops counting as load)', async () => {
+    const backend: Backend = { name: 'r0', port: 1, ready: false, inFlight: 0, load: 0, peak: 0 };
+    const front = createFront({ backends: [backend], hold, concurrency: 8 });
+    const frontPort = await listen(front.server);
+    const gone = new AbortController();
+    const request = fetch(`http://127.0.0.1:${frontPort}/`, { signal: gone.signal }).catch(() => undefined);
+    await waitFor(() => front.room.size === 1, { what: 'the request to be held' });
+    gone.abort();
+    await request;
+    await waitFor(() => front.room.size === 0, { what: 'the held request to be forgotten' });
   });
 });

@@ -21,6 +21,8 @@ export interface ProxyPlacement {
   authTokensFile?: string;
   /** This replica's name in map results; default the proxy's hostname (SLUICE_REPLICA in a pod). */
   replica?: string;
+  /** Where an activator reaches the public port (load reports); default derived from `listen`. */
+  advertise?: string;
 }
 
 /**
@@ -52,10 +54,13 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   if (prefix) flags.push(`--path-prefix=${prefix}`);
   // Only when it is not the default, so the pod templates of HTTP/1.1 functions stay as they were.
   if (protocol === 'h2c') flags.push('--upstream-protocol=h2c');
-  // Map POSTs each input to the function over HTTP/1.1, which an h2c function does not speak.
-  if (map.enabled && placement.nats && protocol !== 'h2c') {
+  // NATS carries the load reports that autoscaling follows, with or without map. Map POSTs each
+  // input to the function over HTTP/1.1, which an h2c function does not speak.
+  const mapOn = map.enabled && protocol !== 'h2c';
+  if (placement.nats) flags.push(`--nats=${placement.nats}`);
+  if (placement.nats && !mapOn) flags.push('--map=false');
+  if (mapOn && placement.nats) {
     flags.push(
-      `--nats=${placement.nats}`,
       `--map-path=${map.path}`,
       `--map-ack-wait=${map.ackWaitSeconds}`,
       `--map-max-deliver=${map.maxDeliver}`,
@@ -66,5 +71,6 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   if (auth?.secretName && placement.authTokensFile)
     flags.push(`--auth-tokens-file=${placement.authTokensFile}`);
   if (placement.replica) flags.push(`--replica=${placement.replica}`);
+  if (placement.advertise) flags.push(`--advertise=${placement.advertise}`);
   return flags;
 }

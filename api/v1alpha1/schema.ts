@@ -204,14 +204,16 @@ const scaling = guarded(
         .max(1000)
         .default(1)
         .describe(
-          'Replicas the operator runs; the scale subresource (kubectl scale) sets this field. 0 stops the function.',
+          'Fewest replicas; 0 scales to zero when idle (requests are then held while a replica starts). The scale subresource (kubectl scale) sets this field.',
         ),
       maxReplicas: z
         .int()
         .min(1)
         .max(1000)
         .default(1)
-        .describe('Upper bound for minReplicas and for scaling through the scale subresource.'),
+        .describe(
+          'Most replicas the autoscaler runs; equal to minReplicas for a fixed count. Also bounds kubectl scale.',
+        ),
       concurrency: z
         .int()
         .min(1)
@@ -220,6 +222,26 @@ const scaling = guarded(
         .describe(
           'Streams and map tasks in flight per replica, enforced by the proxy. Extra requests queue.',
         ),
+      targetConcurrency: z
+        .int()
+        .min(0)
+        .max(MAX_CONCURRENCY)
+        .default(0)
+        .describe(
+          'Streams in flight (plus queued, plus map tasks waiting) per replica that the autoscaler aims at: replicas = ceil(load / targetConcurrency). 0: ceil(0.7 x concurrency).',
+        ),
+      scaleDownDelaySeconds: seconds(
+        'Replicas are removed only after the load has needed fewer of them for this long; a new request restarts the wait.',
+        60,
+        0,
+        DAY,
+      ),
+      coldStartTimeoutSeconds: seconds(
+        'How long a request may be held while no replica is ready (GPU node scale-up, image pull, model load) before a 503 with Retry-After.',
+        600,
+        1,
+        DAY,
+      ),
       queueTimeoutSeconds: seconds(
         'How long an over-limit request waits for a slot before a 503 with Retry-After.',
         30,
@@ -228,7 +250,7 @@ const scaling = guarded(
       ),
     })
     .prefault({}),
-  'Replica count and per-replica concurrency.',
+  'Replica bounds, per-replica concurrency and autoscaling: replicas follow the streams in flight and queued, summed over replicas, plus map tasks waiting, divided by targetConcurrency.',
   [
     {
       rule: 'self.minReplicas <= self.maxReplicas',
@@ -236,6 +258,14 @@ const scaling = guarded(
       fieldPath: '.minReplicas',
     },
     (s) => s.minReplicas <= s.maxReplicas,
+  ],
+  [
+    {
+      rule: 'self.targetConcurrency <= self.concurrency',
+      message: 'targetConcurrency must not exceed concurrency',
+      fieldPath: '.targetConcurrency',
+    },
+    (s) => s.targetConcurrency <= s.concurrency,
   ],
 );
 
@@ -425,7 +455,7 @@ export const streamingFunctionSpecSchema = z
 
 const condition = z
   .object({
-    type: z.string().describe('Ready, Available or Scheduled.'),
+    type: z.string().describe('Ready, Available, Scheduled or Active.'),
     status: z.enum(['True', 'False', 'Unknown']).describe('True, False or Unknown.'),
     reason: z.string().describe('CamelCase reason, e.g. InsufficientGPU.'),
     message: z.string().describe('Human-readable details.'),
@@ -444,10 +474,18 @@ export const streamingFunctionStatusSchema = z
     conditions: z
       .array(condition)
       .optional()
-      .describe('Ready, Available and Scheduled (reason InsufficientGPU when pods cannot be placed).')
+      .describe(
+        'Ready, Available, Scheduled (reason InsufficientGPU when pods cannot be placed) and Active (False, reason ScaledToZero, at zero replicas).',
+      )
       .meta({ 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] }),
     replicas: z.int().min(0).optional().describe('Pods of the function that exist.'),
     readyReplicas: z.int().min(0).optional().describe('Pods whose function and proxy are ready.'),
+    desiredReplicas: z.int().min(0).optional().describe('Replicas the autoscaler wants now.'),
+    inFlight: z
+      .int()
+      .min(0)
+      .optional()
+      .describe('Streams in flight plus queued, summed over replicas (refreshed every few seconds).'),
     selector: z.string().optional().describe('Label selector of the pods, for the scale subresource.'),
     url: z.string().optional().describe('Where to curl the function.'),
   })

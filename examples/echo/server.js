@@ -5,6 +5,7 @@
 //   POST /map                  answers one map input (JSON) with {"echo": input, "pid": ...};
 //                              {"fail": "why"} answers 500 so a failing input can be seen;
 //                              {"sleepMs": n} takes n ms, for watching results arrive.
+//   env STARTUP_DELAY_MS=n     waits n ms before listening (a slow start, as a model load).
 import { createServer } from 'node:http';
 
 const port = Number(process.env.PORT ?? 9000);
@@ -96,5 +97,7 @@ const server = createServer((req, res) => {
     else res.destroy(err);
   });
 });
-server.listen(port, () => console.log(`echo listening on :${port}`));
+// STARTUP_DELAY_MS plays a slow start (a model loading onto a GPU) before the port opens.
+const startupDelayMs = Number(process.env.STARTUP_DELAY_MS ?? 0);
+setTimeout(() => server.listen(port, () => console.log(`echo listening on :${port}`)), startupDelayMs);
 for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => server.close(() => process.exit(0)));

@@ -75,3 +75,12 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The activator runs when enabled and there is NATS to hear the functions' load on. */}}
+{{- define "sluice.activatorEnabled" -}}
+{{- if and .Values.activator.enabled (include "sluice.natsUrl" .) }}true{{ end }}
+{{- end }}
+
+{{- define "sluice.activatorName" -}}
+{{- printf "%s-activator" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

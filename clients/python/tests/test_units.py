@@ -64,7 +64,7 @@ def body(code: str, message: str = "why") -> str:
         (503, body("queue_timeout"), "3", sluice.QueueTimeout, "queue_timeout", 3.0),
         (503, body("shutting_down"), None, sluice.ShuttingDown, "shutting_down", None),
         (503, body("nats_unavailable"), "1", sluice.MapUnavailable, "nats_unavailable", 1.0),
-        (503, body("no_replica"), None, sluice.NoReplica, "no_replica", None),
+        (503, body("cold_start_timeout"), "30", sluice.NoReplica, "cold_start_timeout", 30.0),
         (404, body("map_not_found"), None, sluice.MapNotFound, "map_not_found", None),
         (413, body("too_many_inputs"), None, sluice.PayloadTooLarge, "too_many_inputs", None),
         (

@@ -96,7 +96,8 @@ class ShuttingDown(Unavailable):
 
 
 class NoReplica(Unavailable):
-    """503 from `sluice serve`: no replica of the function is running or became ready."""
+    """503: no replica of the function became ready within its coldStartTimeoutSeconds while the
+    request was held (scale from zero, the activator or `sluice serve`)."""
 
 
 class MapUnavailable(Unavailable):
@@ -190,7 +191,7 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "queue_timeout": QueueTimeout,
         "shutting_down": ShuttingDown,
         "shutdown": ShuttingDown,
-        "no_replica": NoReplica,
+        "cold_start_timeout": NoReplica,
         "map_disabled": MapUnavailable,
         "map_unavailable": MapUnavailable,
         "nats_unavailable": MapUnavailable,
