@@ -7,20 +7,27 @@ import type { AddressInfo } from 'node:net';
  *   a number n                 → JSON {"square": n*n}
  *   a string s                 → text/plain s upper-cased
  *   {"sleep": ms, ...}         → waits ms first (then as below; {"echo": input} if nothing else)
+ *   {"gate": true, ...}        → waits until `POST /open` (then as below)
  *   {"status": code}           → answers that status with text "failing on purpose"
  *   {"bytes": n}               → JSON string of n "x" characters
  *   {"stamp": n}               → JSON {"n": n, "t": CLOCK_MONOTONIC ms when answered} (benchmark)
  *   anything else              → JSON {"echo": input}
  * `GET /attempts` → JSON {"<input as JSON>": attempts seen by this process}.
+ * `POST /open` → lets every gated input through, now and from then on.
  */
 const attempts = new Map<string, number>();
+let openGate: () => void;
+const gateOpen = new Promise<void>((resolve) => {
+  openGate = resolve;
+});
 
 async function answer(input: unknown): Promise<{ status: number; type: string; body: string }> {
   if (typeof input === 'number')
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes, stamp } = input as {
+    const { gate, sleep, status, bytes, stamp } = input as {
+      gate?: boolean;
       sleep?: number;
       status?: number;
       bytes?: number;
@@ -33,6 +40,7 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
         body: JSON.stringify({ n: stamp, t: Number(process.hrtime.bigint()) / 1e6 }),
       };
     }
+    if (gate) await gateOpen;
     if (sleep) await new Promise((r) => setTimeout(r, sleep));
     if (status) return { status, type: 'text/plain', body: 'failing on purpose' };
     if (bytes) return { status: 200, type: 'application/json', body: JSON.stringify('x'.repeat(bytes)) };
@@ -44,6 +52,11 @@ const server = createServer({ noDelay: true, keepAliveTimeout: 60_000 }, (req, r
   if (req.method === 'GET' && req.url === '/attempts') {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify(Object.fromEntries(attempts)));
+    return;
+  }
+  if (req.method === 'POST' && req.url === '/open') {
+    openGate();
+    res.writeHead(204).end();
     return;
   }
   const chunks: Buffer[] = [];

@@ -1,6 +1,8 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { type NatsAuthority, pushAccount, resolverConfig } from '../common/nats-auth.ts';
 import { freePort, waitForPort } from '../common/net.ts';
 import { type Started, start } from './process.ts';
 
@@ -18,15 +20,28 @@ export interface NatsServer {
   stop: () => Promise<void>;
 }
 
-/** A real `nats-server -js` (the Debian package) on a free loopback port with its own store. */
-export async function startNats(): Promise<NatsServer> {
+/**
+ * A real `nats-server -js` (the Debian package) on a free loopback port with its own store.
+ * With `authority` it runs as Sluice's clusters do: decentralised auth, every client needs
+ * credentials, function accounts are pushed (see SecuredNats).
+ */
+export async function startNats(options: { authority?: NatsAuthority } = {}): Promise<NatsServer> {
   const port = await freePort();
   const storeDir = await mkdtemp(join(tmpdir(), 'sluice-nats-'));
+  const args = ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir];
+  if (options.authority) {
+    const config = join(storeDir, 'nats.conf');
+    await writeFile(
+      config,
+      (await options.authority.trustConfig()) + resolverConfig(join(storeDir, 'accounts')),
+    );
+    args.push('-c', config);
+  }
   let output = '';
   let server: Started | undefined;
   const launch = async () => {
     const before = output;
-    server = start('nats-server', ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir]);
+    server = start('nats-server', args);
     const current = server;
     output = before;
     current.child.stdout?.on('data', (d: Buffer) => {
@@ -56,6 +71,43 @@ export async function startNats(): Promise<NatsServer> {
     stop: async () => {
       await pause();
       await rm(storeDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A NATS in operator mode with the keys to run it: what the operator holds in a cluster. */
+export interface SecuredNats extends NatsServer {
+  authority: NatsAuthority;
+  /** Pushes `fn`'s account (as the operator does before its pods start). */
+  addFunction: (fn: string) => Promise<void>;
+  /** A client with `creds` (a .creds text); closed by stop(). */
+  connectWith: (creds: string, name?: string) => Promise<NatsConnection>;
+}
+
+export async function startSecuredNats(authority: NatsAuthority): Promise<SecuredNats> {
+  const nats = await startNats({ authority });
+  const clients: NatsConnection[] = [];
+  const connectWith = async (creds: string, name = 'test') => {
+    const nc = await connect({
+      servers: nats.url,
+      name,
+      authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
+    });
+    clients.push(nc);
+    return nc;
+  };
+  let system: NatsConnection | undefined;
+  return {
+    ...nats,
+    authority,
+    connectWith,
+    addFunction: async (fn) => {
+      system ??= await connectWith((await authority.systemCredentials()).creds, 'system');
+      await pushAccount(system, await authority.functionAccountJwt(fn));
+    },
+    stop: async () => {
+      await Promise.all(clients.map((c) => c.close().catch(() => {})));
+      await nats.stop();
     },
   };
 }
