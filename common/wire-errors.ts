@@ -7,6 +7,7 @@
  */
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { SluiceError } from './errors.ts';
+import { MAX_JSON_DEPTH } from './limits.ts';
 
 interface WireErrorSpec {
   /** The status of a JSON error response; undefined: only ever sent as an `event: error`. */
@@ -34,6 +35,11 @@ export const WIRE_ERRORS = {
   not_found: { status: 404, meaning: 'no such path (under /_sluice/ or on an admin port)' },
   method_not_allowed: { status: 405, meaning: 'the path does not take this method' },
   body_too_large: { status: 413, meaning: 'the body is over --max-body bytes, declared or chunked' },
+  headers_timeout: { status: 408, meaning: 'the request headers took longer than --headers-timeout seconds' },
+  body_timeout: {
+    status: 408,
+    meaning: 'the request body sent nothing for --body-timeout seconds (silence, not length)',
+  },
   // Capacity and lifecycle
   queue_timeout: { status: 503, meaning: 'every --concurrency slot stayed busy for --queue-timeout seconds' },
   shutting_down: {
@@ -46,6 +52,10 @@ export const WIRE_ERRORS = {
   map_disabled: { status: 503, meaning: '/_sluice/map on a proxy without --nats' },
   nats_unavailable: { status: 503, meaning: 'map needs NATS, which is not connected now; retry' },
   invalid_json: { status: 400, meaning: 'the map body is not JSON' },
+  json_too_deep: {
+    status: 400,
+    meaning: `the map body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels`,
+  },
   invalid_map_body: { status: 400, meaning: 'the map body breaks its schema; the message names the field' },
   invalid_last_event_id: { status: 400, meaning: 'Last-Event-ID of a resume is not an index of the map' },
   too_many_inputs: { status: 413, meaning: 'more inputs than --max-map-inputs' },

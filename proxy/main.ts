@@ -8,6 +8,7 @@ import type { ProxyConfig } from './config.ts';
 import { ConcurrencyLimiter } from './limiter.ts';
 import type { MapDependencies, MapService } from './map-service.ts';
 import { createProxyMetrics } from './metrics.ts';
+import { answerClientError, headersTimeoutOptions } from './request-timeouts.ts';
 import { PublicHandler } from './server.ts';
 
 export interface RunningProxy {
@@ -25,7 +26,6 @@ export interface RunningProxy {
 // Longer than the idle timeouts of common load balancers (GCP 600 s, AWS ALB 60 s, nginx 75 s),
 // so the proxy never closes a kept-alive connection a balancer is about to reuse (Ray #54127).
 const KEEP_ALIVE_TIMEOUT_MS = 620_000;
-const HEADERS_TIMEOUT_MS = 630_000;
 
 const BAD_CONNECT_BODY = `${jsonErrorBody('bad_request_target', 'CONNECT is not supported: not a proxy')}\n`;
 const BAD_CONNECT = Buffer.from(
@@ -62,11 +62,11 @@ export async function runProxy(
 
   const publicServer = createServer({
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-    headersTimeout: HEADERS_TIMEOUT_MS,
-    requestTimeout: 0, // streams are bounded by --idle-timeout and --max-duration instead
+    ...headersTimeoutOptions(config.headersTimeout),
     noDelay: true,
   });
   publicServer.on('request', handler.handle);
+  publicServer.on('clientError', answerClientError);
   publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
   const adminServer = createAdminServer({
     registry: metrics.registry,

@@ -10,6 +10,9 @@ import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
 import type { ProxyMetrics } from './metrics.ts';
+import { normaliseTarget } from './path.ts';
+import { watchRequestBody } from './request-timeouts.ts';
+import { SilenceWatch } from './silence-watch.ts';
 import { type RelayFailure, type RelayLimits, StreamRelay } from './stream-relay.ts';
 
 export interface PublicHandlerOptions {
@@ -30,6 +33,8 @@ interface Exchange {
   queue?: AbortController;
   relay?: StreamRelay;
   proxyReq?: ClientRequest;
+  /** Set when the body went silent for --body-timeout and the request was answered 408. */
+  bodyStalled?: boolean;
 }
 
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
@@ -58,6 +63,7 @@ export class PublicHandler {
   // Shared by every stream: an idle stream should cost as little as possible.
   readonly #limits: RelayLimits;
   readonly #countEvents: (count: number) => void;
+  readonly #bodies: SilenceWatch;
 
   constructor(options: PublicHandlerOptions) {
     this.#options = options;
@@ -68,6 +74,7 @@ export class PublicHandler {
       maxDurationMs: config.maxDuration * 1000,
     };
     this.#countEvents = (count) => metrics.events.inc(count);
+    this.#bodies = new SilenceWatch(config.bodyTimeout * 1000);
     this.#proxy = createProxyServer({
       target: options.config.upstream,
       xfwd: true,
@@ -127,6 +134,7 @@ export class PublicHandler {
   handle = (req: IncomingMessage, res: ServerResponse): void => {
     const exchange = this.#begin(req, res);
     this.#route(exchange).catch((err: unknown) => {
+      if (exchange.bodyStalled) return; // answered 408 already; the reader saw the body cut off
       this.#options.log.error({ err, requestId: exchange.id }, 'request failed inside the proxy');
       if (exchange.relay) exchange.relay.fail({ code: 'internal', message: 'proxy error' });
       else sendJsonError(res, 'internal', 'proxy error');
@@ -163,7 +171,12 @@ export class PublicHandler {
       sendJsonError(res, 'bad_request_target', refused);
       return;
     }
-    req.url = stripPathPrefix(req.url!, config.pathPrefix);
+    req.url = stripPathPrefix(normaliseTarget(req.url!), config.pathPrefix);
+    if (!req.complete)
+      res.once(
+        'close',
+        watchRequestBody(this.#bodies, req, res, () => this.#bodyStalled(exchange)),
+      );
     const path = pathOf(req.url);
     if (tokens && !tokens.accepts(bearerToken(req))) {
       sendJsonError(res, 'unauthorized', 'a valid Authorization: Bearer token is required', {
@@ -186,6 +199,20 @@ export class PublicHandler {
     if (!release) return;
     res.once('close', release);
     this.#forward(exchange);
+  }
+
+  /** The client stopped sending its body: answer 408, stop the function's request, free the slot. */
+  #bodyStalled(exchange: Exchange): void {
+    const failure: RelayFailure = {
+      code: 'body_timeout',
+      message: `the request body sent nothing for ${this.#options.config.bodyTimeout} s (--body-timeout)`,
+    };
+    exchange.bodyStalled = true;
+    exchange.res.setHeader('connection', 'close'); // the rest of this body is not coming
+    exchange.queue?.abort(failure);
+    if (exchange.relay) exchange.relay.fail(failure);
+    else sendJsonError(exchange.res, failure.code, failure.message);
+    exchange.proxyReq?.destroy();
   }
 
   /** Waits in FIFO order for a slot; answers 503 + Retry-After itself when none frees up. */
