@@ -36,6 +36,8 @@ export interface FrontOptions {
   readyWaitMs?: number;
   /** Answers a request itself instead of forwarding it (map without NATS); true when it did. */
   intercept?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  /** Why no replica will come up soon (every function crash-loops); a waiting request gets 503 at once. */
+  crashed?: () => string | undefined;
 }
 
 /**
@@ -53,9 +55,11 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
     if (options.intercept?.(req, res)) return;
     // Right after start-up (or while every function restarts) a request waits for a replica
     // to turn ready, as the proxy's own queue would, instead of failing with a 502.
-    if (!(await someReady(options.backends, readyWaitMs, res))) {
+    const waited = await someReady(options.backends, readyWaitMs, res, options.crashed);
+    if (waited !== 'ready') {
       if (res.destroyed) return;
       res.setHeader('retry-after', '1');
+      if (waited !== 'timeout') return sendJsonError(res, 'function_crashed', waited.crashed);
       return sendJsonError(res, 'no_replica', `no replica became ready within ${readyWaitMs / 1000} s`);
     }
     const backend = pickBackend(options.backends, turn++);
@@ -114,17 +118,23 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
   };
 }
 
-/** Resolves true once a backend is ready, false after `timeoutMs` or when the client leaves. */
+/**
+ * 'ready' once a backend is ready; 'timeout' after `timeoutMs` or when the client leaves; the
+ * reason at once when `crashed` says no replica is coming.
+ */
 async function someReady(
   backends: readonly Backend[],
   timeoutMs: number,
   res: ServerResponse,
-): Promise<boolean> {
+  crashed: () => string | undefined = () => undefined,
+): Promise<'ready' | 'timeout' | { crashed: string }> {
   const deadline = Date.now() + timeoutMs;
   while (!backends.some((b) => b.ready)) {
-    if (res.destroyed || Date.now() >= deadline) return false;
+    const reason = crashed();
+    if (reason) return { crashed: reason };
+    if (res.destroyed || Date.now() >= deadline) return 'timeout';
     // Readiness is polled by serve every few hundred ms; a short wait here costs nothing.
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  return true;
+  return 'ready';
 }

@@ -68,6 +68,10 @@ export const WIRE_ERRORS = {
   // `sluice serve`'s front port
   no_replica: { status: 503, meaning: 'sluice serve: no replica is running or became ready in time' },
   replica_unavailable: { status: 502, meaning: 'sluice serve: the chosen replica did not answer' },
+  function_crashed: {
+    status: 503,
+    meaning: "sluice serve: every replica's function keeps exiting; the message has its exit and last line",
+  },
   map_unavailable: {
     status: 503,
     meaning: 'sluice serve: map needs a local nats-server, which was not found',
