@@ -134,12 +134,15 @@ export class NatsAuthority {
   readonly operator: KeyPair;
   readonly system: KeyPair;
   readonly sluice: KeyPair;
+  /** The master secret, base64, as given: what the operator's Secret keeps. */
+  readonly master: string;
   readonly #master: Buffer;
 
   constructor(masterBase64: string) {
     const master = Buffer.from(masterBase64, 'base64');
     if (master.length < 32)
       throw new NatsAuthError('the NATS master secret must be at least 32 bytes (base64)');
+    this.master = masterBase64;
     this.#master = master;
     this.operator = derive(master, Prefix.Operator, 'operator');
     this.system = derive(master, Prefix.Account, 'account/$SYS');

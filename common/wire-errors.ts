@@ -31,7 +31,15 @@ export const WIRE_ERRORS = {
   max_duration: { status: 504, meaning: 'the stream ran longer than --max-duration seconds' },
   // The request
   bad_request_target: { status: 400, meaning: 'absolute-form target, CONNECT or //path: not an open proxy' },
-  unauthorized: { status: 401, meaning: 'no accepted Authorization: Bearer token (--auth-tokens-file)' },
+  unauthorized: {
+    status: 401,
+    meaning:
+      "no accepted Authorization: Bearer token (--auth-tokens-file; the operator's /metrics: a Kubernetes token)",
+  },
+  forbidden: {
+    status: 403,
+    meaning: "the operator's /metrics: the token's user may not get /metrics (RBAC)",
+  },
   not_found: { status: 404, meaning: 'no such path (under /_sluice/ or on an admin port)' },
   method_not_allowed: { status: 405, meaning: 'the path does not take this method' },
   body_too_large: { status: 413, meaning: 'the body is over --max-body bytes, declared or chunked' },

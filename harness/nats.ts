@@ -20,21 +20,27 @@ export interface NatsServer {
   stop: () => Promise<void>;
 }
 
+export interface NatsOptions {
+  /** Runs as Sluice's clusters do: decentralised auth trusting this authority (see SecuredNats). */
+  authority?: NatsAuthority;
+  /** The same from a trust.conf text (what the operator's Secret holds). */
+  trust?: string;
+  /** Default: a free one. */
+  port?: number;
+}
+
 /**
- * A real `nats-server -js` (the Debian package) on a free loopback port with its own store.
- * With `authority` it runs as Sluice's clusters do: decentralised auth, every client needs
- * credentials, function accounts are pushed (see SecuredNats).
+ * A real `nats-server -js` (the Debian package) on a loopback port with its own store. Locked
+ * down (`authority` or `trust`), every client needs credentials and function accounts are pushed.
  */
-export async function startNats(options: { authority?: NatsAuthority } = {}): Promise<NatsServer> {
-  const port = await freePort();
+export async function startNats(options: NatsOptions = {}): Promise<NatsServer> {
+  const port = options.port ?? (await freePort());
   const storeDir = await mkdtemp(join(tmpdir(), 'sluice-nats-'));
   const args = ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', storeDir];
-  if (options.authority) {
+  const trust = options.trust ?? (await options.authority?.trustConfig());
+  if (trust) {
     const config = join(storeDir, 'nats.conf');
-    await writeFile(
-      config,
-      (await options.authority.trustConfig()) + resolverConfig(join(storeDir, 'accounts')),
-    );
+    await writeFile(config, trust + resolverConfig(join(storeDir, 'accounts')));
     args.push('-c', config);
   }
   let output = '';

@@ -6,7 +6,7 @@ import { Informer } from './informer.ts';
 import { type KubeClient, type KubeObject, resourcePath } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { Reconciler } from './reconciler.ts';
-import { type MapStreams, OWNED_KINDS } from './reconciler-io.ts';
+import { type MapStreams, type NatsCredentials, ownedKinds } from './reconciler-io.ts';
 
 const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${FIELD_MANAGER}`;
 
@@ -25,10 +25,13 @@ export interface ControllerOptions {
   client: KubeClient;
   config: BuilderConfig & { namespace: string };
   streams: MapStreams | undefined;
+  credentials?: NatsCredentials;
   metrics: OperatorMetrics;
   log: Logger;
   /** Called for every key that needs a reconcile. */
   enqueue: (key: string) => void;
+  /** Called for a key to reconcile again later (credentials to renew). */
+  enqueueAfter?: (key: string, ms: number) => void;
 }
 
 /**
@@ -59,7 +62,7 @@ export class Controller {
       log,
     });
     this.owned = new Map(
-      OWNED_KINDS.map((k) => [
+      ownedKinds(config).map((k) => [
         k.kind,
         new Informer<KubeObject>(client, {
           path: resourcePath(k.apiVersion, k.plural, ns),
@@ -83,6 +86,8 @@ export class Controller {
     this.reconciler = new Reconciler({
       io: new ClusterIO({ client, functions: this.functions, owned: this.owned, pods: this.pods, log }),
       streams: options.streams,
+      credentials: options.credentials,
+      requeueAfter: options.enqueueAfter,
       config,
       metrics: options.metrics,
       log,

@@ -5,6 +5,7 @@ import type { Logger } from '../common/log.ts';
 import type { MapStreamSettings } from '../common/map-streams.ts';
 import { deleteMapTopology, ensureMapTopology } from '../common/map-topology.ts';
 import type { FunctionView } from './function.ts';
+import type { NatsAccounts } from './nats-accounts.ts';
 
 /** NATS trouble: always worth a retry (the server restarts, a leader moves). */
 export class StreamError extends SluiceError {
@@ -28,17 +29,26 @@ export function streamSettings(fn: FunctionView): MapStreamSettings {
  * Keeps each map-enabled function's JetStream streams (tasks, results) and shared worker
  * consumer equal to its spec.map (common/map-topology.ts, as their owner), and deletes them
  * when the function goes. A function whose streams were already made for its current
- * generation is not asked about again, so a steady state sends NATS nothing.
+ * generation is not asked about again, so a steady state sends NATS nothing. With `accounts`
+ * (locked-down NATS) each function's streams live in its own account, reached through it.
  */
 export class StreamManager {
   private readonly url: string;
   private readonly log: Logger;
+  private readonly accounts: NatsAccounts | undefined;
   private connection: Promise<{ nc: NatsConnection; jsm: JetStreamManager }> | undefined;
   private readonly ensured = new Map<string, string>();
 
-  constructor(url: string, log: Logger) {
+  constructor(url: string, log: Logger, accounts?: NatsAccounts) {
     this.url = url;
     this.log = log;
+    this.accounts = accounts;
+  }
+
+  /** Runs `op` with a JetStream manager that sees the streams of `fn`. */
+  private async withManager<T>(fn: string, op: (jsm: JetStreamManager) => Promise<T>): Promise<T> {
+    if (this.accounts) return this.accounts.inAccount(fn, async (nc) => op(await jetstreamManager(nc)));
+    return op(await this.manager());
   }
 
   private manager(): Promise<JetStreamManager> {
@@ -64,7 +74,7 @@ export class StreamManager {
     if (this.ensured.get(name) === stamp) return false;
     let wrote: boolean;
     try {
-      wrote = await ensureMapTopology(await this.manager(), name, settings, 'owner');
+      wrote = await this.withManager(name, (jsm) => ensureMapTopology(jsm, name, settings, 'owner'));
     } catch (err) {
       throw new StreamError(`cannot create the map streams of ${name}: ${errorMessage(err)}`, err);
     }
@@ -77,7 +87,7 @@ export class StreamManager {
   async remove(fn: FunctionView): Promise<void> {
     const name = StreamManager.fnName(fn);
     try {
-      await deleteMapTopology(await this.manager(), name);
+      await this.withManager(name, (jsm) => deleteMapTopology(jsm, name));
     } catch (err) {
       throw new StreamError(`cannot delete the map streams of ${name}: ${errorMessage(err)}`, err);
     }
@@ -87,5 +97,6 @@ export class StreamManager {
   async close(): Promise<void> {
     const connection = await this.connection?.catch(() => undefined);
     await connection?.nc.drain();
+    await this.accounts?.close();
   }
 }
