@@ -1,11 +1,14 @@
 // The chart without a cluster: lint, every feature flag rendered, bad values refused by
 // values.schema.json naming the field, the operator accepting the flags the chart passes, and
 // the NATS configuration accepted and served by a real nats-server.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
+import { NatsAuthority, newMasterSecret, pushAccount } from '../common/nats-auth.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
@@ -39,14 +42,20 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     const kinds = defaults.map((m) => `${m.kind}/${m.metadata.name}`).sort();
     expect(kinds).toEqual(
       [
+        'ClusterRole/sluice-metrics-reader',
         'ClusterRole/sluice-operator',
+        'ClusterRole/sluice-operator-auth',
         'ClusterRoleBinding/sluice-operator',
+        'ClusterRoleBinding/sluice-operator-auth',
         'ConfigMap/sluice-nats',
         'CustomResourceDefinition/streamingfunctions.sluice.dev',
         'Deployment/sluice-operator',
+        'NetworkPolicy/sluice-nats',
         'PodDisruptionBudget/sluice-operator',
         'Role/sluice-leader-election',
+        'Role/sluice-nats-keys',
         'RoleBinding/sluice-leader-election',
+        'RoleBinding/sluice-nats-keys',
         'Service/sluice-nats',
         'Service/sluice-nats-headless',
         'Service/sluice-operator-metrics',
@@ -94,6 +103,74 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     const config = find(defaults, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
     expect(config).toMatch(/jetstream \{\s*store_dir: \/data/);
     expect(flag(operatorArgs(defaults), 'nats')).toBe('nats://sluice-nats.sluice-system.svc:4222');
+  });
+
+  it("locks NATS down: the operator's keys Secret mounted, monitoring off the client Service", () => {
+    const sts = find(defaults, 'StatefulSet', '-nats')!;
+    const pod = sts.spec.template.spec;
+    expect(pod.volumes).toContainEqual({
+      name: 'auth',
+      secret: { secretName: 'sluice-nats-auth', items: [{ key: 'trust.conf', path: 'trust.conf' }] },
+    });
+    expect(pod.containers[0].volumeMounts).toContainEqual({
+      name: 'auth',
+      mountPath: '/etc/nats-auth',
+      readOnly: true,
+    });
+    const config = find(defaults, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
+    expect(config).toContain('include ../nats-auth/trust.conf');
+    expect(config).toMatch(/resolver: \{\s*type: full\s*dir: \/data\/jwt/);
+    const args = operatorArgs(defaults);
+    expect(flag(args, 'nats-auth')).toBe('true');
+    expect(flag(args, 'nats-auth-secret')).toBe('sluice-system/sluice-nats-auth');
+    const service = find(defaults, 'Service', '-nats')!;
+    expect(service.spec.ports.map((p: Manifest) => p.port)).toEqual([4222]);
+    // The operator reads Secrets only because it issues NATS credentials.
+    const rules = find(defaults, 'ClusterRole', '-operator')!.rules as Manifest[];
+    expect(rules.find((r) => r.resources.includes('secrets'))?.verbs).toEqual([
+      'get',
+      'list',
+      'watch',
+      'create',
+      'patch',
+      'delete',
+    ]);
+    expect(find(defaults, 'Role', '-nats-keys')!.rules).toEqual([
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'create'] },
+    ]);
+  });
+
+  it('lets NATS take clients only from function pods and the operator', () => {
+    const policy = find(defaults, 'NetworkPolicy', '-nats')!;
+    expect(policy.spec.ingress).toEqual([
+      {
+        ports: [{ protocol: 'TCP', port: 4222 }],
+        from: [
+          {
+            podSelector: { matchExpressions: [{ key: 'sluice.dev/function', operator: 'Exists' }] },
+            namespaceSelector: {},
+          },
+          {
+            podSelector: {
+              matchLabels: find(defaults, 'Deployment', '-operator')!.spec.selector.matchLabels,
+            },
+          },
+        ],
+      },
+    ]);
+    expect(flag(operatorArgs(defaults), 'network-policy')).toBe('true');
+  });
+
+  it("serves the operator's /metrics to tokens allowed get on it, with the RBAC a Prometheus needs", () => {
+    expect(flag(operatorArgs(defaults), 'metrics-auth')).toBe('true');
+    expect(find(defaults, 'ClusterRole', '-metrics-reader')!.rules).toEqual([
+      { nonResourceURLs: ['/metrics'], verbs: ['get'] },
+    ]);
+    expect(find(defaults, 'ClusterRole', '-operator-auth')!.rules).toEqual([
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
+    ]);
+    expect(find(defaults, 'ClusterRoleBinding', '-metrics-reader')).toBeUndefined();
   });
 
   // Each feature flag: the values that turn it, and what must (not) be rendered.
@@ -152,7 +229,11 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       name: 'operator.watchNamespace narrows RBAC to a Role in that namespace',
       set: ['operator.watchNamespace=team-a'],
       check: (m) => {
-        expect(find(m, 'ClusterRole')).toBeUndefined();
+        // Only the cluster-scoped review grants (/metrics auth) stay cluster-wide.
+        expect(m.filter((x) => x.kind === 'ClusterRole').map((x) => x.metadata.name)).toEqual([
+          'sluice-operator-auth',
+          'sluice-metrics-reader',
+        ]);
         expect(find(m, 'Role', '-operator')!.metadata.namespace).toBe('team-a');
         expect(find(m, 'RoleBinding', '-operator')!.metadata.namespace).toBe('team-a');
         expect(flag(operatorArgs(m), 'namespace')).toBe('team-a');
@@ -173,6 +254,77 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       check: (m) => {
         expect(m.filter((x) => x.kind.includes('Role') || x.kind === 'ServiceAccount')).toEqual([]);
         expect(find(m, 'Deployment')!.spec.template.spec.serviceAccountName).toBe('ops');
+      },
+    },
+    {
+      name: 'nats.auth.enabled=false: no keys, no credentials, no Secret access',
+      set: ['nats.auth.enabled=false'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'nats-auth')).toBe('false');
+        expect(flag(operatorArgs(m), 'nats-auth-secret')).toBeUndefined();
+        expect(find(m, 'Role', '-nats-keys')).toBeUndefined();
+        expect(JSON.stringify(find(m, 'ClusterRole', '-operator')!.rules)).not.toContain('secrets');
+        expect(find(m, 'ConfigMap', '-nats')!.data['nats.conf']).not.toContain('include');
+        expect(JSON.stringify(find(m, 'StatefulSet')!.spec.template.spec.volumes)).not.toContain('nats-auth');
+      },
+    },
+    {
+      name: 'nats.url: the operator locks that NATS down too (its admin includes trust.conf)',
+      set: ['nats.enabled=false', 'nats.url=nats://nats.infra:4222'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'nats-auth')).toBe('true');
+        expect(find(m, 'Role', '-nats-keys')).toBeDefined();
+        expect(find(m, 'NetworkPolicy')).toBeUndefined();
+      },
+    },
+    {
+      name: 'networkPolicy: namespaces reach the operator; enabled=false drops policies and their RBAC',
+      set: [
+        'networkPolicy.proxyFromNamespaces={ingress-nginx,apps}',
+        'networkPolicy.monitoringNamespaces={monitoring}',
+      ],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'proxy-from-namespaces')).toBe('ingress-nginx,apps');
+        expect(flag(operatorArgs(m), 'admin-from-namespaces')).toBe('monitoring');
+        expect(find(m, 'NetworkPolicy')!.spec.ingress[1]).toEqual({
+          ports: [{ protocol: 'TCP', port: 8222 }],
+          from: [
+            {
+              namespaceSelector: {
+                matchExpressions: [
+                  { key: 'kubernetes.io/metadata.name', operator: 'In', values: ['monitoring'] },
+                ],
+              },
+            },
+          ],
+        });
+      },
+    },
+    {
+      name: 'networkPolicy.enabled=false',
+      set: ['networkPolicy.enabled=false'],
+      check: (m) => {
+        expect(find(m, 'NetworkPolicy')).toBeUndefined();
+        expect(flag(operatorArgs(m), 'network-policy')).toBe('false');
+        expect(JSON.stringify(find(m, 'ClusterRole', '-operator')!.rules)).not.toContain('networkpolicies');
+      },
+    },
+    {
+      name: 'metrics.readers binds ServiceAccounts to the metrics-reader ClusterRole; auth=false drops it all',
+      set: ['metrics.readers[0].name=prometheus-k8s', 'metrics.readers[0].namespace=monitoring'],
+      check: (m) =>
+        expect(find(m, 'ClusterRoleBinding', '-metrics-reader')!.subjects).toEqual([
+          { kind: 'ServiceAccount', name: 'prometheus-k8s', namespace: 'monitoring' },
+        ]),
+    },
+    {
+      name: 'metrics.auth=false',
+      set: ['metrics.auth=false'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'metrics-auth')).toBe('false');
+        expect(m.filter((x) => x.kind === 'ClusterRole').map((x) => x.metadata.name)).toEqual([
+          'sluice-operator',
+        ]);
       },
     },
     {
@@ -200,6 +352,9 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.jetstream.maxFileStore=lots'], names: /\/nats\/jetstream\/maxFileStore/ },
     { set: ['nats.persistence.accessModes={ReadMostly}'], names: /\/nats\/persistence\/accessModes/ },
     { set: ['crds.keep=maybe'], names: /\/crds\/keep/ },
+    { set: ['networkPolicy.proxyFromNamespaces={Bad_NS}'], names: /\/networkPolicy\/proxyFromNamespaces/ },
+    { set: ['nats.auth.credentialsTtlSeconds=5'], names: /\/nats\/auth\/credentialsTtlSeconds/ },
+    { set: ['metrics.readers[0].name=p'], names: /\/metrics\/readers\/0/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
     {
       set: ['serviceAccount.create=false'],
@@ -227,6 +382,11 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       [],
       ['nats.enabled=false', 'nats.url=tls://a:4222'],
       ['operator.watchNamespace=team-a'],
+      [
+        'networkPolicy.proxyFromNamespaces={a,b}',
+        'networkPolicy.monitoringNamespaces={m}',
+        'nats.auth.enabled=false',
+      ],
     ]) {
       const args = operatorArgs(await render(set.flatMap((s) => ['--set', s])));
       expect(args[0]).toBe('operator');
@@ -236,6 +396,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       expect(config.metrics.port).toBe(8081);
       expect(config.proxyImage).toBe('ghcr.io/sluice-dev/sluice:0.1.0');
       expect(config.nats).toBe(flag(args, 'nats') ?? '');
+      expect(config.proxyFromNamespaces).toEqual(flag(args, 'proxy-from-namespaces')?.split(',') ?? []);
     }
   });
 
@@ -279,17 +440,23 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       await rm(dir, { recursive: true, force: true });
     });
 
-    it('is accepted by a real nats-server, which serves JetStream with it', async () => {
+    it('is accepted by a real nats-server, which serves JetStream with it to credentials only', async () => {
       dir = await mkdtemp(join(tmpdir(), 'sluice-chart-nats-'));
       const config = find(defaults, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
-      // The same file with this machine's ports and a temp store instead of the pod's /data volume.
+      // The same file with this machine's ports and a temp store instead of the pod's /data volume,
+      // beside the trust.conf the operator's Secret holds, where the pod mounts it.
       const [client, monitor] = [await freePort(), await freePort()];
       const local = config
         .replace(/^port: 4222$/m, `port: ${client}`)
         .replace(/^http_port: 8222$/m, `http_port: ${monitor}`)
-        .replace('store_dir: /data', `store_dir: ${join(dir, 'js')}`);
+        .replace('store_dir: /data', `store_dir: ${join(dir, 'js')}`)
+        .replace('dir: /data/jwt', `dir: ${join(dir, 'jwt')}`);
       expect(local).not.toBe(config);
-      const file = join(dir, 'nats.conf');
+      const authority = new NatsAuthority(newMasterSecret());
+      await mkdir(join(dir, 'etc', 'nats'), { recursive: true });
+      await mkdir(join(dir, 'etc', 'nats-auth'));
+      await writeFile(join(dir, 'etc', 'nats-auth', 'trust.conf'), await authority.trustConfig());
+      const file = join(dir, 'etc', 'nats', 'nats.conf');
       await writeFile(file, local);
       nats = start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
         env: { ...process.env, POD_NAME: 'sluice-nats-0' },
@@ -311,6 +478,16 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
         server_name: string;
       };
       expect(varz.server_name).toBe('sluice-nats-0');
+      // Nothing gets in without credentials; a function's own work once its account is pushed.
+      const url = `nats://127.0.0.1:${client}`;
+      await expect(connect({ servers: url })).rejects.toThrow(/Authorization Violation/);
+      const as = async (creds: string) =>
+        connect({ servers: url, authenticator: credsAuthenticator(new TextEncoder().encode(creds)) });
+      const system = await as((await authority.systemCredentials()).creds);
+      await pushAccount(system, await authority.functionAccountJwt('team-a/echo'));
+      const fn = await as((await authority.functionAdminCredentials('team-a/echo')).creds);
+      expect((await (await jetstreamManager(fn)).getAccountInfo()).limits.max_storage).toBe(-1);
+      await Promise.all([system.close(), fn.close()]);
     });
   });
 });
