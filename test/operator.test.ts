@@ -332,7 +332,9 @@ describe('sluice operator against a real API server', () => {
         `--metrics=127.0.0.1:${port}`,
         '--leader-elect=true',
         `--leader-election-namespace=${ns}`,
-        '--lease-duration=3',
+        // Long enough that a leader on a loaded machine keeps renewing: the handover below
+        // comes from the leader releasing the Lease on SIGTERM, not from it expiring.
+        '--lease-duration=15',
         `--identity=${identity}`,
       ]);
       children.push(child);
@@ -364,7 +366,7 @@ describe('sluice operator against a real API server', () => {
     await waitFor(() => get(deployPath(ns, 'one')), { timeoutMs: 20_000 });
 
     await leader.child.stop('SIGTERM');
-    expect(leader.child.child.exitCode).toBe(0);
+    expect(leader.child.child.exitCode, leader.child.output()).toBe(0);
     await waitFor(async () => (await get(leasePath))?.spec?.holderIdentity === standby.identity, {
       timeoutMs: 20_000,
       what: 'the standby to take the Lease',
