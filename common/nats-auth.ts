@@ -176,9 +176,11 @@ export class NatsAuthority {
     });
   }
 
-  functionAccountJwt(fn: string): Promise<string> {
+  /** `revocations`: user keys whose credentials issued up to the given Unix second stop working. */
+  functionAccountJwt(fn: string, revocations?: Record<string, number>): Promise<string> {
     return this.#account(fn, this.functionAccount(fn), {
       limits: { ...ACCOUNT_LIMITS, ...JETSTREAM_ON },
+      ...(revocations ? { revocations } : {}),
       imports: [
         {
           name: 'load reports',

@@ -84,8 +84,8 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
 /** A NATS in operator mode with the keys to run it: what the operator holds in a cluster. */
 export interface SecuredNats extends NatsServer {
   authority: NatsAuthority;
-  /** Pushes `fn`'s account (as the operator does before its pods start). */
-  addFunction: (fn: string) => Promise<void>;
+  /** Pushes `fn`'s account (as the operator does before its pods start), with `revocations` if given. */
+  addFunction: (fn: string, revocations?: Record<string, number>) => Promise<void>;
   /** A client with `creds` (a .creds text); closed by stop(). */
   connectWith: (creds: string, name?: string) => Promise<NatsConnection>;
 }
@@ -107,9 +107,9 @@ export async function startSecuredNats(authority: NatsAuthority): Promise<Secure
     ...nats,
     authority,
     connectWith,
-    addFunction: async (fn) => {
+    addFunction: async (fn, revocations) => {
       system ??= await connectWith((await authority.systemCredentials()).creds, 'system');
-      await pushAccount(system, await authority.functionAccountJwt(fn));
+      await pushAccount(system, await authority.functionAccountJwt(fn, revocations));
     },
     stop: async () => {
       await Promise.all(clients.map((c) => c.close().catch(() => {})));

@@ -214,13 +214,13 @@ describe('rotating credentials', () => {
   const C = 'lock/rotate';
   let replicas: Replica[];
   let creds: string;
+  let first: Awaited<ReturnType<NatsAuthority['functionCredentials']>>;
 
   beforeAll(async () => {
     await nats.addFunction(C);
     creds = join(dir, 'rotate.creds');
-    // Short-lived on purpose: they expire while the map below runs (long enough for both
-    // replicas to start first).
-    await writeFile(creds, (await nats.authority.functionCredentials(C, { ttlSeconds: 8 })).creds);
+    first = await nats.authority.functionCredentials(C, { ttlSeconds: 3600 });
+    await writeFile(creds, first.creds);
     replicas = await startReplicas(2, {
       nats: nats.url,
       fn: C,
@@ -232,7 +232,15 @@ describe('rotating credentials', () => {
     await Promise.all((replicas ?? []).map((r) => r.stop()));
   });
 
-  it('does not break a running map: the old credentials expire, the new file takes over', async () => {
+  it('the server cuts credentials when they expire', async () => {
+    const short = await nats.connectWith(
+      (await nats.authority.functionCredentials(C, { ttlSeconds: 2 })).creds,
+    );
+    const seen = statuses(short);
+    await waitFor(() => violation(seen, 'Authentication Expired'), { timeoutMs: 15_000, what: 'the expiry' });
+  });
+
+  it('does not break a running map: old credentials cut mid-map, the new file takes over', async () => {
     const inputs = [...Array(6).keys()].map((n) => ({ gate: true, n }));
     let accepted!: () => void;
     const started = new Promise<void>((resolve) => {
@@ -240,22 +248,24 @@ describe('rotating credentials', () => {
     });
     const map = postMap(replicas[0]!, { inputs }, { onEvent: (e) => e.event === 'accepted' && accepted() });
     await started;
-    // Every replica holds gated tasks when the server cuts the expired credentials.
+    // Every replica holds gated tasks when its credentials stop working.
     await waitFor(
       async () =>
         (await Promise.all(replicas.map((r) => r.attempts()))).every((a) => Object.keys(a).length > 0),
       { what: 'tasks running on both replicas' },
     );
+    // In a cluster the old credentials expire after the operator wrote new ones; revoking them
+    // here cuts them at a moment the test chooses, the same way for the proxies.
+    await nats.addFunction(C, { [first.user]: Math.floor(Date.now() / 1000) });
     const logs = (r: Replica) => r.proxy.output();
     await waitFor(() => replicas.every((r) => logs(r).includes('NATS disconnected')), {
-      timeoutMs: 20_000,
-      what: 'the server to cut the expired credentials',
+      what: 'the server to cut the old credentials',
     });
     // The new credentials arrive late (a mounted Secret updates within a minute): the proxies
     // keep retrying meanwhile and reconnect once they can.
     await writeFile(creds, (await nats.authority.functionCredentials(C, { ttlSeconds: 3600 })).creds);
     await waitFor(() => replicas.every((r) => logs(r).includes('NATS reconnected')), {
-      timeoutMs: 15_000,
+      timeoutMs: 20_000,
       what: 'both proxies back with the new credentials',
     });
     await Promise.all(replicas.map((r) => fetch(`${r.functionUrl}/open`, { method: 'POST' })));
