@@ -234,7 +234,7 @@ describe('rotating credentials', () => {
 
   it('the server cuts credentials when they expire', async () => {
     const short = await nats.connectWith(
-      (await nats.authority.functionCredentials(C, { ttlSeconds: 2 })).creds,
+      (await nats.authority.functionCredentials(C, { ttlSeconds: 4 })).creds,
     );
     const seen = statuses(short);
     await waitFor(() => violation(seen, 'Authentication Expired'), { timeoutMs: 15_000, what: 'the expiry' });
