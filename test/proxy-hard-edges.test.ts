@@ -142,7 +142,7 @@ describe('slow clients', () => {
       '--headers-timeout',
       '1',
       '--body-timeout',
-      '1',
+      '2',
       '--concurrency',
       '1',
       '--queue-timeout',
@@ -199,17 +199,17 @@ describe('slow clients', () => {
   it('a streaming body that keeps sending lives longer than the body timeout', async () => {
     const client = await rawSocket(proxy.url);
     client.socket.write('POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
-    // 15 chunks 200 ms apart: 3 s in all, three times --body-timeout, never 1 s silent.
+    // 25 chunks 200 ms apart: 5 s in all, two and a half times --body-timeout, never 2 s silent.
     let sent = 0;
     const sender = setInterval(() => {
-      client.socket.write(sent < 15 ? '5\r\nhello\r\n' : '0\r\n\r\n');
-      if (++sent > 15) clearInterval(sender);
+      client.socket.write(sent < 25 ? '5\r\nhello\r\n' : '0\r\n\r\n');
+      if (++sent > 25) clearInterval(sender);
     }, 200);
     await waitFor(() => client.received().includes('"bytes"'), { timeoutMs: 10_000, what: 'the answer' });
     expect(client.received()).toMatch(/^HTTP\/1\.1 200 /);
     expect(JSON.parse(bodyOf(client.received()).replace(/^[0-9a-f]+\r\n|\r\n0\r\n\r\n$/g, ''))).toEqual({
       url: '/stream',
-      bytes: 75,
+      bytes: 125,
     });
     client.socket.destroy();
   });
