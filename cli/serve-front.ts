@@ -1,15 +1,27 @@
 import {
   Agent,
   createServer,
+  type Server as HttpServer,
   type IncomingMessage,
   request,
-  type Server,
   type ServerResponse,
 } from 'node:http';
-
-import type { Socket } from 'node:net';
+import { Http2ServerRequest } from 'node:http2';
+import type { Server, Socket } from 'node:net';
 import { sendJsonError } from '../common/wire-errors.ts';
+import { H2Call } from '../proxy/h2/call.ts';
+import { createH2PublicServer, createPublicPort } from '../proxy/h2/public-port.ts';
+import { UpstreamPool } from '../proxy/h2/upstream-pool.ts';
 import { endToEndHeaders } from '../proxy/headers.ts';
+
+/** The front leaves limits to the replicas' proxies: it only relays. */
+const PASS_THROUGH = {
+  heartbeatMs: 0,
+  idleMs: Number.POSITIVE_INFINITY,
+  maxDurationMs: Number.POSITIVE_INFINITY,
+  maxBodyBytes: Number.POSITIVE_INFINITY,
+};
+const NO_COUNTERS = { events: () => {}, messages: () => {} };
 
 export interface Backend {
   name: string;
@@ -44,14 +56,23 @@ export interface FrontOptions {
  * The front port of `sluice serve`: forwards each request to one replica's proxy and pipes the
  * response back chunk by chunk (headers flushed at once, no buffering, Nagle off), so an event
  * stream reaches the client as the proxy relays it. A client that leaves aborts the upstream
- * request, which the proxy passes on to the function.
+ * request, which the proxy passes on to the function. Like the proxy's, the port speaks h2c
+ * too: an HTTP/2 request (a gRPC call) goes on to the replica's proxy over HTTP/2, one stream
+ * of a connection per replica, with its trailers, deadline and cancellation.
  */
-export function createFront(options: FrontOptions): { server: Server; closeAll: () => void } {
+export function createFront(options: FrontOptions): {
+  /** The listening port (both protocols). */
+  server: Server;
+  /** Its HTTP/1.1 side, where HTTP/1.1 requests arrive. */
+  http1: HttpServer;
+  closeAll: () => void;
+} {
   const agent = new Agent({ keepAlive: true });
+  const pools = new Map<number, UpstreamPool>();
   const sockets = new Set<Socket>();
   let turn = 0;
   const readyWaitMs = options.readyWaitMs ?? 30_000;
-  const server = createServer({ noDelay: true }, async (req, res) => {
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     if (options.intercept?.(req, res)) return;
     // Right after start-up (or while every function restarts) a request waits for a replica
     // to turn ready, as the proxy's own queue would, instead of failing with a 502.
@@ -70,6 +91,23 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
       if (!released) backend.inFlight -= 1;
       released = true;
     };
+    if (req instanceof Http2ServerRequest) {
+      res.once('close', release);
+      let pool = pools.get(backend.port);
+      if (!pool) {
+        pool = new UpstreamPool(`http://127.0.0.1:${backend.port}`);
+        pools.set(backend.port, pool);
+      }
+      const call = new H2Call(req, res, {
+        pool,
+        limits: PASS_THROUGH,
+        counters: NO_COUNTERS,
+        arrivedAt: performance.now(),
+        unavailableCode: 'replica_unavailable',
+      });
+      void call.start();
+      return;
+    }
     const headers = endToEndHeaders(req.headers);
     const upstream = request({
       host: '127.0.0.1',
@@ -103,16 +141,24 @@ export function createFront(options: FrontOptions): { server: Server; closeAll: 
       if (!res.writableFinished) upstream.destroy();
     });
     req.pipe(upstream);
-  });
-  server.on('connection', (socket: Socket) => {
+  };
+  const http1 = createServer({ noDelay: true }, handle);
+  http1.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
   });
+  const port = createPublicPort({
+    http1,
+    http2: createH2PublicServer(handle),
+    firstBytesTimeoutMs: 60_000,
+  });
   return {
-    server,
+    server: port.server,
+    http1,
     closeAll: () => {
-      server.close();
+      void port.close();
       for (const socket of sockets) socket.destroy();
+      for (const pool of pools.values()) pool.close();
       agent.destroy();
     },
   };

@@ -6,7 +6,9 @@
  * table (test/wire-errors.test.ts checks it).
  */
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { Http2ServerResponse } from 'node:http2';
 import { SluiceError } from './errors.ts';
+import { encodeGrpcMessage, GRPC_STATUS, type GrpcStatusName, isGrpcContentType } from './grpc.ts';
 import { MAX_JSON_DEPTH } from './limits.ts';
 
 interface WireErrorSpec {
@@ -29,6 +31,7 @@ export const WIRE_ERRORS = {
   upstream_closed: { status: 502, meaning: 'the function closed the connection mid-stream' },
   idle_timeout: { status: 504, meaning: 'no byte from the function for --idle-timeout seconds' },
   max_duration: { status: 504, meaning: 'the stream ran longer than --max-duration seconds' },
+  deadline_exceeded: { status: 504, meaning: "a gRPC call ran past its client's grpc-timeout" },
   // The request
   bad_request_target: { status: 400, meaning: 'absolute-form target, CONNECT or //path: not an open proxy' },
   unauthorized: {
@@ -87,6 +90,60 @@ export const WIRE_ERRORS = {
 } as const satisfies Record<string, WireErrorSpec>;
 
 export type WireCode = keyof typeof WIRE_ERRORS;
+
+/**
+ * What a gRPC client gets for each code, as `grpc-status` (with the message as `grpc-message`):
+ * a trailers-only response before the call started, the call's trailers after. Never an HTTP
+ * error page: a gRPC client reads only the status. README.md lists this mapping too.
+ */
+export const WIRE_GRPC_STATUS = {
+  upstream_unavailable: 'UNAVAILABLE',
+  upstream_failed: 'UNAVAILABLE',
+  upstream_closed: 'UNAVAILABLE',
+  idle_timeout: 'DEADLINE_EXCEEDED',
+  max_duration: 'DEADLINE_EXCEEDED',
+  deadline_exceeded: 'DEADLINE_EXCEEDED',
+  bad_request_target: 'INVALID_ARGUMENT',
+  unauthorized: 'UNAUTHENTICATED',
+  forbidden: 'PERMISSION_DENIED',
+  not_found: 'UNIMPLEMENTED',
+  method_not_allowed: 'UNIMPLEMENTED',
+  body_too_large: 'RESOURCE_EXHAUSTED',
+  headers_timeout: 'DEADLINE_EXCEEDED',
+  body_timeout: 'DEADLINE_EXCEEDED',
+  queue_timeout: 'RESOURCE_EXHAUSTED',
+  shutting_down: 'UNAVAILABLE',
+  shutdown: 'UNAVAILABLE',
+  internal: 'INTERNAL',
+  map_disabled: 'UNIMPLEMENTED',
+  nats_unavailable: 'UNAVAILABLE',
+  invalid_json: 'INVALID_ARGUMENT',
+  json_too_deep: 'INVALID_ARGUMENT',
+  invalid_map_body: 'INVALID_ARGUMENT',
+  invalid_last_event_id: 'INVALID_ARGUMENT',
+  too_many_inputs: 'RESOURCE_EXHAUSTED',
+  input_too_large: 'RESOURCE_EXHAUSTED',
+  map_not_found: 'NOT_FOUND',
+  map_failed: 'ABORTED',
+  no_replica: 'UNAVAILABLE',
+  replica_unavailable: 'UNAVAILABLE',
+  function_crashed: 'UNAVAILABLE',
+  map_unavailable: 'UNAVAILABLE',
+} as const satisfies Record<WireCode, GrpcStatusName>;
+
+/** The `grpc-status` and `grpc-message` fields of a code: the trailers of a call the proxy ends. */
+export function grpcErrorTrailers(code: WireCode, message: string): Record<string, string> {
+  return {
+    'grpc-status': String(GRPC_STATUS[WIRE_GRPC_STATUS[code]]),
+    'grpc-message': encodeGrpcMessage(message),
+    'sluice-error-code': code,
+  };
+}
+
+/** A gRPC call over HTTP/2: its errors go out as gRPC statuses, not as JSON pages. */
+export function isGrpcCall(res: ServerResponse | Http2ServerResponse): res is Http2ServerResponse {
+  return res instanceof Http2ServerResponse && isGrpcContentType(res.req.headers['content-type']);
+}
 /** The codes that can be a response status (the rest travel only in `event: error`). */
 export type ResponseCode = {
   [K in WireCode]: (typeof WIRE_ERRORS)[K]['status'] extends number ? K : never;
@@ -109,9 +166,12 @@ export class WireError<C extends WireCode = WireCode> extends SluiceError {
   }
 }
 
-/** Answers `{"error":{"code","message"}}` with the code's status, unless a response already started. */
+/**
+ * Answers `{"error":{"code","message"}}` with the code's status, unless a response already
+ * started. A gRPC call gets a trailers-only response with the code's gRPC status instead.
+ */
 export function sendJsonError(
-  res: ServerResponse,
+  res: ServerResponse | Http2ServerResponse,
   code: ResponseCode,
   message: string,
   headers: OutgoingHttpHeaders = {},
@@ -120,6 +180,12 @@ export function sendJsonError(
     // Too late for a status line: the caller decides how to end a started response.
     return;
   }
+  if (isGrpcCall(res)) {
+    sendGrpcError(res, code, message, headers);
+    return;
+  }
+  // HTTP/2 has no connection-specific fields (Node would drop them with a warning).
+  if (res instanceof Http2ServerResponse) delete headers.connection;
   const body = jsonErrorBody(code, message);
   res.writeHead(wireStatus(code), {
     ...headers,
@@ -128,6 +194,30 @@ export function sendJsonError(
     'cache-control': 'no-store',
   });
   res.end(body);
+}
+
+/**
+ * A trailers-only gRPC response (one HEADERS frame that ends the stream: the form gRPC clients
+ * expect for a call that failed before it started). Node's compatibility layer would add an
+ * empty DATA frame after the headers, so this goes through the stream itself.
+ */
+export function sendGrpcError(
+  res: Http2ServerResponse,
+  code: WireCode,
+  message: string,
+  headers: OutgoingHttpHeaders = {},
+): void {
+  if (res.headersSent || res.stream.destroyed) return;
+  const { connection: _hopByHop, ...metadata } = headers;
+  const requestId = res.getHeader('x-request-id');
+  if (requestId !== undefined) metadata['x-request-id'] = requestId;
+  const trailers = grpcErrorTrailers(code, message);
+  // Kept on the response too (never sent from there), so whoever logs the call can read it back.
+  res.setHeader('grpc-status', trailers['grpc-status']!);
+  res.stream.respond(
+    { ...metadata, ':status': 200, 'content-type': 'application/grpc', ...trailers },
+    { endStream: true },
+  );
 }
 
 /** `{"error":{"code","message"}}`: a JSON error body, and the data of an `event: error` that ends a stream. */

@@ -5,7 +5,7 @@
 # (python.Dockerfile.dockerignore picks what is sent). The base image brings CUDA-enabled torch.
 #   docker build -f examples/python.Dockerfile -t sluice-examples-python:dev .
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
-RUN pip install --no-cache-dir "fastapi>=0.110" "uvicorn>=0.30" "httpx>=0.27" "httpx-sse>=0.4" pillow numpy
+RUN pip install --no-cache-dir "fastapi>=0.110" "uvicorn>=0.30" "httpx>=0.27" "httpx-sse>=0.4" pillow numpy "mlserver>=1.7,<1.8"
 COPY clients/python /tmp/sluice-client
 RUN pip install --no-cache-dir /tmp/sluice-client && rm -rf /tmp/sluice-client
 WORKDIR /examples

@@ -215,13 +215,30 @@ export function desiredService(fn: FunctionView): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
-    metadata: metadata(fn),
+    // Traefik reads the scheme to its backends from the Service, not the Ingress.
+    metadata: h2c(fn)
+      ? metadata(fn, { annotations: { 'traefik.ingress.kubernetes.io/service.serversscheme': 'h2c' } })
+      : metadata(fn),
     spec: {
       type: 'ClusterIP',
       selector: { [FUNCTION_LABEL]: fn.metadata.name },
-      ports: [{ name: 'http', port: 80, targetPort: 'http', protocol: 'TCP' }],
+      ports: [
+        {
+          name: 'http',
+          port: 80,
+          targetPort: 'http',
+          protocol: 'TCP',
+          // The proxy speaks HTTP/1.1 and h2c on this port; h2c tells ingress controllers and
+          // gateways to use HTTP/2 to it, which gRPC needs end to end.
+          ...(h2c(fn) ? { appProtocol: 'kubernetes.io/h2c' } : {}),
+        },
+      ],
     },
   };
+}
+
+function h2c(fn: FunctionView): boolean {
+  return fn.spec.protocol === 'h2c';
 }
 
 /** ingress-nginx settings that keep it from buffering or cutting off a long event stream. */
@@ -235,6 +252,8 @@ export function streamingAnnotations(fn: FunctionView): Record<string, string> {
     'nginx.ingress.kubernetes.io/proxy-http-version': '1.1',
     'nginx.ingress.kubernetes.io/proxy-read-timeout': readTimeout,
     'nginx.ingress.kubernetes.io/proxy-send-timeout': readTimeout,
+    // gRPC to the sidecar (grpc_pass, over h2c); the timeouts above apply to it as well.
+    ...(h2c(fn) ? { 'nginx.ingress.kubernetes.io/backend-protocol': 'GRPC' } : {}),
   };
 }
 

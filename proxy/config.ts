@@ -33,6 +33,13 @@ export const proxySettings = [
     description: 'the function',
   },
   {
+    flag: 'upstream-protocol',
+    env: 'SLUICE_UPSTREAM_PROTOCOL',
+    arg: '<http1|h2c>',
+    default: 'http1',
+    description: "the function's protocol: HTTP/1.1, or HTTP/2 cleartext (gRPC functions)",
+  },
+  {
     flag: 'concurrency',
     env: 'SLUICE_CONCURRENCY',
     arg: '<n>',
@@ -185,41 +192,48 @@ const count = (min: number, max = Number.MAX_SAFE_INTEGER) =>
 const httpUrl = z.url({ protocol: /^https?$/, error: 'expected an http:// URL' });
 const absolutePath = z.string().regex(/^\//, 'must start with /');
 
-export const proxyConfigSchema = z.object({
-  listen: hostPort,
-  admin: hostPort,
-  upstream: httpUrl,
-  concurrency: count(1, MAX_CONCURRENCY),
-  queueTimeout: seconds(0),
-  heartbeat: seconds(0),
-  idleTimeout: seconds(1),
-  maxDuration: seconds(1),
-  drain: seconds(0),
-  maxBody: count(0),
-  pathPrefix: z
-    .string()
-    .refine(
-      (p) => p === '' || (p.startsWith('/') && !p.endsWith('/')),
-      'must start with / and not end with /',
-    ),
-  nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
-  function: z
-    .string()
-    .regex(
-      /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
-      'expected namespace/name (DNS labels)',
-    ),
-  replica: z.string(),
-  mapPath: absolutePath,
-  mapAckWait: seconds(1),
-  mapMaxDeliver: count(1, MAX_MAP_DELIVER),
-  mapRetention: seconds(1),
-  maxMapInputs: count(1),
-  authTokensFile: z.string(),
-  natsCredentials: z.string(),
-  headersTimeout: seconds(1),
-  bodyTimeout: seconds(1),
-});
+export const proxyConfigSchema = z
+  .object({
+    listen: hostPort,
+    admin: hostPort,
+    upstream: httpUrl,
+    upstreamProtocol: z.enum(['http1', 'h2c'], { error: 'expected http1 or h2c' }),
+    concurrency: count(1, MAX_CONCURRENCY),
+    queueTimeout: seconds(0),
+    heartbeat: seconds(0),
+    idleTimeout: seconds(1),
+    maxDuration: seconds(1),
+    drain: seconds(0),
+    maxBody: count(0),
+    pathPrefix: z
+      .string()
+      .refine(
+        (p) => p === '' || (p.startsWith('/') && !p.endsWith('/')),
+        'must start with / and not end with /',
+      ),
+    nats: z.union([z.literal(''), z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL' })]),
+    function: z
+      .string()
+      .regex(
+        /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/,
+        'expected namespace/name (DNS labels)',
+      ),
+    replica: z.string(),
+    mapPath: absolutePath,
+    mapAckWait: seconds(1),
+    mapMaxDeliver: count(1, MAX_MAP_DELIVER),
+    mapRetention: seconds(1),
+    maxMapInputs: count(1),
+    authTokensFile: z.string(),
+    natsCredentials: z.string(),
+    headersTimeout: seconds(1),
+    bodyTimeout: seconds(1),
+  })
+  .refine((c) => c.nats === '' || c.upstreamProtocol === 'http1', {
+    path: ['nats'],
+    message:
+      'map POSTs each input over HTTP/1.1, which an h2c function does not speak: leave --nats empty with --upstream-protocol h2c',
+  });
 
 export type ProxyConfig = z.output<typeof proxyConfigSchema>;
 

@@ -1,10 +1,12 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer } from 'node:http';
+import type { AddressInfo, Server, Socket } from 'node:net';
 import { createLogger, type Logger } from '../common/log.ts';
 import { jsonErrorBody, wireStatus } from '../common/wire-errors.ts';
 import { createAdminServer } from './admin.ts';
 import { TokenFile } from './auth.ts';
 import type { ProxyConfig } from './config.ts';
+import { H2Forwarder } from './h2/forwarder.ts';
+import { createH2PublicServer, createPublicPort } from './h2/public-port.ts';
 import { ConcurrencyLimiter } from './limiter.ts';
 import type { MapDependencies, MapService } from './map-service.ts';
 import { createProxyMetrics } from './metrics.ts';
@@ -58,7 +60,20 @@ export async function runProxy(
   const metrics = createProxyMetrics(limiter);
   const tokens = config.authTokensFile ? new TokenFile(config.authTokensFile, log) : undefined;
   const map = config.nats ? await loadMap(config, { limiter, registry: metrics.registry, log }) : undefined;
-  const handler = new PublicHandler({ config, limiter, metrics, log, tokens, map });
+  const h2 =
+    config.upstreamProtocol === 'h2c'
+      ? new H2Forwarder({
+          upstream: config.upstream,
+          metrics,
+          limits: {
+            heartbeatMs: config.heartbeat * 1000,
+            idleMs: config.idleTimeout * 1000,
+            maxDurationMs: config.maxDuration * 1000,
+            maxBodyBytes: config.maxBody,
+          },
+        })
+      : undefined;
+  const handler = new PublicHandler({ config, limiter, metrics, log, tokens, map, h2 });
 
   const publicServer = createServer({
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
@@ -68,6 +83,13 @@ export async function runProxy(
   publicServer.on('request', handler.handle);
   publicServer.on('clientError', answerClientError);
   publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
+  // HTTP/1.1 and h2c with prior knowledge share the public port (proxy/h2/public-port.ts).
+  const publicPortServer = createPublicPort({
+    http1: publicServer,
+    http2: createH2PublicServer(handler.handle),
+    // A connection's first bytes are the start of its headers (or the HTTP/2 preface): same bound.
+    firstBytesTimeoutMs: config.headersTimeout * 1000,
+  });
   const adminServer = createAdminServer({
     registry: metrics.registry,
     upstream: new URL(config.upstream),
@@ -78,13 +100,14 @@ export async function runProxy(
     },
   });
 
-  const publicPort = await listen(publicServer, config.listen.host, config.listen.port);
+  const publicPort = await listen(publicPortServer.server, config.listen.host, config.listen.port);
   const adminPort = await listen(adminServer, config.admin.host, config.admin.port);
   log.info(
     {
       listen: publicPort,
       admin: adminPort,
       upstream: config.upstream,
+      upstreamProtocol: config.upstreamProtocol,
       concurrency: config.concurrency,
       map: !!map,
     },
@@ -97,8 +120,10 @@ export async function runProxy(
     await handler.drain(config.drain * 1000);
     await map?.close();
     tokens?.close();
+    h2?.close();
+    await publicPortServer.close();
     await Promise.all(
-      [publicServer, adminServer].map(
+      [adminServer].map(
         (server) =>
           new Promise<void>((resolve) => {
             server.close(() => resolve());

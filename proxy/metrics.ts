@@ -10,6 +10,8 @@ export interface ProxyMetrics {
   streamDuration: Histogram;
   events: Counter;
   bytes: Counter;
+  grpcCalls: Counter<'grpc_code'>;
+  grpcMessages: Counter<'direction'>;
 }
 
 export function createProxyMetrics(limiter: ConcurrencyLimiter): ProxyMetrics {
@@ -57,6 +59,18 @@ export function createProxyMetrics(limiter: ConcurrencyLimiter): ProxyMetrics {
     bytes: new Counter({
       name: 'sluice_proxy_bytes_total',
       help: 'Response body bytes relayed from the function',
+      registers: [registry],
+    }),
+    grpcCalls: new Counter({
+      name: 'sluice_proxy_grpc_calls_total',
+      help: 'Finished gRPC calls, by the grpc-status the client got (OK, CANCELLED, UNAVAILABLE, ...)',
+      labelNames: ['grpc_code'],
+      registers: [registry],
+    }),
+    grpcMessages: new Counter({
+      name: 'sluice_proxy_grpc_messages_total',
+      help: 'gRPC messages relayed, by direction (to_function, from_function)',
+      labelNames: ['direction'],
       registers: [registry],
     }),
   };

@@ -6,6 +6,8 @@ import { sendJsonError } from '../common/wire-errors.ts';
 import { bearerToken, type TokenFile } from './auth.ts';
 import { BodyLimit, BodyTooLargeError, declaredLength } from './body.ts';
 import type { ProxyConfig } from './config.ts';
+import type { H2Call } from './h2/call.ts';
+import { grpcCallStatus, type H2Forwarder } from './h2/forwarder.ts';
 import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers.ts';
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
@@ -22,6 +24,8 @@ export interface PublicHandlerOptions {
   log: Logger;
   tokens?: TokenFile;
   map?: MapService;
+  /** Set with --upstream-protocol h2c: admitted requests go to the function over HTTP/2. */
+  h2?: H2Forwarder;
 }
 
 /** One request on the public port, from arrival to the end of its response. */
@@ -29,9 +33,11 @@ interface Exchange {
   id: string;
   req: IncomingMessage;
   res: ServerResponse;
+  /** performance.now() at arrival. */
+  arrived: number;
   /** Aborts a wait for a concurrency slot; made only when the request has to wait. */
   queue?: AbortController;
-  relay?: StreamRelay;
+  relay?: StreamRelay | H2Call;
   proxyReq?: ClientRequest;
   /** Set when the body went silent for --body-timeout and the request was answered 408. */
   bodyStalled?: boolean;
@@ -146,9 +152,9 @@ export class PublicHandler {
     const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     req.headers['x-request-id'] = id;
     res.setHeader('x-request-id', id);
-    const exchange: Exchange = { id, req, res };
-    this.#exchanges.set(req, exchange);
     const arrived = performance.now();
+    const exchange: Exchange = { id, req, res, arrived };
+    this.#exchanges.set(req, exchange);
     res.once('close', () => {
       this.#exchanges.delete(req);
       if (this.#exchanges.size === 0) this.#onAllClosed?.();
@@ -172,7 +178,9 @@ export class PublicHandler {
       return;
     }
     req.url = stripPathPrefix(normaliseTarget(req.url!), config.pathPrefix);
-    if (!req.complete)
+    // HTTP/1.1 bodies only: an HTTP/2 call's silence is bounded by its deadline (grpc-timeout,
+    // --max-duration), and a connection's bytes say nothing about one of its streams.
+    if (!req.complete && req.httpVersionMajor === 1)
       res.once(
         'close',
         watchRequestBody(this.#bodies, req, res, () => this.#bodyStalled(exchange)),
@@ -198,7 +206,12 @@ export class PublicHandler {
     const release = await this.#slot(exchange);
     if (!release) return;
     res.once('close', release);
-    this.#forward(exchange);
+    if (this.#options.h2)
+      exchange.relay = this.#options.h2.forward(req, res, {
+        requestId: exchange.id,
+        arrivedAt: exchange.arrived,
+      });
+    else this.#forward(exchange);
   }
 
   /** The client stopped sending its body: answer 408, stop the function's request, free the slot. */
@@ -248,13 +261,18 @@ export class PublicHandler {
     res.once('close', () => {
       // The client left (http-proxy #1520): the function must see its connection close now.
       // http-proxy-3 does this too; owning it here keeps it true whatever the library does.
-      if (!res.writableFinished) exchange.proxyReq?.destroy();
+      // writableEnded, not writableFinished: an HTTP/2 response reports its stream's, which a
+      // client's reset also finishes.
+      if (!res.writableEnded) exchange.proxyReq?.destroy();
       metrics.streamsActive.dec();
       if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
     });
 
     // A body without a declared length is counted as it streams through.
-    const chunked = declaredLength(req) === undefined && req.headers['transfer-encoding'] !== undefined;
+    const chunked =
+      declaredLength(req) === undefined &&
+      (req.headers['transfer-encoding'] !== undefined ||
+        (req.httpVersionMajor === 2 && !/^(GET|HEAD)$/.test(req.method!)));
     stripHopByHop(req.headers);
     // Node already answered `Expect: 100-continue` to the client; passing it on would only make
     // http-proxy-3 skip its 'proxyReq' event (no Nagle-off, no abort handle for this request).
@@ -287,6 +305,8 @@ export class PublicHandler {
     const { metrics, log } = this.#options;
     const status = res.headersSent ? res.statusCode : 499; // 499: client left before any response
     metrics.requests.inc({ code: String(status) });
+    const grpcStatus = grpcCallStatus(res, relay && 'grpcStatus' in relay ? relay.grpcStatus : undefined);
+    if (grpcStatus) metrics.grpcCalls.inc({ grpc_code: grpcStatus });
     if (relay) {
       metrics.streamDuration.observe(durationMs / 1000);
       if (relay.firstByteMs !== undefined) metrics.timeToFirstByte.observe(relay.firstByteMs / 1000);
@@ -297,11 +317,12 @@ export class PublicHandler {
         method: exchange.req.method,
         path: exchange.req.url,
         status,
+        grpcStatus,
         ttfbMs: relay?.firstByteMs === undefined ? undefined : round(relay.firstByteMs),
         durationMs: round(durationMs),
         bytes: relay?.bytes ?? 0,
         events: relay?.events ?? 0,
-        outcome: relay?.failure?.code ?? (res.writableFinished ? 'complete' : 'client_closed'),
+        outcome: relay?.failure?.code ?? (res.writableEnded ? 'complete' : 'client_closed'),
       },
       'request finished',
     );

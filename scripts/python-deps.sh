@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Python examples' dependencies (FastAPI, uvicorn, CPU torch, Pillow, numpy), the
-# Python client's test tools (pytest, mypy) and the client itself (clients/python, editable)
+# Installs the Python examples' dependencies (FastAPI, uvicorn, CPU torch, Pillow, numpy,
+# MLServer 1.7), the Python client's test tools (pytest, mypy) and the client itself
+# (clients/python, editable)
 # from PyPI into a virtualenv outside the repo, once; later runs only check it.
 # SLUICE_VENV overrides where (default ~/.cache/sluice/venv). Prints the venv's python.
 set -euo pipefail
@@ -24,7 +25,7 @@ fi
 
 # The markers record what was installed, so an unchanged list costs no network round trip.
 # hatchling is the client's build backend, there so its editable install needs no network.
-REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4 pytest>=8 mypy>=1.10 hatchling>=1.27"
+REQUIREMENTS="fastapi>=0.110 uvicorn>=0.30 httpx>=0.27 httpx-sse>=0.4 numpy pillow torch>=2.4 pytest>=8 mypy>=1.10 hatchling>=1.27 mlserver>=1.7,<1.8"
 MARKER="$VENV/.sluice-requirements"
 if [ ! -f "$MARKER" ] || [ "$(cat "$MARKER")" != "$REQUIREMENTS" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2

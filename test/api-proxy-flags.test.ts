@@ -39,6 +39,20 @@ describe('proxyFlags', () => {
     expect(flags.some((f) => f.startsWith('--map-path='))).toBe(present);
   });
 
+  it('spec.protocol h2c: --upstream-protocol=h2c and no map (it POSTs HTTP/1.1); http: neither flag changes', () => {
+    const h2c = proxyFlags(fn({ protocol: 'h2c' }), { drain: 1, nats: 'nats://n:4222' });
+    expect(h2c).toContain('--upstream-protocol=h2c');
+    expect(h2c.some((f) => f.startsWith('--nats='))).toBe(false);
+    expect(loadProxyConfig(h2c, {}).upstreamProtocol).toBe('h2c');
+    const http = proxyFlags(fn({}), { drain: 1, nats: '' });
+    expect(http.some((f) => f.startsWith('--upstream-protocol'))).toBe(false);
+    expect(loadProxyConfig(http, {}).upstreamProtocol).toBe('http1');
+    expect(() => withDefaults({ image: 'i', protocol: 'grpc' })).toThrow();
+    expect(() => loadProxyConfig(['--upstream-protocol=h2c', '--nats=nats://n:4222'], {})).toThrow(
+      /--nats \(SLUICE_NATS\): map POSTs each input over HTTP\/1.1/,
+    );
+  });
+
   it('the tokens file only with spec.auth and a placement that mounts it', () => {
     const auth = { auth: { secretName: 's' } };
     const has = (flags: string[]) => flags.includes('--auth-tokens-file=/t');

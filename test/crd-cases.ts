@@ -31,6 +31,7 @@ export const invalidCases: InvalidCase[] = [
     message: "proxy's",
   },
   { why: 'port out of range', spec: { image, port: 70000 }, path: 'spec.port' },
+  { why: 'protocol neither http nor h2c', spec: { image, protocol: 'grpc' }, path: 'spec.protocol' },
   {
     why: 'gpu.type without GPUs',
     spec: { image, gpu: { type: 'NVIDIA-H100-80GB-HBM3' } },
@@ -190,6 +191,7 @@ export const fullSpec = {
     { name: 'TOKEN', valueFrom: { secretKeyRef: { name: 'hf', key: 'token', optional: true } } },
   ],
   port: 8000,
+  protocol: 'h2c',
   gpu: { count: 2, resourceName: 'nvidia.com/gpu', type: 'NVIDIA-H100-80GB-HBM3' },
   resources: { requests: { cpu: '4', memory: '32Gi' }, limits: { cpu: 8, memory: '64Gi' } },
   nodeSelector: { 'topology.kubernetes.io/zone': 'a' },

@@ -102,6 +102,7 @@ describe('zod schema (what sluice serve and the operator parse with)', () => {
     expect(withDefaults({ image: 'i' })).toEqual({
       image: 'i',
       port: 9000,
+      protocol: 'http',
       gpu: { count: 0, resourceName: 'nvidia.com/gpu', type: '' },
       scaling: { minReplicas: 1, maxReplicas: 1, concurrency: 8, queueTimeoutSeconds: 30 },
       streaming: { heartbeatSeconds: 15, idleTimeoutSeconds: 600, maxDurationSeconds: 3600 },

@@ -4,7 +4,7 @@ import { delimiter, join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadManifest } from '../cli/serve-manifest.ts';
 import { map, stream } from '../client/index.ts';
-import { freePort, waitFor } from '../common/net.ts';
+import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { exited } from '../common/process.ts';
 import { type Started, start, startSluice } from '../harness/process.ts';
 
@@ -18,6 +18,7 @@ const EXAMPLES = [
   'hook',
   'mapped',
   'text-model',
+  'text-model-grpc',
   'progress-preview',
   'multi-gpu',
   'token-stream',
@@ -136,23 +137,89 @@ describe.runIf(hasPython)('Python examples', () => {
     });
   });
 
-  it("text-model: MLServer's documented REST client (httpx_sse) reads V2 responses word by word", async () => {
-    const { url } = await serve('text-model', env({ TEXT_MODEL_DELAY: '0.05' }));
-    const client = start(python, ['examples/text-model/client.py', url]);
-    await waitFor(() => client.child.exitCode !== null, { timeoutMs: 30_000, what: 'client.py' });
-    expect(client.child.exitCode).toBe(0);
-    expect(client.output().split('\n').slice(0, 6)).toEqual([
-      'What',
-      ' is',
-      ' the',
-      ' capital',
-      ' of',
-      ' France?',
+  /** Runs one of MLServer's documented clients; each printed line with the time it arrived. */
+  async function mlserverClient(script: string, target: string) {
+    const client = start(python, [`examples/text-model/${script}`, target]);
+    running.push(client);
+    const lines: { text: string; at: number }[] = [];
+    let partial = '';
+    client.child.stdout?.on('data', (chunk: Buffer) => {
+      const parts = (partial + chunk.toString()).split('\n');
+      partial = parts.pop()!;
+      for (const text of parts) lines.push({ text, at: performance.now() });
+    });
+    await waitFor(() => client.child.exitCode !== null, {
+      timeoutMs: 60_000,
+      what: `${script}:\n${client.output()}`,
+    });
+    expect(client.child.exitCode, client.output()).toBe(0);
+    return lines;
+  }
+
+  const WORDS = ['What', ' is', ' the', ' capital', ' of', ' France?'];
+
+  /** The six words, each in its own read: MLServer yields one every 0.5 s, so a buffering hop would bunch them. */
+  function expectWordByWord(lines: { text: string; at: number }[]) {
+    const words = lines.filter((l) => !l.text.startsWith('status '));
+    expect(words.map((l) => l.text)).toEqual(WORDS);
+    for (let i = 1; i < words.length; i++) expect(words[i]!.at - words[i - 1]!.at).toBeGreaterThan(150);
+  }
+
+  it("text-model: real mlserver behind sluice proxy, MLServer's own REST (httpx-sse) and gRPC (ModelStreamInfer) clients", async () => {
+    const [rest, grpc, restProxy, grpcProxy] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+      freePort(),
     ]);
+    // One mlserver, both of its servers, each behind a proxy of its own protocol.
+    const mlserver = start(python, ['examples/text-model/serve.py', 'rest'], {
+      env: { ...process.env, ...env({ PORT: String(rest), MLSERVER_GRPC_PORT: String(grpc) }) },
+    });
+    running.push(mlserver);
+    const proxy = (port: number, upstream: number, extra: string[]) => {
+      const p = startSluice([
+        'proxy',
+        `--listen=127.0.0.1:${port}`,
+        '--admin=127.0.0.1:0',
+        `--upstream=http://127.0.0.1:${upstream}`,
+        ...extra,
+      ]);
+      running.push(p);
+      return p;
+    };
+    proxy(restProxy, rest, []);
+    proxy(grpcProxy, grpc, ['--upstream-protocol=h2c']);
+    await waitFor(() => mlserver.output().includes('gRPC server running'), {
+      timeoutMs: 90_000,
+      what: `mlserver to start:\n${mlserver.output()}`,
+    });
+    await Promise.all([waitForPort(rest), waitForPort(restProxy), waitForPort(grpcProxy)]);
+    const [overRest, overGrpc] = await Promise.all([
+      mlserverClient('client.py', `http://127.0.0.1:${restProxy}`),
+      mlserverClient('grpc_client.py', `127.0.0.1:${grpcProxy}`),
+    ]);
+    expectWordByWord(overRest);
+    expectWordByWord(overGrpc);
+    expect(overGrpc.at(-1)?.text).toBe('status OK');
+  });
+
+  it("text-model: real mlserver through sluice serve, REST and gRPC, MLServer's own clients", async () => {
+    const [restServe, grpcServe] = await Promise.all([
+      serve('text-model', env()),
+      serve('text-model-grpc', env()),
+    ]);
+    const [overRest, overGrpc] = await Promise.all([
+      mlserverClient('client.py', restServe.url),
+      mlserverClient('grpc_client.py', grpcServe.url.replace('http://', '')),
+    ]);
+    expectWordByWord(overRest);
+    expectWordByWord(overGrpc);
+    expect(overGrpc.at(-1)?.text).toBe('status OK');
   });
 
   it.runIf(hasNats)('text-model: map sends V2 requests to /infer across replicas', async () => {
-    const { url } = await serve('text-model', env({ TEXT_MODEL_DELAY: '0' }), ['--replicas', '2']);
+    const { url } = await serve('text-model', env(), ['--replicas', '2']);
     const request = (text: string) => ({
       inputs: [{ name: 'prompt', shape: [1], datatype: 'BYTES', data: [text] }],
     });

@@ -225,6 +225,21 @@ describe('desiredService and desiredIngress', () => {
     expect(s.spec.selector).toEqual({ 'sluice.dev/function': 'echo' });
   });
 
+  it('spec.protocol h2c: the Service port says kubernetes.io/h2c, Traefik and ingress-nginx speak h2c/gRPC to it', () => {
+    const plain = desiredService(fn({}));
+    expect(plain.metadata!.annotations).toBeUndefined();
+    const s = desiredService(fn({ protocol: 'h2c' }));
+    expect(s.spec.ports).toEqual([
+      { name: 'http', port: 80, targetPort: 'http', protocol: 'TCP', appProtocol: 'kubernetes.io/h2c' },
+    ]);
+    expect(s.metadata!.annotations).toEqual({ 'traefik.ingress.kubernetes.io/service.serversscheme': 'h2c' });
+    const i = desiredIngress(fn({ protocol: 'h2c' }), config)!;
+    expect(i.metadata!.annotations!['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPC');
+    expect(desiredIngress(fn({}), config)!.metadata!.annotations).not.toHaveProperty(
+      'nginx.ingress.kubernetes.io/backend-protocol',
+    );
+  });
+
   it('Ingress turns off buffering and outlasts the idle timeout', () => {
     const i = desiredIngress(fn({ streaming: { idleTimeoutSeconds: 300 } }), config)!;
     expect(i.metadata!.annotations).toMatchObject({

@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Server as NetServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Backend, createFront, pickBackend } from '../cli/serve-front.ts';
 import {
@@ -154,15 +154,15 @@ describe('formatNatsLine', () => {
 });
 
 describe('front port before any replica is ready', () => {
-  const servers: Server[] = [];
+  const servers: NetServer[] = [];
   afterEach(() => {
     for (const server of servers.splice(0)) {
-      server.closeAllConnections();
+      (server as Partial<Server>).closeAllConnections?.();
       server.close();
     }
   });
 
-  async function listen(server: Server): Promise<number> {
+  async function listen(server: NetServer): Promise<number> {
     servers.push(server);
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     return (server.address() as AddressInfo).port;
@@ -174,7 +174,7 @@ describe('front port before any replica is ready', () => {
     const backend: Backend = { name: 'r0', port: backendPort, ready: false, inFlight: 0 };
     const front = createFront({ backends: [backend] });
     let arrived = false;
-    front.server.on('request', () => {
+    front.http1.on('request', () => {
       arrived = true;
     });
     const frontPort = await listen(front.server);

@@ -37,7 +37,7 @@ export function pathPrefix(fn: FunctionSpecOf): string {
 
 /** The `sluice proxy` flags of a function (SPEC §2), in a stable order (it is part of the pod template). */
 export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): string[] {
-  const { port, scaling, streaming, map, auth } = fn.spec;
+  const { port, protocol, scaling, streaming, map, auth } = fn.spec;
   const flags = [
     `--listen=${placement.listen ?? `0.0.0.0:${PROXY_PORT}`}`,
     `--admin=${placement.admin ?? `0.0.0.0:${PROXY_ADMIN_PORT}`}`,
@@ -52,7 +52,10 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   ];
   const prefix = pathPrefix(fn);
   if (prefix) flags.push(`--path-prefix=${prefix}`);
-  if (map.enabled && placement.nats) {
+  // Only when it is not the default, so the pod templates of HTTP/1.1 functions stay as they were.
+  if (protocol === 'h2c') flags.push('--upstream-protocol=h2c');
+  // Map POSTs each input to the function over HTTP/1.1, which an h2c function does not speak.
+  if (map.enabled && placement.nats && protocol !== 'h2c') {
     flags.push(
       `--nats=${placement.nats}`,
       `--map-path=${map.path}`,

@@ -383,6 +383,12 @@ export const streamingFunctionSpecSchema = z
         (port) => port !== PROXY_PORT && port !== PROXY_ADMIN_PORT,
       ],
     ).default(9000),
+    protocol: z
+      .enum(['http', 'h2c'])
+      .default('http')
+      .describe(
+        'How the function speaks on its port: http (HTTP/1.1) or h2c (HTTP/2 cleartext, as gRPC servers do). Clients may use either on the proxy; with h2c, map is off (it POSTs HTTP/1.1).',
+      ),
     gpu,
     resources: resources.optional(),
     nodeSelector: z

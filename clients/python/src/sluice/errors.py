@@ -118,7 +118,8 @@ class UpstreamError(ServerError):
 
 
 class StreamTimeout(ServerError):
-    """The proxy ended a stream: silent longer than the idle timeout, or over its max duration."""
+    """The proxy ended a stream: silent longer than the idle timeout, over its max duration, or
+    (a gRPC call) past its grpc-timeout."""
 
 
 class InternalError(ServerError):
@@ -213,6 +214,7 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "replica_unavailable": UpstreamError,
         "idle_timeout": StreamTimeout,
         "max_duration": StreamTimeout,
+        "deadline_exceeded": StreamTimeout,
         "internal": InternalError,
         "map_failed": MapFailed,
     }
