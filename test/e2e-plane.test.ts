@@ -15,7 +15,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mapNames } from '../common/map-streams.ts';
-import { waitFor } from '../common/net.ts';
+import { waitFor, waitForPort } from '../common/net.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
 import { kubeconfigPath, kubectl, type Namespace, throwawayNamespace } from './support/cluster.ts';
 import { CHART, helm, helmMissing, type Manifest, ROOT } from './support/helm.ts';
@@ -299,6 +299,8 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     const svc = await getJson(['get', 'service', `${release}-nats`, '-n', system.name]);
     const natsUrl = `nats://${svc.spec.clusterIP}:4222`;
     expect(svc.spec.ports.map((p: Manifest) => p.port)).toEqual([4222]);
+    // The NATS pod was just restarted: its endpoint is back once it is Ready again.
+    await waitForPort(4222, svc.spec.clusterIP, 60_000);
     await expect(connect({ servers: natsUrl })).rejects.toThrow(/Authorization Violation/);
     // The credentials the operator issued to echo's sidecars (the Secret they mount).
     const secret = await getJson(['get', 'secret', 'echo-nats-credentials', '-n', ns.name]);
