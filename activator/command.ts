@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { checkCredsFile } from '../common/creds-file.ts';
 import { SluiceError } from '../common/errors.ts';
 import { exitOnSettingError, parseSettings } from '../common/settings.ts';
 import {
@@ -15,6 +16,8 @@ export function registerActivatorCommand(program: Command): void {
       let config: ActivatorConfig;
       try {
         config = parseSettings(activatorConfigSchema, activatorSettings(), options);
+        if (config.natsCredentials)
+          checkCredsFile('--nats-credentials (SLUICE_NATS_CREDENTIALS)', config.natsCredentials);
       } catch (err) {
         exitOnSettingError('activator', err);
       }

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { z } from 'zod';
+import { natsServers } from '../common/nats-servers.ts';
 import {
   hostPort,
   parseCommandOptions,
@@ -34,6 +35,14 @@ export function activatorSettings(env: NodeJS.ProcessEnv = process.env) {
       description: 'NATS of the functions: load reports in (which replicas are ready), held requests out',
     },
     {
+      flag: 'nats-credentials',
+      env: 'SLUICE_NATS_CREDENTIALS',
+      arg: '<file>',
+      default: '',
+      description:
+        'NATS .creds file (locked-down NATS: the operator issues it, in <activator>-nats-credentials)',
+    },
+    {
       flag: 'kubeconfig',
       env: 'SLUICE_KUBECONFIG',
       arg: '<file>',
@@ -62,7 +71,8 @@ const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const activatorConfigSchema = z.object({
   listen: hostPort,
   admin: hostPort,
-  nats: z.url({ protocol: /^(nats|tls|wss?)$/, error: 'expected a nats:// URL (the activator needs NATS)' }),
+  nats: natsServers.refine((v) => v !== '', 'expected a nats:// URL (the activator needs NATS)'),
+  natsCredentials: z.string(),
   kubeconfig: z.string(),
   namespace: z.union([z.literal(''), z.string().regex(dnsLabel, 'expected a namespace name')]),
   identity: z.string().min(1, 'must not be empty'),

@@ -23,6 +23,9 @@ export interface Held<T> {
 
 class ColdStartTimeout extends Error {}
 
+/** No replica is coming: every function process keeps exiting (`sluice serve`); the message says how. */
+export class FunctionCrashed extends Error {}
+
 /** The client asked for an event stream: it can take a `200` and comments before the function answers. */
 export function acceptsEventStream(req: IncomingMessage): boolean {
   return String(req.headers.accept ?? '').includes('text/event-stream');
@@ -66,6 +69,7 @@ export async function holdRequest<T>(
     return { target, started: res.headersSent, heldMs: performance.now() - arrived };
   } catch (err) {
     if (err instanceof ColdStartTimeout) timedOut(res, settings, performance.now() - arrived);
+    if (err instanceof FunctionCrashed) crashed(res, err.message);
     return undefined;
   } finally {
     clearInterval(heartbeat);
@@ -85,4 +89,12 @@ function timedOut(res: ServerResponse, settings: HoldSettings, waitedMs: number)
   // The function may be up in a while (a GPU node joining): a retry is worth it, not at once.
   const retryAfter = String(Math.max(1, Math.min(30, Math.ceil(settings.timeoutMs / 10_000))));
   sendJsonError(res, 'cold_start_timeout', message, { 'retry-after': retryAfter }, details);
+}
+
+function crashed(res: ServerResponse, message: string): void {
+  if (res.headersSent) {
+    res.end(`event: error\ndata: ${errorEventData('function_crashed', message)}\n\n`);
+    return;
+  }
+  sendJsonError(res, 'function_crashed', message, { 'retry-after': '1' });
 }

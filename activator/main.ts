@@ -1,12 +1,14 @@
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { Agent, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { API_VERSION, ingressPath, PLURAL } from '../api/v1alpha1/schema.ts';
 import { errorMessage } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
+import { splitNatsServers } from '../common/nats-servers.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
 import { functionView } from '../operator/function.ts';
 import { Informer } from '../operator/informer.ts';
@@ -97,8 +99,15 @@ export async function startActivator(config: ActivatorConfig, log: Logger): Prom
     for (let wait = 250; !stopping.signal.aborted; wait = Math.min(wait * 2, 5000)) {
       try {
         nc = await connect({
-          servers: config.nats,
+          servers: splitNatsServers(config.nats),
           name: `sluice-activator ${config.identity}`,
+          // Read at every (re)connect, as the sidecars do.
+          ...(config.natsCredentials
+            ? {
+                authenticator: credsAuthenticator(() => readFileSync(config.natsCredentials)),
+                ignoreAuthErrorAbort: true,
+              }
+            : {}),
           maxReconnectAttempts: -1,
           noAsyncTraces: true,
         });

@@ -4,7 +4,7 @@
  * client leaves (or whose cold-start timeout passes) leaves the room and stops counting as load.
  */
 export class WaitingRoom<T> {
-  readonly #waiters: { resolve: (target: T) => void }[] = [];
+  readonly #waiters: { resolve: (target: T) => void; reject: (reason: unknown) => void }[] = [];
 
   /** Requests held now. */
   get size(): number {
@@ -19,6 +19,10 @@ export class WaitingRoom<T> {
         resolve: (target: T) => {
           signal.removeEventListener('abort', onAbort);
           resolve(target);
+        },
+        reject: (reason: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(reason);
         },
       };
       const onAbort = () => {
@@ -38,5 +42,10 @@ export class WaitingRoom<T> {
       if (target === undefined) return;
       this.#waiters.shift()!.resolve(target);
     }
+  }
+
+  /** Every waiter leaves with `reason` (no target is coming: the function keeps crashing). */
+  fail(reason: unknown): void {
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(reason);
   }
 }

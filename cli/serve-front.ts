@@ -8,7 +8,7 @@ import {
 import { Http2ServerRequest } from 'node:http2';
 import type { Server, Socket } from 'node:net';
 import { forwardTo } from '../activator/forward.ts';
-import { type HoldSettings, holdRequest } from '../activator/hold.ts';
+import { FunctionCrashed, type HoldSettings, holdRequest } from '../activator/hold.ts';
 import { type Backend, pickWithRoom } from '../activator/pick.ts';
 import { WaitingRoom } from '../activator/waiting-room.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
@@ -41,6 +41,8 @@ export interface FrontOptions {
   countsAsLoad?: (req: IncomingMessage) => boolean;
   /** A held request's first byte reached its client, this long after it arrived. */
   onColdStart?: (firstByteMs: number) => void;
+  /** Why no replica will come up soon (every function crash-loops): held requests get 503 at once. */
+  crashed?: () => string | undefined;
 }
 
 export interface Front {
@@ -52,6 +54,8 @@ export interface Front {
   room: WaitingRoom<Backend>;
   /** Hands held requests to replicas that can take them; call when readiness or load changes. */
   offer: () => void;
+  /** Answers every held request with 503 function_crashed when `crashed` names a reason. */
+  checkCrashed: () => void;
   closeAll: () => void;
 }
 
@@ -88,6 +92,8 @@ export function createFront(options: FrontOptions): Front {
     if (backend) {
       backend.inFlight += 1;
     } else {
+      const crash = options.crashed?.();
+      if (crash) return sendJsonError(res, 'function_crashed', crash, { 'retry-after': '1' });
       held = true;
       const holding = holdRequest(req, res, room, options.hold);
       // Once it is in the room, so the decision counts it.
@@ -160,6 +166,10 @@ export function createFront(options: FrontOptions): Front {
     http1,
     room,
     offer,
+    checkCrashed: () => {
+      const crash = room.size > 0 ? options.crashed?.() : undefined;
+      if (crash) room.fail(new FunctionCrashed(crash));
+    },
     closeAll: () => {
       void port.close();
       for (const socket of sockets) socket.destroy();

@@ -90,6 +90,7 @@ export function proxyArgs(
   fn: StreamingFunction,
   replica: { name: string; listenPort: number; adminPort: number; functionPort: number },
   natsUrl: string,
+  natsCredentialsFile?: string,
 ): string[] {
   return [
     'proxy',
@@ -100,6 +101,7 @@ export function proxyArgs(
       // Ctrl-C should not wait the pod-sized drain; a few seconds lets short streams finish.
       drain: 3,
       nats: natsUrl,
+      natsCredentialsFile,
       replica: replica.name,
     }),
   ];

@@ -33,9 +33,14 @@ export class PrefixedLog {
   }
 
   /** Prints each line of `stream` through `format`; a line formatted to undefined is left out. */
-  follow(stream: Readable | null, format: (line: string) => string | undefined = (l) => l): void {
+  follow(
+    stream: Readable | null,
+    format: (line: string) => string | undefined = (l) => l,
+    seen: (line: string) => void = () => {},
+  ): void {
     if (!stream) return;
     createInterface({ input: stream, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (l) => {
+      seen(l);
       const text = format(l);
       if (text !== undefined) this.line(text);
     });
@@ -91,6 +96,8 @@ export interface SupervisedOptions {
   onSpawnError?: (err: NodeJS.ErrnoException) => void;
 }
 
+/** Exits in a row, each before HEALTHY_AFTER_MS, after which the process counts as crash-looping. */
+const CRASH_LOOP_EXITS = 2;
 const FIRST_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 // A process that stayed up this long counts as healthy again: the next crash restarts quickly.
@@ -108,6 +115,8 @@ export class Supervised {
   #stopping = false;
   #crashes = 0;
   #restartTimer: NodeJS.Timeout | undefined;
+  #lastExit = '';
+  #lastLine = '';
 
   constructor(options: SupervisedOptions) {
     this.#options = options;
@@ -121,14 +130,27 @@ export class Supervised {
     return this.#crashes;
   }
 
+  /**
+   * Why the process keeps failing, once its first start and restart both ended within
+   * HEALTHY_AFTER_MS: how it exited, how often, and the last line it printed.
+   */
+  get crashLoop(): string | undefined {
+    if (this.#crashes < CRASH_LOOP_EXITS) return undefined;
+    const last = this.#lastLine ? `; its last line: ${JSON.stringify(this.#lastLine.slice(0, 500))}` : '';
+    return `${this.#options.label} ${this.#lastExit} (${this.#crashes} times in a row)${last}`;
+  }
+
   start(): void {
     const { command, args, env, cwd, log, format } = this.#options;
     const startedAt = Date.now();
     const child = spawn(command, args, { env, cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     this.#child = child;
     if (child.pid !== undefined) this.#options.report(`${this.#options.label} started (pid ${child.pid})`);
-    log.follow(child.stdout, format);
-    log.follow(child.stderr, format);
+    const seen = (line: string) => {
+      if (line.trim()) this.#lastLine = line.trim();
+    };
+    log.follow(child.stdout, format, seen);
+    log.follow(child.stderr, format, seen);
     child.once('error', (err: NodeJS.ErrnoException) => {
       if (child.pid === undefined) {
         this.#options.onSpawnError?.(err);
@@ -144,6 +166,7 @@ export class Supervised {
 
   #scheduleRestart(why: string, startedAt: number): void {
     if (this.#stopping) return;
+    this.#lastExit = why;
     if (Date.now() - startedAt >= HEALTHY_AFTER_MS) this.#crashes = 0;
     const delay = Math.min(FIRST_BACKOFF_MS * 2 ** this.#crashes, MAX_BACKOFF_MS);
     this.#crashes += 1;

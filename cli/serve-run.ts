@@ -1,4 +1,4 @@
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,6 +12,7 @@ import { freePort, waitForPort } from '../common/net.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
 import { createFront } from './serve-front.ts';
 import { functionCommand, functionEnv, loadManifest, ManifestError, proxyArgs } from './serve-manifest.ts';
+import { writeLocalNatsFiles } from './serve-nats.ts';
 import { PendingTasks } from './serve-pending.ts';
 import { formatNatsLine, formatPinoLine, PrefixedLog, Supervised } from './serve-process.ts';
 import { describeScale, ServeScaler } from './serve-scaler.ts';
@@ -35,6 +36,8 @@ export interface ServeOptions {
   replicas?: string;
   port: string;
   host: string;
+  /** --auth-tokens-file or SLUICE_AUTH_TOKENS_FILE: required when spec.auth.secretName is set. */
+  authTokensFile?: string;
 }
 
 interface Replica extends Backend {
@@ -56,8 +59,10 @@ export async function runServe(file: string, override: string[], options: ServeO
   let command: string[];
   let fixedCount: number | undefined;
   let frontPort: number;
+  let tokensFile: string | undefined;
   try {
     fn = await loadManifest(file);
+    tokensFile = authTokens(fn, options.authTokensFile);
     command = functionCommand(fn, override, file);
     fixedCount =
       options.replicas === undefined
@@ -86,12 +91,9 @@ export async function runServe(file: string, override: string[], options: ServeO
     );
   }
 
-  const authSecret = fn.spec.auth?.secretName;
-  if (authSecret && !process.env.SLUICE_AUTH_TOKENS_FILE) {
-    serveLog.line(
-      `spec.auth.secretName (${authSecret}) is a cluster Secret: set SLUICE_AUTH_TOKENS_FILE to a file of tokens to require them here`,
-    );
-  }
+  // The proxies read the tokens as in a pod; their own settings check the file again.
+  const proxyEnv = tokensFile ? { ...process.env, SLUICE_AUTH_TOKENS_FILE: tokensFile } : process.env;
+  if (tokensFile) serveLog.line(`auth: requests need a bearer token from ${tokensFile}`);
 
   const supervised: Supervised[] = [];
   let stopping = false;
@@ -128,6 +130,8 @@ export async function runServe(file: string, override: string[], options: ServeO
       timeoutMs: fn.spec.scaling.coldStartTimeoutSeconds * 1000,
       heartbeatMs: fn.spec.streaming.heartbeatSeconds * 1000,
     },
+    crashed: () =>
+      replicas.length > 0 && replicas.every((r) => r.fn.crashLoop) ? replicas[0]!.fn.crashLoop : undefined,
     intercept: (req, res) => {
       if (natsUrl || !fn.spec.map.enabled || !isMapRequest(req)) return false;
       sendJsonError(res, 'map_unavailable', NATS_MISSING);
@@ -165,14 +169,17 @@ export async function runServe(file: string, override: string[], options: ServeO
 
   // NATS for map: started only when the spec enables map and nats-server is installed.
   let natsDir: string | undefined;
+  let natsCredentials: string | undefined;
   const natsBinary = fn.spec.map.enabled ? findOnPath('nats-server') : undefined;
   if (natsBinary) {
     const natsPort = await freePort();
     natsDir = mkdtempSync(join(tmpdir(), `sluice-serve-${name}-`));
+    const natsFiles = await writeLocalNatsFiles(natsDir, `${fn.metadata.namespace ?? 'default'}/${name}`);
+    natsCredentials = natsFiles.credentials;
     const nats = new Supervised({
       label: 'nats',
       command: natsBinary,
-      args: ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir],
+      args: ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', natsDir, '-c', natsFiles.config],
       env: process.env,
       cwd,
       log: new PrefixedLog('nats', 6),
@@ -185,7 +192,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       throw new SluiceError('ERR_NATS_START', `nats-server did not listen on ${natsPort}`, { cause: err });
     });
     natsUrl = `nats://127.0.0.1:${natsPort}`;
-    serveLog.line(`map: nats-server with JetStream on ${natsUrl} (store ${natsDir})`);
+    serveLog.line(`map: nats-server with JetStream on ${natsUrl} (store ${natsDir}; credentials required)`);
   } else if (fn.spec.map.enabled) {
     serveLog.line(`map is off: ${NATS_MISSING}`);
   }
@@ -228,9 +235,14 @@ export async function runServe(file: string, override: string[], options: ServeO
       command: process.execPath,
       args: [
         SLUICE_BIN,
-        ...proxyArgs(fn, { name: replicaName, listenPort, adminPort, functionPort }, natsUrl),
+        ...proxyArgs(
+          fn,
+          { name: replicaName, listenPort, adminPort, functionPort },
+          natsUrl,
+          natsCredentials,
+        ),
       ],
-      env: process.env,
+      env: proxyEnv,
       cwd,
       log: new PrefixedLog(`${replicaName} proxy`, i * 2 + 1),
       report: (m) => serveLog.line(m),
@@ -350,6 +362,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       replica.checking = false;
     }
     if (replica.ready) front.offer();
+    front.checkCrashed();
     if (!announced && replicas.every((r) => r.ready)) {
       announced = true;
       announce();
@@ -402,6 +415,31 @@ export async function runServe(file: string, override: string[], options: ServeO
   process.once('exit', () => {
     for (const s of supervised) s.killNow();
   });
+}
+
+/**
+ * The tokens file serve's proxies require: a function that asks for auth (spec.auth.secretName,
+ * a cluster Secret serve cannot read) does not start without one.
+ */
+function authTokens(fn: StreamingFunction, given: string | undefined): string | undefined {
+  const setting = '--auth-tokens-file (SLUICE_AUTH_TOKENS_FILE)';
+  const secret = fn.spec.auth?.secretName;
+  if (!given) {
+    if (!secret) return undefined;
+    throw new ServeUsageError(
+      `spec.auth.secretName (${secret}) asks for bearer tokens, and that Secret is in a cluster: ` +
+        `pass ${setting} with a file of accepted tokens, one a line`,
+    );
+  }
+  const path = resolve(given);
+  try {
+    readFileSync(path);
+  } catch (err) {
+    throw new ServeUsageError(
+      `${setting}: cannot read ${JSON.stringify(path)} (${(err as NodeJS.ErrnoException).code})`,
+    );
+  }
+  return path;
 }
 
 function parseCount(

@@ -9,6 +9,7 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Http2ServerResponse } from 'node:http2';
 import { SluiceError } from './errors.ts';
 import { encodeGrpcMessage, GRPC_STATUS, type GrpcStatusName, isGrpcContentType } from './grpc.ts';
+import { MAX_JSON_DEPTH } from './limits.ts';
 
 interface WireErrorSpec {
   /** The status of a JSON error response; undefined: only ever sent as an `event: error`. */
@@ -33,10 +34,23 @@ export const WIRE_ERRORS = {
   deadline_exceeded: { status: 504, meaning: "a gRPC call ran past its client's grpc-timeout" },
   // The request
   bad_request_target: { status: 400, meaning: 'absolute-form target, CONNECT or //path: not an open proxy' },
-  unauthorized: { status: 401, meaning: 'no accepted Authorization: Bearer token (--auth-tokens-file)' },
+  unauthorized: {
+    status: 401,
+    meaning:
+      "no accepted Authorization: Bearer token (--auth-tokens-file; the operator's /metrics: a Kubernetes token)",
+  },
+  forbidden: {
+    status: 403,
+    meaning: "the operator's /metrics: the token's user may not get /metrics (RBAC)",
+  },
   not_found: { status: 404, meaning: 'no such path (under /_sluice/ or on an admin port)' },
   method_not_allowed: { status: 405, meaning: 'the path does not take this method' },
   body_too_large: { status: 413, meaning: 'the body is over --max-body bytes, declared or chunked' },
+  headers_timeout: { status: 408, meaning: 'the request headers took longer than --headers-timeout seconds' },
+  body_timeout: {
+    status: 408,
+    meaning: 'the request body sent nothing for --body-timeout seconds (silence, not length)',
+  },
   // Capacity and lifecycle
   queue_timeout: { status: 503, meaning: 'every --concurrency slot stayed busy for --queue-timeout seconds' },
   shutting_down: {
@@ -54,6 +68,10 @@ export const WIRE_ERRORS = {
   map_disabled: { status: 503, meaning: '/_sluice/map on a proxy without --nats' },
   nats_unavailable: { status: 503, meaning: 'map needs NATS, which is not connected now; retry' },
   invalid_json: { status: 400, meaning: 'the map body is not JSON' },
+  json_too_deep: {
+    status: 400,
+    meaning: `the map body nests arrays and objects deeper than ${MAX_JSON_DEPTH} levels`,
+  },
   invalid_map_body: { status: 400, meaning: 'the map body breaks its schema; the message names the field' },
   invalid_last_event_id: { status: 400, meaning: 'Last-Event-ID of a resume is not an index of the map' },
   too_many_inputs: { status: 413, meaning: 'more inputs than --max-map-inputs' },
@@ -68,6 +86,10 @@ export const WIRE_ERRORS = {
   },
   // `sluice serve`'s front port
   replica_unavailable: { status: 502, meaning: 'sluice serve: the chosen replica did not answer' },
+  function_crashed: {
+    status: 503,
+    meaning: "sluice serve: every replica's function keeps exiting; the message has its exit and last line",
+  },
   map_unavailable: {
     status: 503,
     meaning: 'sluice serve: map needs a local nats-server, which was not found',
@@ -90,9 +112,12 @@ export const WIRE_GRPC_STATUS = {
   deadline_exceeded: 'DEADLINE_EXCEEDED',
   bad_request_target: 'INVALID_ARGUMENT',
   unauthorized: 'UNAUTHENTICATED',
+  forbidden: 'PERMISSION_DENIED',
   not_found: 'UNIMPLEMENTED',
   method_not_allowed: 'UNIMPLEMENTED',
   body_too_large: 'RESOURCE_EXHAUSTED',
+  headers_timeout: 'DEADLINE_EXCEEDED',
+  body_timeout: 'DEADLINE_EXCEEDED',
   queue_timeout: 'RESOURCE_EXHAUSTED',
   shutting_down: 'UNAVAILABLE',
   shutdown: 'UNAVAILABLE',
@@ -101,6 +126,7 @@ export const WIRE_GRPC_STATUS = {
   map_disabled: 'UNIMPLEMENTED',
   nats_unavailable: 'UNAVAILABLE',
   invalid_json: 'INVALID_ARGUMENT',
+  json_too_deep: 'INVALID_ARGUMENT',
   invalid_map_body: 'INVALID_ARGUMENT',
   invalid_last_event_id: 'INVALID_ARGUMENT',
   too_many_inputs: 'RESOURCE_EXHAUSTED',
@@ -108,6 +134,7 @@ export const WIRE_GRPC_STATUS = {
   map_not_found: 'NOT_FOUND',
   map_failed: 'ABORTED',
   replica_unavailable: 'UNAVAILABLE',
+  function_crashed: 'UNAVAILABLE',
   map_unavailable: 'UNAVAILABLE',
 } as const satisfies Record<WireCode, GrpcStatusName>;
 

@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
  *   a number n                 → JSON {"square": n*n}
  *   a string s                 → text/plain s upper-cased
  *   {"sleep": ms, ...}         → waits ms first (then as below; {"echo": input} if nothing else)
+ *   {"gate": true, ...}        → waits until `POST /open` (then as below)
  *   {"status": code}           → answers that status with text "failing on purpose"
  *   {"status": code, "error": e} → answers that status with JSON {"error": e}
  *   {"bytes": n}               → JSON string of n "x" characters
@@ -19,9 +20,14 @@ import type { AddressInfo } from 'node:net';
  * (the clock every process here shares) of its arrival and of its answer, or of the moment
  * its connection closed before the answer (`closed: true`: the caller aborted it); kept
  * unless started with `--no-calls` (the benchmark, which measures this process's CPU).
+ * `POST /open` → lets every gated input through, now and from then on.
  */
 const logCalls = !process.argv.includes('--no-calls');
 const attempts = new Map<string, number>();
+let openGate: () => void;
+const gateOpen = new Promise<void>((resolve) => {
+  openGate = resolve;
+});
 
 interface CallRecord {
   input: string;
@@ -37,7 +43,8 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes, stamp, error, holdOn } = input as {
+    const { gate, sleep, status, bytes, stamp, error, holdOn } = input as {
+      gate?: boolean;
       sleep?: number;
       status?: number;
       bytes?: number;
@@ -53,6 +60,7 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
         body: JSON.stringify({ n: stamp, t: Number(process.hrtime.bigint()) / 1e6 }),
       };
     }
+    if (gate) await gateOpen;
     if (sleep) await new Promise((r) => setTimeout(r, sleep));
     if (status && error !== undefined)
       return { status, type: 'application/json', body: JSON.stringify({ error }) };
@@ -71,6 +79,11 @@ const server = createServer({ noDelay: true, keepAliveTimeout: 60_000 }, (req, r
   if (req.method === 'GET' && req.url === '/calls') {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify(calls));
+    return;
+  }
+  if (req.method === 'POST' && req.url === '/open') {
+    openGate();
+    res.writeHead(204).end();
     return;
   }
   const chunks: Buffer[] = [];

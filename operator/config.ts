@@ -120,11 +120,72 @@ export function operatorSettings(env: NodeJS.ProcessEnv = process.env) {
       description:
         "the activator's Service: a function with no ready replica routes to it, and it holds requests (scale from zero); empty: none",
     },
+    {
+      flag: 'nats-auth',
+      env: 'SLUICE_NATS_AUTH',
+      arg: '<bool>',
+      default: 'true',
+      description:
+        'lock NATS down: an account per function, credentials for its sidecars (false: NATS without auth)',
+    },
+    {
+      flag: 'nats-auth-secret',
+      env: 'SLUICE_NATS_AUTH_SECRET',
+      arg: '<namespace/name>',
+      default: `${env.POD_NAMESPACE ?? 'default'}/sluice-nats-auth`,
+      description: "Secret with the NATS keys (made on first start) and the server's trust.conf",
+    },
+    {
+      flag: 'nats-credentials-ttl',
+      env: 'SLUICE_NATS_CREDENTIALS_TTL',
+      arg: '<seconds>',
+      default: '86400',
+      description: "lifetime of a function's NATS credentials; renewed at half of it",
+    },
+    {
+      flag: 'network-policy',
+      env: 'SLUICE_NETWORK_POLICY',
+      arg: '<bool>',
+      default: 'true',
+      description: "a NetworkPolicy per function: only the proxy's ports take traffic from other pods",
+    },
+    {
+      flag: 'proxy-from-namespaces',
+      env: 'SLUICE_PROXY_FROM_NAMESPACES',
+      arg: '<ns,...>',
+      default: '',
+      description: "namespaces whose pods may reach functions' proxy port (empty: any)",
+    },
+    {
+      flag: 'admin-from-namespaces',
+      env: 'SLUICE_ADMIN_FROM_NAMESPACES',
+      arg: '<ns,...>',
+      default: '',
+      description:
+        "namespaces whose pods may reach functions' admin port, e.g. monitoring (empty: none; probes pass)",
+    },
+    {
+      flag: 'metrics-auth',
+      env: 'SLUICE_METRICS_AUTH',
+      arg: '<bool>',
+      default: String(Boolean(env.KUBERNETES_SERVICE_HOST)),
+      description:
+        '/metrics only for tokens allowed get on it (TokenReview + SubjectAccessReview; default: true in a cluster)',
+    },
   ] as const satisfies readonly SettingSpec[];
 }
 
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const bool = z.enum(['true', 'false'], { error: 'expected true or false' }).transform((v) => v === 'true');
+const namespaces = z
+  .string()
+  .transform((v) =>
+    v
+      .split(',')
+      .map((n) => n.trim())
+      .filter(Boolean),
+  )
+  .refine((list) => list.every((n) => dnsLabel.test(n)), 'expected namespace names separated by commas');
 
 export const operatorConfigSchema = z.object({
   kubeconfig: z.string(),
@@ -151,6 +212,19 @@ export const operatorConfigSchema = z.object({
       .string()
       .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, 'expected namespace/service'),
   ]),
+  natsAuth: bool,
+  natsAuthSecret: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/, 'expected namespace/name'),
+  natsCredentialsTtl: z.coerce
+    .number()
+    .int()
+    .min(10)
+    .max(365 * 86400),
+  networkPolicy: bool,
+  proxyFromNamespaces: namespaces,
+  adminFromNamespaces: namespaces,
+  metricsAuth: bool,
 });
 
 export type OperatorConfig = z.output<typeof operatorConfigSchema>;

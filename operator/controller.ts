@@ -9,7 +9,13 @@ import { type KubeClient, type KubeObject, resourcePath } from './kube.ts';
 import type { LoadSignal } from './load-signal.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { Reconciler } from './reconciler.ts';
-import { type ActivatorEndpoints, ENDPOINT_SLICE, type MapStreams, OWNED_KINDS } from './reconciler-io.ts';
+import {
+  type ActivatorEndpoints,
+  ENDPOINT_SLICE,
+  type MapStreams,
+  type NatsCredentials,
+  ownedKinds,
+} from './reconciler-io.ts';
 import { DELETION_COST_ANNOTATION } from './scaling.ts';
 
 const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${FIELD_MANAGER}`;
@@ -42,10 +48,13 @@ export interface ControllerOptions {
   /** The load signal (with --nats): functions follow their load; without it they run minReplicas. */
   autoscale?: { signal: LoadSignal; registry: Registry };
   streams: MapStreams | undefined;
+  credentials?: NatsCredentials;
   metrics: OperatorMetrics;
   log: Logger;
   /** Called for every key that needs a reconcile; `urgent` ones (a scale-up) go first. */
   enqueue: (key: string, urgent?: boolean) => void;
+  /** Called for a key to reconcile again later (credentials to renew). */
+  enqueueAfter?: (key: string, ms: number) => void;
 }
 
 /**
@@ -79,7 +88,7 @@ export class Controller {
       log,
     });
     this.owned = new Map(
-      OWNED_KINDS.map((k) => [
+      ownedKinds(config).map((k) => [
         k.kind,
         new Informer<KubeObject>(client, {
           path: resourcePath(k.apiVersion, k.plural, ns),
@@ -148,6 +157,8 @@ export class Controller {
       }),
       streams: options.streams,
       scaling: this.autoscaler,
+      credentials: options.credentials,
+      requeueAfter: options.enqueueAfter,
       config,
       metrics: options.metrics,
       log,

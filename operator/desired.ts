@@ -4,17 +4,27 @@ import { API_VERSION, ingressPath, KIND, PROXY_ADMIN_PORT, PROXY_PORT } from '..
 import type { OperatorConfig } from './config.ts';
 import type { FunctionView } from './function.ts';
 import type { KubeObject, OwnerReference } from './kube.ts';
+import { ownedName, SECRET } from './reconciler-io.ts';
 
-/** What the builders need from the operator's settings. */
+/** What the builders need from the operator's settings (the lockdown ones off when left out). */
 export type BuilderConfig = Pick<
   OperatorConfig,
   'proxyImage' | 'nats' | 'ingressClass' | 'gpuResourceName' | 'maxDrain'
->;
+> &
+  Partial<
+    Pick<
+      OperatorConfig,
+      'natsAuth' | 'networkPolicy' | 'proxyFromNamespaces' | 'adminFromNamespaces' | 'activator'
+    >
+  >;
 
 export const FIELD_MANAGER = 'sluice-operator';
 export const HASH_ANNOTATION = 'sluice.dev/desired-hash';
 export const FUNCTION_LABEL = 'sluice.dev/function';
 export const AUTH_MOUNT = '/etc/sluice/auth';
+export const NATS_CREDENTIALS_MOUNT = '/etc/sluice/nats';
+/** The key of the function's credentials Secret that the sidecar mounts. */
+export const NATS_CREDENTIALS_KEY = 'nats.creds';
 /** Node label set by NVIDIA's GPU feature discovery; `gpu.type` selects on it. */
 export const GPU_PRODUCT_LABEL = 'nvidia.com/gpu.product';
 /** Seconds of grace beyond the proxy's drain, for the function to exit after the proxy. */
@@ -61,15 +71,66 @@ export function drainSeconds(fn: FunctionView, config: BuilderConfig): number {
   return Math.min(fn.spec.streaming.maxDurationSeconds, config.maxDrain);
 }
 
+/**
+ * Whether the function's sidecars connect to NATS with credentials of their own (a Secret the
+ * operator issues): whenever NATS is locked down, as every sidecar reports its load there.
+ */
+export function wantsNatsCredentials(_fn: FunctionView, config: BuilderConfig): boolean {
+  return Boolean(config.nats && config.natsAuth);
+}
+
+/** The Secret holding the function's NATS credentials: `<name>-nats-credentials`. */
+export function natsCredentialsSecretName(fn: FunctionView): string {
+  return ownedName(SECRET, fn.metadata.name);
+}
+
 /** The sidecar's flags in a pod: the pod's ports, the operator's NATS and drain, the mounted tokens. */
 export function proxyArgs(fn: FunctionView, config: BuilderConfig): string[] {
   return proxyFlags(fn, {
     drain: drainSeconds(fn, config),
     nats: config.nats,
     authTokensFile: `${AUTH_MOUNT}/tokens`,
+    natsCredentialsFile: wantsNatsCredentials(fn, config)
+      ? `${NATS_CREDENTIALS_MOUNT}/${NATS_CREDENTIALS_KEY}`
+      : undefined,
     // The kubelet expands $(VAR) from the container's env: an activator reaches the pod by IP.
     advertise: config.nats ? `http://$(SLUICE_POD_IP):${PROXY_PORT}` : undefined,
   });
+}
+
+/** The sidecar's Secret volumes: the auth tokens and the NATS credentials, each when wanted. */
+function sidecarSecrets(fn: FunctionView, config: BuilderConfig) {
+  const secrets: { volume: string; secret: string; key: string; path: string; mount: string }[] = [];
+  if (fn.spec.auth) {
+    secrets.push({
+      volume: 'auth-tokens',
+      secret: fn.spec.auth.secretName,
+      key: 'tokens',
+      path: 'tokens',
+      mount: AUTH_MOUNT,
+    });
+  }
+  if (wantsNatsCredentials(fn, config)) {
+    secrets.push({
+      volume: 'nats-credentials',
+      secret: natsCredentialsSecretName(fn),
+      key: NATS_CREDENTIALS_KEY,
+      path: NATS_CREDENTIALS_KEY,
+      // No subPath: Kubernetes then updates the file in place when the credentials are renewed.
+      mount: NATS_CREDENTIALS_MOUNT,
+    });
+  }
+  return {
+    volumeMounts: secrets.length
+      ? secrets.map((s) => ({ name: s.volume, mountPath: s.mount, readOnly: true }))
+      : undefined,
+    volumes: secrets.length
+      ? secrets.map((s) => ({
+          name: s.volume,
+          secret: { secretName: s.secret, items: [{ key: s.key, path: s.path }] },
+        }))
+      : undefined,
+  };
 }
 
 const restricted = {
@@ -108,6 +169,7 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
     ...(gpus > 0 ? [{ key: gpuResource, operator: 'Exists', effect: 'NoSchedule' }] : []),
   ];
   const podLabels = labels(fn);
+  const secrets = sidecarSecrets(fn, config);
   return compact({
     apiVersion: 'apps/v1',
     kind: 'Deployment',
@@ -161,19 +223,10 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
               },
               resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } },
               securityContext: { ...restricted, readOnlyRootFilesystem: true },
-              volumeMounts: spec.auth
-                ? [{ name: 'auth-tokens', mountPath: AUTH_MOUNT, readOnly: true }]
-                : undefined,
+              volumeMounts: secrets.volumeMounts,
             },
           ],
-          volumes: spec.auth
-            ? [
-                {
-                  name: 'auth-tokens',
-                  secret: { secretName: spec.auth.secretName, items: [{ key: 'tokens', path: 'tokens' }] },
-                },
-              ]
-            : undefined,
+          volumes: secrets.volumes,
         },
       },
     },

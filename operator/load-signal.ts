@@ -1,12 +1,28 @@
-import { type JetStreamManager, jetstreamManager } from '@nats-io/jetstream';
-import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, credsAuthenticator, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { LoadBook } from '../common/autoscale/load-book.ts';
 import { ALL_LOAD_SUBJECTS, decodeReport, functionOfSubject } from '../common/autoscale/load-report.ts';
 import { errorMessage } from '../common/errors.ts';
 import type { Logger } from '../common/log.ts';
 import { mapNames } from '../common/map-streams.ts';
+import { splitNatsServers } from '../common/nats-servers.ts';
 
 const decoder = new TextDecoder();
+
+export interface LoadSignalOptions {
+  /** A `.creds` text to connect with (locked-down NATS: the sluice account). */
+  credentials?: () => Promise<string>;
+  /** How to read a function's waiting map tasks, when its streams are not in this connection's account. */
+  pendingTasks?: (fn: string) => Promise<number>;
+}
+
+/** Map tasks not yet delivered to a replica (the worker consumer's num_pending) as `nc` sees them. */
+export async function pendingTasksIn(nc: NatsConnection, fn: string): Promise<number> {
+  const names = mapNames(fn);
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.consumers.info(names.tasksStream, names.workerConsumer);
+  return info.num_pending;
+}
 
 /**
  * What the autoscaler hears: every function's load reports (one core NATS subscription to
@@ -21,17 +37,19 @@ export class LoadSignal {
   /** Called for a report that should be acted on before the next tick (LoadBook.record). */
   readonly #onUrgent: (fn: string) => void;
   #nc: NatsConnection | undefined;
-  #jsm: JetStreamManager | undefined;
   #sub: Subscription | undefined;
   #connecting: Promise<void> | undefined;
   #stopped = false;
   received = 0;
   rejected = 0;
 
-  constructor(url: string, log: Logger, onUrgent: (fn: string) => void) {
+  readonly #options: LoadSignalOptions;
+
+  constructor(url: string, log: Logger, onUrgent: (fn: string) => void, options: LoadSignalOptions = {}) {
     this.#url = url;
     this.#log = log;
     this.#onUrgent = onUrgent;
+    this.#options = options;
   }
 
   get connected(): boolean {
@@ -43,9 +61,11 @@ export class LoadSignal {
     this.#connecting ??= (async () => {
       for (let wait = 250; !this.#stopped; wait = Math.min(wait * 2, 5000)) {
         try {
+          const creds = await this.#options.credentials?.();
           const nc = await connect({
-            servers: this.#url,
+            servers: splitNatsServers(this.#url),
             name: 'sluice-operator autoscaler',
+            ...(creds ? { authenticator: credsAuthenticator(new TextEncoder().encode(creds)) } : {}),
             maxReconnectAttempts: -1,
             noAsyncTraces: true,
           });
@@ -82,12 +102,10 @@ export class LoadSignal {
 
   /** Map tasks not yet delivered to a replica (the worker consumer's num_pending); 0 without one. */
   async pendingTasks(fn: string): Promise<number> {
-    if (!this.#nc || this.#nc.isClosed()) return 0;
-    this.#jsm ??= await jetstreamManager(this.#nc);
-    const names = mapNames(fn);
     try {
-      const info = await this.#jsm.consumers.info(names.tasksStream, names.workerConsumer);
-      return info.num_pending;
+      if (this.#options.pendingTasks) return await this.#options.pendingTasks(fn);
+      if (!this.#nc || this.#nc.isClosed()) return 0;
+      return await pendingTasksIn(this.#nc, fn);
     } catch (err) {
       this.#log.debug(
         { function: fn, err: errorMessage(err) },

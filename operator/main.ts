@@ -7,7 +7,9 @@ import { Controller } from './controller.ts';
 import { KubeClient } from './kube.ts';
 import { LeaderElector } from './leader.ts';
 import { createOperatorMetrics } from './metrics.ts';
+import { MetricsGate } from './metrics-auth.ts';
 import { WorkQueue } from './queue.ts';
+import type { MapStreams, NatsCredentials } from './reconciler-io.ts';
 
 export interface RunningOperator {
   client: KubeClient;
@@ -50,24 +52,33 @@ export async function startOperator(
     apiRequests: () => client.requests,
   });
   // The NATS client loads only when map streams are managed (about 20 MB resident).
-  const streams = config.nats
-    ? new (await import('./streams.ts')).StreamManager(config.nats, log, config.mapStreamReplicas)
-    : undefined;
-  // The autoscaler's signal: the sidecars' load reports over the same NATS.
+  const nats = config.nats ? await startNats(config, client, log) : undefined;
+  const streams = nats?.streams;
+  // The autoscaler's signal: the sidecars' load reports over the same NATS (locked down: in the
+  // sluice account, where every function account's reports arrive).
   const signal = config.nats
-    ? new (await import('./load-signal.ts')).LoadSignal(config.nats, log, (fn) =>
-        controller.autoscaler?.urgent(fn),
+    ? new (await import('./load-signal.ts')).LoadSignal(
+        config.nats,
+        log,
+        (fn) => controller.autoscaler?.urgent(fn),
+        {
+          credentials: nats?.loadCredentials,
+          pendingTasks: nats?.pendingTasks,
+        },
       )
     : undefined;
   const controller: Controller = new Controller({
     client,
     config,
     streams,
+    credentials: nats?.credentials,
     autoscale: signal ? { signal, registry: metrics.registry } : undefined,
     metrics,
     log,
     enqueue: (key, urgent) => (urgent ? queue.addFirst(key) : queue.add(key)),
+    enqueueAfter: (key, ms) => queue.addAfter(key, ms),
   });
+  const metricsGate = config.metricsAuth ? new MetricsGate(client) : undefined;
   const ready = () => leading && started && controller.synced;
 
   const admin = createServer(async (req, res) => {
@@ -81,9 +92,20 @@ export async function startOperator(
         .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
         .end(ok ? 'ok\n' : 'not leading or not synced\n');
     } else if (path === '/metrics') {
-      res
-        .writeHead(200, { 'content-type': metrics.registry.contentType })
-        .end(await metrics.registry.metrics());
+      const verdict = await metricsGate?.check(req.headers.authorization).catch((err: unknown) => {
+        log.warn({ err }, 'could not review a /metrics token');
+        return undefined;
+      });
+      if (metricsGate && !verdict) {
+        sendJsonError(res, 'internal', 'the API server did not answer the token review; try again');
+      } else if (verdict && !verdict.allowed) {
+        const headers = verdict.code === 'unauthorized' ? { 'www-authenticate': 'Bearer' } : {};
+        sendJsonError(res, verdict.code, verdict.message, headers);
+      } else {
+        res
+          .writeHead(200, { 'content-type': metrics.registry.contentType })
+          .end(await metrics.registry.metrics());
+      }
     } else {
       sendJsonError(res, 'not_found', `no route ${path}`);
     }
@@ -148,6 +170,46 @@ export async function startOperator(
   }
 
   return { client, controller, queue, admin, active: ready, stop };
+}
+
+/**
+ * NATS as the operator uses it: map streams, and with --nats-auth the keys (its Secret, made on
+ * first start), each function's account, and its sidecars' credentials.
+ */
+async function startNats(
+  config: OperatorConfig,
+  client: KubeClient,
+  log: Logger,
+): Promise<{
+  streams: MapStreams & { close(): Promise<void> };
+  credentials?: NatsCredentials;
+  /** The load reports' credentials (the sluice account), when locked down. */
+  loadCredentials?: () => Promise<string>;
+  /** Map tasks waiting in a function's account, when locked down. */
+  pendingTasks?: (fn: string) => Promise<number>;
+}> {
+  const { StreamManager } = await import('./streams.ts');
+  if (!config.natsAuth) return { streams: new StreamManager(config.nats, log, config.mapStreamReplicas) };
+  const [
+    { loadNatsKeys, ensureActivatorCredentials },
+    { NatsAccounts },
+    { CredentialIssuer },
+    { pendingTasksIn },
+  ] = await Promise.all([
+    import('./nats-keys.ts'),
+    import('./nats-accounts.ts'),
+    import('./nats-credentials.ts'),
+    import('./load-signal.ts'),
+  ]);
+  const authority = await loadNatsKeys(client, config.natsAuthSecret, log);
+  if (config.activator) await ensureActivatorCredentials(client, authority, config.activator, log);
+  const accounts = new NatsAccounts(config.nats, authority, log);
+  return {
+    streams: new StreamManager(config.nats, log, config.mapStreamReplicas, accounts),
+    credentials: new CredentialIssuer(authority, config.natsCredentialsTtl, accounts),
+    loadCredentials: async () => (await authority.sluiceCredentials()).creds,
+    pendingTasks: (fn) => accounts.inAccount(fn, (nc) => pendingTasksIn(nc, fn)),
+  };
 }
 
 /** `sluice operator`: runs until SIGTERM/SIGINT, then shuts down cleanly. */

@@ -6,6 +6,8 @@ export interface OwnedKind {
   kind: string;
   apiVersion: string;
   plural: string;
+  /** The object's name is the function's name and this (none: the function's name). */
+  suffix?: string;
 }
 export const DEPLOYMENT: OwnedKind = { kind: 'Deployment', apiVersion: 'apps/v1', plural: 'deployments' };
 export const SERVICE: OwnedKind = { kind: 'Service', apiVersion: 'v1', plural: 'services' };
@@ -14,7 +16,38 @@ export const INGRESS: OwnedKind = {
   apiVersion: 'networking.k8s.io/v1',
   plural: 'ingresses',
 };
-export const OWNED_KINDS = [DEPLOYMENT, SERVICE, INGRESS];
+export const NETWORK_POLICY: OwnedKind = {
+  kind: 'NetworkPolicy',
+  apiVersion: 'networking.k8s.io/v1',
+  plural: 'networkpolicies',
+};
+/** The function's NATS credentials, which its sidecars mount. */
+export const SECRET: OwnedKind = {
+  kind: 'Secret',
+  apiVersion: 'v1',
+  plural: 'secrets',
+  suffix: '-nats-credentials',
+};
+/** Every kind, in the order Events name them. */
+export const OWNED_KINDS = [DEPLOYMENT, SERVICE, INGRESS, NETWORK_POLICY, SECRET];
+
+/** The kinds an operator with these settings owns (and so watches): the lockdown ones when on. */
+export function ownedKinds(config: {
+  networkPolicy?: boolean;
+  nats: string;
+  natsAuth?: boolean;
+}): OwnedKind[] {
+  return OWNED_KINDS.filter(
+    (k) =>
+      (k !== NETWORK_POLICY || config.networkPolicy) &&
+      (k !== SECRET || Boolean(config.nats && config.natsAuth)),
+  );
+}
+
+/** The name of the function's object of this kind. */
+export function ownedName(kind: OwnedKind, functionName: string): string {
+  return `${functionName}${kind.suffix ?? ''}`;
+}
 /** `<name>-activator`: puts the activator behind the function's Service while no replica is ready. */
 export const ENDPOINT_SLICE: OwnedKind = {
   kind: 'EndpointSlice',
@@ -75,6 +108,12 @@ export interface ScalePlan {
 
 export interface Scaling {
   plan(fn: FunctionView, liveReplicas: number | undefined): ScalePlan;
+}
+
+/** The function's NATS credentials; CredentialIssuer in production. */
+export interface NatsCredentials {
+  /** The Secret to apply (the live one while its credentials are good) and when to look again. */
+  secret(fn: FunctionView, live: KubeObject | undefined): Promise<{ object: KubeObject; renewInMs: number }>;
 }
 
 /** The function's JetStream streams; StreamManager in production. */

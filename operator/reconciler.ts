@@ -8,20 +8,27 @@ import {
   desiredIngress,
   desiredService,
   HASH_ANNOTATION,
+  natsCredentialsSecretName,
+  wantsNatsCredentials,
 } from './desired.ts';
 import { type FunctionView, functionView, InvalidSpecError } from './function.ts';
 import { isNotFound, KubeApiError, type KubeObject } from './kube.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import { desiredNetworkPolicy } from './network-policy.ts';
 import {
   DEPLOYMENT,
   ENDPOINT_SLICE,
   INGRESS,
   type MapStreams,
+  type NatsCredentials,
+  NETWORK_POLICY,
   OWNED_KINDS,
   type OwnedKind,
+  ownedName,
   type ReconcilerIO,
   type ScalePlan,
   type Scaling,
+  SECRET,
   SERVICE,
 } from './reconciler-io.ts';
 import { activatorSliceName, DELETION_COST_ANNOTATION, desiredActivatorSlice } from './scaling.ts';
@@ -35,6 +42,10 @@ export interface ReconcilerOptions {
   streams: MapStreams | undefined;
   /** The autoscaler; undefined (no --nats, no load signal): every function runs minReplicas. */
   scaling?: Scaling;
+  /** Undefined when NATS is not locked down (no --nats, or --nats-auth=false). */
+  credentials?: NatsCredentials;
+  /** Reconcile the key again after `ms` (credentials to renew). */
+  requeueAfter?: (key: string, ms: number) => void;
   config: BuilderConfig;
   metrics: Pick<OperatorMetrics, 'applies' | 'errors'>;
   log: Logger;
@@ -184,7 +195,7 @@ export class Reconciler {
    */
   /** False when something foreign is in the way (nothing was written). */
   async #reconcileOwned(pass: Pass): Promise<boolean> {
-    const looks = await this.#look(pass.fn);
+    const looks = await this.#look(pass.fn, pass.key);
     const foreign = looks.find((l) => l.live && !ownedBy(l.live, pass.fn));
     if (foreign) {
       const { namespace, name } = pass.fn.metadata;
@@ -258,21 +269,36 @@ export class Reconciler {
     );
   }
 
-  async #look(fn: FunctionView): Promise<Look[]> {
+  async #look(fn: FunctionView, key: string): Promise<Look[]> {
     const { config, io } = this.#o;
     const desired: [OwnedKind, KubeObject | undefined][] = [
       [DEPLOYMENT, desiredDeployment(fn, config)],
       [SERVICE, desiredService(fn)],
       [INGRESS, desiredIngress(fn, config)],
     ];
+    if (config.networkPolicy) desired.push([NETWORK_POLICY, desiredNetworkPolicy(fn, config)]);
     const { namespace, name } = fn.metadata;
-    return Promise.all(
+    const looks = await Promise.all(
       desired.map(async ([kind, object]) => ({
         kind,
         desired: object,
         live: object ? await io.live(kind, namespace, name) : undefined,
       })),
     );
+    if (this.#o.credentials) looks.push(await this.#lookCredentials(fn, key, this.#o.credentials));
+    return looks;
+  }
+
+  /** The credentials Secret: what is there decides what is wanted (kept, or renewed). */
+  async #lookCredentials(fn: FunctionView, key: string, credentials: NatsCredentials): Promise<Look> {
+    if (!wantsNatsCredentials(fn, this.#o.config))
+      return { kind: SECRET, desired: undefined, live: undefined };
+    const live = await this.#o.io.live(SECRET, fn.metadata.namespace, natsCredentialsSecretName(fn));
+    // Someone else's Secret of that name: issue nothing; the foreign check reports it.
+    if (live && !ownedBy(live, fn)) return { kind: SECRET, desired: live, live };
+    const { object, renewInMs } = await credentials.secret(fn, live);
+    this.#o.requeueAfter?.(key, renewInMs);
+    return { kind: SECRET, desired: object, live };
   }
 
   async #converge(pass: Pass, { kind, desired, live }: Look): Promise<void> {
@@ -316,7 +342,8 @@ export class Reconciler {
   }
 
   async #deleteOwned(fn: FunctionView, kind: OwnedKind): Promise<void> {
-    const { namespace, name } = fn.metadata;
+    const { namespace } = fn.metadata;
+    const name = ownedName(kind, fn.metadata.name);
     const live = this.#o.io.labelled(kind, namespace, name);
     if (!live || !ownedBy(live, fn)) return;
     try {

@@ -6,6 +6,7 @@ import type { MapStreamSettings } from '../common/map-streams.ts';
 import { deleteMapTopology, ensureMapTopology } from '../common/map-topology.ts';
 import { splitNatsServers } from '../common/nats-servers.ts';
 import type { FunctionView } from './function.ts';
+import type { NatsAccounts } from './nats-accounts.ts';
 
 /** NATS trouble: always worth a retry (the server restarts, a leader moves). */
 export class StreamError extends SluiceError {
@@ -31,19 +32,28 @@ export function streamSettings(fn: FunctionView, replicas = 1): MapStreamSetting
  * Keeps each map-enabled function's JetStream streams (tasks, results) and shared worker
  * consumer equal to its spec.map (common/map-topology.ts, as their owner), and deletes them
  * when the function goes. A function whose streams were already made for its current
- * generation is not asked about again, so a steady state sends NATS nothing.
+ * generation is not asked about again, so a steady state sends NATS nothing. With `accounts`
+ * (locked-down NATS) each function's streams live in its own account, reached through it.
  */
 export class StreamManager {
   private readonly url: string;
   private readonly replicas: number;
   private readonly log: Logger;
+  private readonly accounts: NatsAccounts | undefined;
   private connection: Promise<{ nc: NatsConnection; jsm: JetStreamManager }> | undefined;
   private readonly ensured = new Map<string, string>();
 
-  constructor(url: string, log: Logger, replicas = 1) {
+  constructor(url: string, log: Logger, replicas = 1, accounts?: NatsAccounts) {
     this.url = url;
     this.replicas = replicas;
     this.log = log;
+    this.accounts = accounts;
+  }
+
+  /** Runs `op` with a JetStream manager that sees the streams of `fn`. */
+  private async withManager<T>(fn: string, op: (jsm: JetStreamManager) => Promise<T>): Promise<T> {
+    if (this.accounts) return this.accounts.inAccount(fn, async (nc) => op(await jetstreamManager(nc)));
+    return op(await this.manager());
   }
 
   private manager(): Promise<JetStreamManager> {
@@ -73,7 +83,7 @@ export class StreamManager {
     if (this.ensured.get(name) === stamp) return false;
     let wrote: boolean;
     try {
-      wrote = await ensureMapTopology(await this.manager(), name, settings, 'owner');
+      wrote = await this.withManager(name, (jsm) => ensureMapTopology(jsm, name, settings, 'owner'));
     } catch (err) {
       throw new StreamError(`cannot create the map streams of ${name}: ${errorMessage(err)}`, err);
     }
@@ -86,7 +96,7 @@ export class StreamManager {
   async remove(fn: FunctionView): Promise<void> {
     const name = StreamManager.fnName(fn);
     try {
-      await deleteMapTopology(await this.manager(), name);
+      await this.withManager(name, (jsm) => deleteMapTopology(jsm, name));
     } catch (err) {
       throw new StreamError(`cannot delete the map streams of ${name}: ${errorMessage(err)}`, err);
     }
@@ -96,5 +106,6 @@ export class StreamManager {
   async close(): Promise<void> {
     const connection = await this.connection?.catch(() => undefined);
     await connection?.nc.drain();
+    await this.accounts?.close();
   }
 }

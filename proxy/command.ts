@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { exitOnSettingError, parseSettings } from '../common/settings.ts';
 import { type ProxyConfig, proxyCommand, proxyConfigSchema, proxySettings } from './config.ts';
+import { checkSettingFiles } from './setting-files.ts';
 
 /** `sluice proxy`: the sidecar. Its runtime (http-proxy-3, prom-client) loads only when run. */
 export function registerProxyCommand(program: Command): void {
@@ -9,6 +10,7 @@ export function registerProxyCommand(program: Command): void {
       let config: ProxyConfig;
       try {
         config = parseSettings(proxyConfigSchema, proxySettings, options);
+        checkSettingFiles(config);
       } catch (err) {
         exitOnSettingError('proxy', err);
       }

@@ -180,6 +180,27 @@ export const proxySettings = [
     default: '',
     description: 'accepted bearer tokens, one a line',
   },
+  {
+    flag: 'nats-credentials',
+    env: 'SLUICE_NATS_CREDENTIALS',
+    arg: '<file>',
+    default: '',
+    description: "this function's NATS credentials (.creds), re-read at every (re)connect",
+  },
+  {
+    flag: 'headers-timeout',
+    env: 'SLUICE_HEADERS_TIMEOUT',
+    arg: '<seconds>',
+    default: '30',
+    description: 'a request whose headers take longer to arrive gets 408',
+  },
+  {
+    flag: 'body-timeout',
+    env: 'SLUICE_BODY_TIMEOUT',
+    arg: '<seconds>',
+    default: '60',
+    description: 'a request body silent this long (not: this long in all) gets 408',
+  },
 ] as const satisfies readonly SettingSpec[];
 
 const seconds = (min: number) =>
@@ -232,6 +253,9 @@ export const proxyConfigSchema = z
     ),
     maxMapInputs: count(1),
     authTokensFile: z.string(),
+    natsCredentials: z.string(),
+    headersTimeout: seconds(1),
+    bodyTimeout: seconds(1),
   })
   .refine((c) => c.nats === '' || !c.map || c.upstreamProtocol === 'http1', {
     path: ['map'],

@@ -16,6 +16,7 @@ import { ConcurrencyLimiter } from './limiter.ts';
 import type { LoadReporter, LoadReporterOptions } from './load-reporter.ts';
 import type { MapDependencies, MapService } from './map-service.ts';
 import { createProxyMetrics } from './metrics.ts';
+import { answerClientError, headersTimeoutOptions } from './request-timeouts.ts';
 import { PublicHandler } from './server.ts';
 
 export interface RunningProxy {
@@ -33,7 +34,6 @@ export interface RunningProxy {
 // Longer than the idle timeouts of common load balancers (GCP 600 s, AWS ALB 60 s, nginx 75 s),
 // so the proxy never closes a kept-alive connection a balancer is about to reuse (Ray #54127).
 const KEEP_ALIVE_TIMEOUT_MS = 620_000;
-const HEADERS_TIMEOUT_MS = 630_000;
 
 const BAD_CONNECT_BODY = `${jsonErrorBody('bad_request_target', 'CONNECT is not supported: not a proxy')}\n`;
 const BAD_CONNECT = Buffer.from(
@@ -84,7 +84,7 @@ function startLoadReports(
     const replica = config.replica || hostname();
     for (let wait = 250; !stopping.signal.aborted; wait = Math.min(wait * 2, 5000)) {
       try {
-        nc = await connectNats(config.nats, config.function, `${replica} load`);
+        nc = await connectNats(config.nats, config.function, `${replica} load`, config.natsCredentials);
         break;
       } catch (err) {
         deps.log.warn({ err: errorMessage(err), retryMs: wait }, 'load reports: cannot connect to NATS');
@@ -146,11 +146,11 @@ export async function runProxy(
 
   const publicServer = createServer({
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
-    headersTimeout: HEADERS_TIMEOUT_MS,
-    requestTimeout: 0, // streams are bounded by --idle-timeout and --max-duration instead
+    ...headersTimeoutOptions(config.headersTimeout),
     noDelay: true,
   });
   publicServer.on('request', handler.handle);
+  publicServer.on('clientError', answerClientError);
   publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
   const notReadyReason = () => {
     if (handler.draining) return 'draining: the proxy is shutting down';
@@ -161,7 +161,8 @@ export async function runProxy(
   const publicPortServer = createPublicPort({
     http1: publicServer,
     http2: createH2PublicServer(handler.handle),
-    firstBytesTimeoutMs: HEADERS_TIMEOUT_MS,
+    // A connection's first bytes are the start of its headers (or the HTTP/2 preface): same bound.
+    firstBytesTimeoutMs: config.headersTimeout * 1000,
   });
   const adminServer = createAdminServer({
     registry: metrics.registry,

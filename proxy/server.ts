@@ -12,6 +12,9 @@ import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
 import type { ProxyMetrics } from './metrics.ts';
+import { normaliseTarget } from './path.ts';
+import { watchRequestBody } from './request-timeouts.ts';
+import { SilenceWatch } from './silence-watch.ts';
 import { type RelayFailure, type RelayLimits, StreamRelay } from './stream-relay.ts';
 
 export interface PublicHandlerOptions {
@@ -36,6 +39,8 @@ interface Exchange {
   queue?: AbortController;
   relay?: StreamRelay | H2Call;
   proxyReq?: ClientRequest;
+  /** Set when the body went silent for --body-timeout and the request was answered 408. */
+  bodyStalled?: boolean;
 }
 
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
@@ -64,6 +69,7 @@ export class PublicHandler {
   // Shared by every stream: an idle stream should cost as little as possible.
   readonly #limits: RelayLimits;
   readonly #countEvents: (count: number) => void;
+  readonly #bodies: SilenceWatch;
 
   constructor(options: PublicHandlerOptions) {
     this.#options = options;
@@ -74,6 +80,7 @@ export class PublicHandler {
       maxDurationMs: config.maxDuration * 1000,
     };
     this.#countEvents = (count) => metrics.events.inc(count);
+    this.#bodies = new SilenceWatch(config.bodyTimeout * 1000);
     this.#proxy = createProxyServer({
       target: options.config.upstream,
       xfwd: true,
@@ -133,6 +140,7 @@ export class PublicHandler {
   handle = (req: IncomingMessage, res: ServerResponse): void => {
     const exchange = this.#begin(req, res);
     this.#route(exchange).catch((err: unknown) => {
+      if (exchange.bodyStalled) return; // answered 408 already; the reader saw the body cut off
       this.#options.log.error({ err, requestId: exchange.id }, 'request failed inside the proxy');
       if (exchange.relay) exchange.relay.fail({ code: 'internal', message: 'proxy error' });
       else sendJsonError(res, 'internal', 'proxy error');
@@ -169,7 +177,14 @@ export class PublicHandler {
       sendJsonError(res, 'bad_request_target', refused);
       return;
     }
-    req.url = stripPathPrefix(req.url!, config.pathPrefix);
+    req.url = stripPathPrefix(normaliseTarget(req.url!), config.pathPrefix);
+    // HTTP/1.1 bodies only: an HTTP/2 call's silence is bounded by its deadline (grpc-timeout,
+    // --max-duration), and a connection's bytes say nothing about one of its streams.
+    if (!req.complete && req.httpVersionMajor === 1)
+      res.once(
+        'close',
+        watchRequestBody(this.#bodies, req, res, () => this.#bodyStalled(exchange)),
+      );
     const path = pathOf(req.url);
     if (tokens && !tokens.accepts(bearerToken(req))) {
       sendJsonError(res, 'unauthorized', 'a valid Authorization: Bearer token is required', {
@@ -197,6 +212,20 @@ export class PublicHandler {
         arrivedAt: exchange.arrived,
       });
     else this.#forward(exchange);
+  }
+
+  /** The client stopped sending its body: answer 408, stop the function's request, free the slot. */
+  #bodyStalled(exchange: Exchange): void {
+    const failure: RelayFailure = {
+      code: 'body_timeout',
+      message: `the request body sent nothing for ${this.#options.config.bodyTimeout} s (--body-timeout)`,
+    };
+    exchange.bodyStalled = true;
+    exchange.res.setHeader('connection', 'close'); // the rest of this body is not coming
+    exchange.queue?.abort(failure);
+    if (exchange.relay) exchange.relay.fail(failure);
+    else sendJsonError(exchange.res, failure.code, failure.message);
+    exchange.proxyReq?.destroy();
   }
 
   /** Waits in FIFO order for a slot; answers 503 + Retry-After itself when none frees up. */

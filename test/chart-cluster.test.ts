@@ -152,15 +152,23 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
         `--as=system:serviceaccount:${ns.name}:${release}-sluice`,
       ]);
       expect(leaderRole.stdout.trim()).toBe('yes');
-      const noSecrets = await kubectl([
-        'auth',
-        'can-i',
-        'get',
-        'secrets',
-        '-A',
-        `--as=system:serviceaccount:${ns.name}:${release}-sluice`,
-      ]);
-      expect(noSecrets.stdout.trim()).toBe('no');
+      // Least privilege: Secrets only for the functions' NATS credentials (nats.auth), nothing it
+      // does not call (test/e2e-gpu.test.ts compares the grants with the calls).
+      const can = async (verb: string, what: string) =>
+        (
+          await kubectl([
+            'auth',
+            'can-i',
+            verb,
+            what,
+            '-A',
+            `--as=system:serviceaccount:${ns.name}:${release}-sluice`,
+          ])
+        ).stdout.trim();
+      expect(await can('get', 'configmaps')).toBe('no');
+      expect(await can('create', 'pods')).toBe('no');
+      expect(await can('create', 'tokenreviews.authentication.k8s.io')).toBe('yes');
+      expect(await can('update', 'secrets')).toBe('no');
     });
 
     it('prints NOTES with the next steps and the NATS address', () => {

@@ -1,12 +1,15 @@
 // The chart without a cluster: lint, every feature flag rendered, bad values refused by
 // values.schema.json naming the field, the operator accepting the flags the chart passes, and
 // the NATS configuration accepted and served by a real nats-server.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
 import { loadActivatorConfig } from '../activator/config.ts';
+import { NatsAuthority, newMasterSecret, pushAccount } from '../common/nats-auth.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
@@ -41,18 +44,24 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     expect(kinds).toEqual(
       [
         'ClusterRole/sluice-activator',
+        'ClusterRole/sluice-metrics-reader',
         'ClusterRole/sluice-operator',
+        'ClusterRole/sluice-operator-auth',
         'ClusterRoleBinding/sluice-activator',
         'ClusterRoleBinding/sluice-operator',
+        'ClusterRoleBinding/sluice-operator-auth',
         'ConfigMap/sluice-nats',
         'CustomResourceDefinition/streamingfunctions.sluice.dev',
         'Deployment/sluice-activator',
         'Deployment/sluice-operator',
+        'NetworkPolicy/sluice-nats',
         'PodDisruptionBudget/sluice-operator',
         'Role/sluice-activator-endpoints',
         'Role/sluice-leader-election',
+        'Role/sluice-nats-keys',
         'RoleBinding/sluice-activator-endpoints',
         'RoleBinding/sluice-leader-election',
+        'RoleBinding/sluice-nats-keys',
         'Service/sluice-activator',
         'Service/sluice-nats',
         'Service/sluice-nats-headless',
@@ -124,6 +133,80 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     expect(find(defaults, 'ClusterRole', '-activator')!.rules).toEqual([
       { apiGroups: ['sluice.dev'], resources: ['streamingfunctions'], verbs: ['list', 'watch'] },
     ]);
+  });
+
+  it("locks NATS down: the operator's keys Secret mounted, monitoring off the client Service", () => {
+    const sts = find(defaults, 'StatefulSet', '-nats')!;
+    const pod = sts.spec.template.spec;
+    expect(pod.volumes).toContainEqual({
+      name: 'auth',
+      secret: { secretName: 'sluice-nats-auth', items: [{ key: 'trust.conf', path: 'trust.conf' }] },
+    });
+    expect(pod.containers[0].volumeMounts).toContainEqual({
+      name: 'auth',
+      mountPath: '/etc/nats-auth',
+      readOnly: true,
+    });
+    const config = find(defaults, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
+    expect(config).toContain('include ../nats-auth/trust.conf');
+    expect(config).toMatch(/resolver: \{\s*type: full\s*dir: \/data\/jwt/);
+    const args = operatorArgs(defaults);
+    expect(flag(args, 'nats-auth')).toBe('true');
+    expect(flag(args, 'nats-auth-secret')).toBe('sluice-system/sluice-nats-auth');
+    const service = find(defaults, 'Service', '-nats')!;
+    expect(service.spec.ports.map((p: Manifest) => p.port)).toEqual([4222]);
+    // The operator reads Secrets only because it issues NATS credentials.
+    const rules = find(defaults, 'ClusterRole', '-operator')!.rules as Manifest[];
+    expect(rules.find((r) => r.resources.includes('secrets'))?.verbs).toEqual([
+      'get',
+      'list',
+      'watch',
+      'create',
+      'patch',
+    ]);
+    expect(find(defaults, 'Role', '-nats-keys')!.rules).toEqual([
+      { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'create'] },
+    ]);
+    // The activator reads load reports with the credentials the operator makes for it.
+    const activator = find(defaults, 'Deployment', '-activator')!.spec.template.spec;
+    expect(activator.containers[0].args).toContain('--nats-credentials=/etc/sluice/nats/nats.creds');
+    expect(activator.volumes).toContainEqual({
+      name: 'nats-credentials',
+      secret: { secretName: 'sluice-activator-nats-credentials' },
+    });
+  });
+
+  it('lets NATS take clients only from function pods, the operator and the activator', () => {
+    const policy = find(defaults, 'NetworkPolicy', '-nats')!;
+    expect(policy.spec.ingress).toEqual([
+      {
+        ports: [{ protocol: 'TCP', port: 4222 }],
+        from: [
+          {
+            podSelector: { matchExpressions: [{ key: 'sluice.dev/function', operator: 'Exists' }] },
+            namespaceSelector: {},
+          },
+          {
+            podSelector: {
+              matchLabels: find(defaults, 'Deployment', '-operator')!.spec.selector.matchLabels,
+            },
+          },
+        ],
+      },
+    ]);
+    expect(flag(operatorArgs(defaults), 'network-policy')).toBe('true');
+  });
+
+  it("serves the operator's /metrics to tokens allowed get on it, with the RBAC a Prometheus needs", () => {
+    expect(flag(operatorArgs(defaults), 'metrics-auth')).toBe('true');
+    expect(find(defaults, 'ClusterRole', '-metrics-reader')!.rules).toEqual([
+      { nonResourceURLs: ['/metrics'], verbs: ['get'] },
+    ]);
+    expect(find(defaults, 'ClusterRole', '-operator-auth')!.rules).toEqual([
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
+    ]);
+    expect(find(defaults, 'ClusterRoleBinding', '-metrics-reader')).toBeUndefined();
   });
 
   // Each feature flag: the values that turn it, and what must (not) be rendered.
@@ -209,7 +292,11 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       name: 'operator.watchNamespace narrows RBAC to a Role in that namespace',
       set: ['operator.watchNamespace=team-a'],
       check: (m) => {
-        expect(find(m, 'ClusterRole')).toBeUndefined();
+        // Only the cluster-scoped review grants (/metrics auth) stay cluster-wide.
+        expect(m.filter((x) => x.kind === 'ClusterRole').map((x) => x.metadata.name)).toEqual([
+          'sluice-operator-auth',
+          'sluice-metrics-reader',
+        ]);
         expect(find(m, 'Role', '-operator')!.metadata.namespace).toBe('team-a');
         expect(find(m, 'Role', '-activator')!.metadata.namespace).toBe('team-a');
         expect(find(m, 'Deployment', '-activator')!.spec.template.spec.containers[0].args).toContain(
@@ -261,6 +348,78 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       },
     },
     {
+      name: 'nats.auth.enabled=false: no keys, no credentials, no Secret access',
+      set: ['nats.auth.enabled=false'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'nats-auth')).toBe('false');
+        expect(flag(operatorArgs(m), 'nats-auth-secret')).toBeUndefined();
+        expect(find(m, 'Role', '-nats-keys')).toBeUndefined();
+        expect(JSON.stringify(find(m, 'ClusterRole', '-operator')!.rules)).not.toContain('secrets');
+        expect(find(m, 'ConfigMap', '-nats')!.data['nats.conf']).not.toContain('include');
+        expect(JSON.stringify(find(m, 'StatefulSet')!.spec.template.spec.volumes)).not.toContain('nats-auth');
+      },
+    },
+    {
+      name: 'nats.url: the operator locks that NATS down too (its admin includes trust.conf)',
+      set: ['nats.enabled=false', 'nats.url=nats://nats.infra:4222'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'nats-auth')).toBe('true');
+        expect(find(m, 'Role', '-nats-keys')).toBeDefined();
+        expect(find(m, 'NetworkPolicy')).toBeUndefined();
+      },
+    },
+    {
+      name: 'networkPolicy: namespaces reach the operator; enabled=false drops policies and their RBAC',
+      set: [
+        'networkPolicy.proxyFromNamespaces={ingress-nginx,apps}',
+        'networkPolicy.monitoringNamespaces={monitoring}',
+      ],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'proxy-from-namespaces')).toBe('ingress-nginx,apps');
+        expect(flag(operatorArgs(m), 'admin-from-namespaces')).toBe('monitoring');
+        expect(find(m, 'NetworkPolicy')!.spec.ingress[1]).toEqual({
+          ports: [{ protocol: 'TCP', port: 8222 }],
+          from: [
+            {
+              namespaceSelector: {
+                matchExpressions: [
+                  { key: 'kubernetes.io/metadata.name', operator: 'In', values: ['monitoring'] },
+                ],
+              },
+            },
+          ],
+        });
+      },
+    },
+    {
+      name: 'networkPolicy.enabled=false',
+      set: ['networkPolicy.enabled=false'],
+      check: (m) => {
+        expect(find(m, 'NetworkPolicy')).toBeUndefined();
+        expect(flag(operatorArgs(m), 'network-policy')).toBe('false');
+        expect(JSON.stringify(find(m, 'ClusterRole', '-operator')!.rules)).not.toContain('networkpolicies');
+      },
+    },
+    {
+      name: 'metrics.readers binds ServiceAccounts to the metrics-reader ClusterRole; auth=false drops it all',
+      set: ['metrics.readers[0].name=prometheus-k8s', 'metrics.readers[0].namespace=monitoring'],
+      check: (m) =>
+        expect(find(m, 'ClusterRoleBinding', '-metrics-reader')!.subjects).toEqual([
+          { kind: 'ServiceAccount', name: 'prometheus-k8s', namespace: 'monitoring' },
+        ]),
+    },
+    {
+      name: 'metrics.auth=false',
+      set: ['metrics.auth=false'],
+      check: (m) => {
+        expect(flag(operatorArgs(m), 'metrics-auth')).toBe('false');
+        expect(m.filter((x) => x.kind === 'ClusterRole').map((x) => x.metadata.name)).toEqual([
+          'sluice-activator',
+          'sluice-operator',
+        ]);
+      },
+    },
+    {
       name: 'metrics.service.enabled=false leaves the metrics Service out',
       set: ['metrics.service.enabled=false'],
       check: (m) => expect(find(m, 'Service', '-operator-metrics')).toBeUndefined(),
@@ -287,6 +446,9 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.persistence.accessModes={ReadMostly}'], names: /\/nats\/persistence\/accessModes/ },
     { set: ['crds.keep=maybe'], names: /\/crds\/keep/ },
     { set: ['nats.replicas=2'], names: /\/nats\/replicas/ },
+    { set: ['networkPolicy.proxyFromNamespaces={Bad_NS}'], names: /\/networkPolicy\/proxyFromNamespaces/ },
+    { set: ['nats.auth.credentialsTtlSeconds=5'], names: /\/nats\/auth\/credentialsTtlSeconds/ },
+    { set: ['metrics.readers[0].name=p'], names: /\/metrics\/readers\/0/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
     {
       set: ['serviceAccount.create=false'],
@@ -314,6 +476,11 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       [],
       ['nats.enabled=false', 'nats.url=tls://a:4222\\,tls://b:4222', 'nats.replicas=3'],
       ['operator.watchNamespace=team-a'],
+      [
+        'networkPolicy.proxyFromNamespaces={a,b}',
+        'networkPolicy.monitoringNamespaces={m}',
+        'nats.auth.enabled=false',
+      ],
     ]) {
       const args = operatorArgs(await render(set.flatMap((s) => ['--set', s])));
       expect(args[0]).toBe('operator');
@@ -324,6 +491,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       expect(config.proxyImage).toBe('ghcr.io/sluice-dev/sluice:0.1.0');
       expect(config.nats).toBe(flag(args, 'nats') ?? '');
       expect(config.mapStreamReplicas).toBe(Number(flag(args, 'map-stream-replicas') ?? 1));
+      expect(config.proxyFromNamespaces).toEqual(flag(args, 'proxy-from-namespaces')?.split(',') ?? []);
     }
   });
 
@@ -367,17 +535,23 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       await rm(dir, { recursive: true, force: true });
     });
 
-    it('is accepted by a real nats-server, which serves JetStream with it', async () => {
+    it('is accepted by a real nats-server, which serves JetStream with it to credentials only', async () => {
       dir = await mkdtemp(join(tmpdir(), 'sluice-chart-nats-'));
       const config = find(defaults, 'ConfigMap', '-nats')!.data['nats.conf'] as string;
-      // The same file with this machine's ports and a temp store instead of the pod's /data volume.
+      // The same file with this machine's ports and a temp store instead of the pod's /data volume,
+      // beside the trust.conf the operator's Secret holds, where the pod mounts it.
       const [client, monitor] = [await freePort(), await freePort()];
       const local = config
         .replace(/^port: 4222$/m, `port: ${client}`)
         .replace(/^http_port: 8222$/m, `http_port: ${monitor}`)
-        .replace('store_dir: /data', `store_dir: ${join(dir, 'js')}`);
+        .replace('store_dir: /data', `store_dir: ${join(dir, 'js')}`)
+        .replace('dir: /data/jwt', `dir: ${join(dir, 'jwt')}`);
       expect(local).not.toBe(config);
-      const file = join(dir, 'nats.conf');
+      const authority = new NatsAuthority(newMasterSecret());
+      await mkdir(join(dir, 'etc', 'nats'), { recursive: true });
+      await mkdir(join(dir, 'etc', 'nats-auth'));
+      await writeFile(join(dir, 'etc', 'nats-auth', 'trust.conf'), await authority.trustConfig());
+      const file = join(dir, 'etc', 'nats', 'nats.conf');
       await writeFile(file, local);
       nats = start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
         env: { ...process.env, POD_NAME: 'sluice-nats-0' },
@@ -399,6 +573,16 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
         server_name: string;
       };
       expect(varz.server_name).toBe('sluice-nats-0');
+      // Nothing gets in without credentials; a function's own work once its account is pushed.
+      const url = `nats://127.0.0.1:${client}`;
+      await expect(connect({ servers: url })).rejects.toThrow(/Authorization Violation/);
+      const as = async (creds: string) =>
+        connect({ servers: url, authenticator: credsAuthenticator(new TextEncoder().encode(creds)) });
+      const system = await as((await authority.systemCredentials()).creds);
+      await pushAccount(system, await authority.functionAccountJwt('team-a/echo'));
+      const fn = await as((await authority.functionAdminCredentials('team-a/echo')).creds);
+      expect((await (await jetstreamManager(fn)).getAccountInfo()).limits.max_storage).toBe(-1);
+      await Promise.all([system.close(), fn.close()]);
     });
 
     it('with nats.replicas=3 makes three real nats-servers one JetStream cluster', async () => {
@@ -411,20 +595,27 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       for (let i = 0; i < 3; i++)
         ports.push({ client: await freePort(), monitor: await freePort(), cluster: await freePort() });
       const servers: Started[] = [];
+      const authority = new NatsAuthority(newMasterSecret());
+      const trust = await authority.trustConfig();
       try {
         for (const [i, port] of ports.entries()) {
           let local = config
             .replace(/^port: 4222$/m, `port: ${port.client}`)
             .replace(/^http_port: 8222$/m, `http_port: ${port.monitor}`)
             .replace('store_dir: /data', `store_dir: ${join(dir, `js-${i}`)}`)
-            .replace(/^ {2}port: 6222$/m, `  port: ${port.cluster}`);
+            .replace(/^ {2}port: 6222$/m, `  port: ${port.cluster}`)
+            .replace('dir: /data/jwt', `dir: ${join(dir, `jwt-${i}`)}`);
           for (const [j, other] of ports.entries())
             local = local.replace(
               `sluice-nats-${j}.sluice-nats-headless.sluice-system.svc:6222`,
               `127.0.0.1:${other.cluster}`,
             );
           expect(local).not.toMatch(/svc:6222/);
-          const file = join(dir, `nats-${i}.conf`);
+          // As in the pod: the keys Secret's trust.conf beside the config's directory.
+          await mkdir(join(dir, `etc-${i}`, 'nats'), { recursive: true });
+          await mkdir(join(dir, `etc-${i}`, 'nats-auth'));
+          await writeFile(join(dir, `etc-${i}`, 'nats-auth', 'trust.conf'), trust);
+          const file = join(dir, `etc-${i}`, 'nats', 'nats.conf');
           await writeFile(file, local);
           servers.push(
             start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
@@ -445,6 +636,20 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
           },
         );
         expect(jsz.meta_cluster?.leader).toMatch(/^sluice-nats-[012]$/);
+        // A function account pushed to one server is known to the others (the full resolver).
+        const as = async (i: number, creds: string) =>
+          connect({
+            servers: `nats://127.0.0.1:${ports[i]!.client}`,
+            authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
+          });
+        const system = await as(0, (await authority.systemCredentials()).creds);
+        await pushAccount(system, await authority.functionAccountJwt('team-a/echo'));
+        const admin = (await authority.functionAdminCredentials('team-a/echo')).creds;
+        const fn = await waitFor(() => as(2, admin).catch(() => undefined), {
+          timeoutMs: 15_000,
+          what: 'the pushed account on another server of the cluster',
+        });
+        await Promise.all([system.close(), fn.close()]);
       } finally {
         await Promise.all(servers.map((server) => server.stop()));
       }

@@ -2,18 +2,23 @@
 // `helm install --wait`, then `sluice operator` run as a process with exactly the arguments of the
 // chart's Deployment and the chart's ServiceAccount token, through a proxy that records every API
 // request it makes. Functions are applied with kubectl; the real scheduler places their pods.
-// Last, the recorded requests are compared with the chart's RBAC rules, both ways. Scheduling
-// and RBAC are what this file is about: every pod here tolerates sluice.dev/simulated, so kwok
-// plays it (test/e2e-plane.test.ts runs the same chart and functions as real processes).
+// NATS runs locked down from the keys the operator wrote into its Secret. Last, the recorded
+// requests are compared with the chart's RBAC rules, both ways. Scheduling and RBAC are what this
+// file is about: every pod here tolerates sluice.dev/simulated, so kwok plays it
+// (test/e2e-plane.test.ts runs the same chart and functions as real processes).
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { freePort, waitFor, waitForPort } from '../common/net.ts';
-import { type Started, start, startSluice } from '../harness/process.ts';
+import { mapNames } from '../common/map-streams.ts';
+import { freePort, waitFor } from '../common/net.ts';
+import { type NatsServer, startNats } from '../harness/nats.ts';
+import { type Started, startSluice } from '../harness/process.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
 import { SIMULATED_KEY } from '../plane/runner.ts';
 import { GPU_PRODUCT_LABEL, SIMULATED_NODES } from '../scripts/cluster.ts';
@@ -55,7 +60,9 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
   let system: Namespace;
   let functions: Namespace;
   let dir: string;
-  let nats: Started;
+  let nats: NatsServer;
+  let natsUrl: string;
+  let operatorAdmin: string;
   let recorder: RecordingProxy;
   let operator: Started;
   let rendered: Manifest[];
@@ -99,8 +106,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     functions = await throwawayNamespace('e2e-fn');
     dir = await mkdtemp(join(tmpdir(), 'sluice-e2e-'));
     const natsPort = await freePort();
-    nats = start('nats-server', ['-js', '-a', '127.0.0.1', '-p', String(natsPort), '-sd', join(dir, 'js')]);
-    await waitForPort(natsPort);
+    natsUrl = `nats://127.0.0.1:${natsPort}`;
 
     // The chart as a user installs it, less the CRD (the test run's global setup owns it).
     const install = await helm([
@@ -116,9 +122,13 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       '--set',
       'nats.enabled=false',
       '--set',
-      `nats.url=nats://127.0.0.1:${natsPort}`,
+      `nats.url=${natsUrl}`,
       '--set',
       `operator.watchNamespace=${functions.name}`,
+      '--set',
+      'metrics.readers[0].name=prometheus',
+      '--set',
+      `metrics.readers[0].namespace=${system.name}`,
       '--set',
       `operator.tolerations[0].key=${SIMULATED_KEY}`,
       '--set',
@@ -162,10 +172,25 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
         SLUICE_LOG_LEVEL: 'info',
       },
     });
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).ok, {
+    operatorAdmin = `http://127.0.0.1:${adminPort}`;
+    await waitFor(async () => (await fetch(`${operatorAdmin}/readyz`)).ok, {
       timeoutMs: 30_000,
       what: `the operator to lead and sync (${operator.output().slice(-2000)})`,
     });
+    // The NATS that nats.url names, configured as the README says: the trust.conf of the keys the
+    // operator made on its first start, and a full resolver.
+    const keys = await kubectl([
+      'get',
+      'secret',
+      `${release}-sluice-nats-auth`,
+      '-n',
+      system.name,
+      '-o',
+      'json',
+    ]);
+    if (keys.code !== 0) throw new Error(`no NATS keys Secret: ${keys.stderr}`);
+    const trust = Buffer.from(JSON.parse(keys.stdout).data['trust.conf'], 'base64').toString();
+    nats = await startNats({ trust, port: natsPort });
   }, 240_000);
 
   afterAll(async () => {
@@ -342,6 +367,87 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     });
   }, 120_000);
 
+  it("locks NATS down: each map function's credentials reach its own streams, nothing gets in without", async () => {
+    const secret = await waitFor(
+      async () => {
+        const r = await kubectl([
+          'get',
+          'secret',
+          'gpu-h100-nats-credentials',
+          '-n',
+          functions.name,
+          '-o',
+          'json',
+        ]);
+        return r.code === 0 ? (JSON.parse(r.stdout) as Manifest) : undefined;
+      },
+      { timeoutMs: 30_000, what: "gpu-h100's NATS credentials" },
+    );
+    const creds = Buffer.from(secret.data['nats.creds'], 'base64');
+    const nc = await connect({ servers: natsUrl, authenticator: credsAuthenticator(creds) });
+    try {
+      const names = mapNames(`${functions.name}/gpu-h100`);
+      // The operator made the streams (it retried until this NATS was up).
+      const info = await waitFor(
+        () => jetstreamManager(nc).then((jsm) => jsm.streams.info(names.tasksStream)),
+        {
+          timeoutMs: 30_000,
+          what: 'the tasks stream',
+        },
+      );
+      expect(info.config.subjects).toEqual([names.tasksSubjects]);
+    } finally {
+      await nc.close();
+    }
+    await expect(connect({ servers: natsUrl })).rejects.toThrow(/Authorization Violation/);
+    const [pod] = await pods('gpu-h100');
+    const sidecar = pod!.spec.containers.find((c: Manifest) => c.name === 'sluice-proxy');
+    expect(sidecar.args).toContain('--nats-credentials=/etc/sluice/nats/nats.creds');
+    const policy = await kubectl(['get', 'networkpolicy', 'gpu-h100', '-n', functions.name, '-o', 'json']);
+    expect(JSON.parse(policy.stdout).spec.podSelector.matchLabels).toEqual({ [FUNCTION_LABEL]: 'gpu-h100' });
+  }, 120_000);
+
+  it('keeps the NATS credentials of a function that turns map off: its sidecars still report load', async () => {
+    const secret = () => kubectl(['get', 'secret', 'cpu-nats-credentials', '-n', functions.name]);
+    await waitFor(async () => (await secret()).code === 0, { timeoutMs: 30_000, what: "cpu's credentials" });
+    const patch = await kubectl([
+      'patch',
+      'sfn',
+      'cpu',
+      '-n',
+      functions.name,
+      '--type=merge',
+      '-p',
+      '{"spec":{"map":{"enabled":false}}}',
+    ]);
+    expect(patch.code).toBe(0);
+    const sidecarArgs = async () => {
+      const got = await kubectl(['get', 'deployment', 'cpu', '-n', functions.name, '-o', 'json']);
+      const containers = JSON.parse(got.stdout).spec.template.spec.containers as Manifest[];
+      return containers.find((c) => c.name === 'sluice-proxy')?.args as string[];
+    };
+    const args = await waitFor(
+      async () => ((await sidecarArgs()).includes('--map=false') ? sidecarArgs() : undefined),
+      {
+        what: 'the Deployment with map off',
+      },
+    );
+    expect(args).toContain('--nats-credentials=/etc/sluice/nats/nats.creds');
+    expect((await secret()).code).toBe(0);
+  }, 120_000);
+
+  it("serves the operator's /metrics to the chart's metrics readers only", async () => {
+    expect((await fetch(`${operatorAdmin}/metrics`)).status).toBe(401);
+    const sa = await kubectl(['create', 'serviceaccount', 'prometheus', '-n', system.name]);
+    expect(sa.code).toBe(0);
+    const token = await kubectl(['create', 'token', 'prometheus', '-n', system.name, '--duration=600s']);
+    const response = await fetch(`${operatorAdmin}/metrics`, {
+      headers: { authorization: `Bearer ${token.stdout.trim()}` },
+    });
+    expect(response.status).toBe(200);
+    expect(await response.text()).toContain('sluice_operator_reconcile_total');
+  }, 120_000);
+
   it('deletes an Ingress the spec no longer wants', async () => {
     const ingress = () => kubectl(['get', 'ingress', 'gpu-h100', '-n', functions.name]);
     await waitFor(async () => (await ingress()).code === 0, { what: 'the gpu-h100 Ingress' });
@@ -395,10 +501,11 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     for (const call of recorder.calls) {
       const a = requestAttributes(call.method, call.url);
       if (!a) continue;
-      used.add(`${a.namespace}|${a.apiGroup}|${a.resource}|${a.verb}`);
+      // Cluster-scoped resources (token and access reviews) are granted by ClusterRoles only.
+      const ns = a.namespace || '*';
+      used.add(`${ns}|${a.apiGroup}|${a.resource}|${a.verb}`);
       // A server-side apply that creates the object is authorized as create as well as patch.
-      if (a.verb === 'patch' && call.status === 201)
-        used.add(`${a.namespace}|${a.apiGroup}|${a.resource}|create`);
+      if (a.verb === 'patch' && call.status === 201) used.add(`${ns}|${a.apiGroup}|${a.resource}|create`);
     }
     const granted = new Set<string>();
     // The operator's roles (the activator's own, for its ServiceAccount, are not the operator's to use).

@@ -8,10 +8,14 @@
 // Two deviations from the walkthrough, both for running beside the rest of the suite: the CRD
 // is the test run's (crds.enabled=false), and the operator watches only this test's namespace
 // (other test files run operators of their own).
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '../common/net.ts';
+import { mapNames } from '../common/map-streams.ts';
+import { waitFor, waitForPort } from '../common/net.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
 import { kubeconfigPath, kubectl, type Namespace, throwawayNamespace } from './support/cluster.ts';
 import { CHART, helm, helmMissing, type Manifest, ROOT } from './support/helm.ts';
@@ -45,10 +49,13 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')}: ${r.stderr}`);
     return r.stdout;
   };
-  /** NATS's monitoring endpoint, by its Service's ClusterIP (the host reaches Services too). */
+  /**
+   * NATS's monitoring endpoint, at the pod's own address (the node reaches pods; monitoring is
+   * not on the client Service, and the NATS NetworkPolicy lets only monitoring namespaces in).
+   */
   const jsz = async () => {
-    const svc = await getJson(['get', 'service', `${release}-nats`, '-n', system.name]);
-    const res = await fetch(`http://${svc.spec.clusterIP}:8222/jsz?streams=true`);
+    const pod = await getJson(['get', 'pod', `${release}-nats-0`, '-n', system.name]);
+    const res = await fetch(`http://${pod.status.podIP}:8222/jsz?streams=true`);
     const body = (await res.json()) as Manifest;
     return (body.account_details ?? []).flatMap((a: Manifest) => a.stream_detail ?? []) as Manifest[];
   };
@@ -61,6 +68,7 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
       },
       { timeoutMs: 30_000, what: `Traefik to route ${path}` },
     );
+  const metricsBinding = `e2e-metrics-${randomBytes(3).toString('hex')}`;
   const mapInputs = (count: number, sleepMs: number) =>
     JSON.stringify({ inputs: Array.from({ length: count }, (_, i) => ({ i, sleepMs })) });
 
@@ -71,6 +79,7 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
   });
 
   afterAll(async () => {
+    await kubectl(['delete', 'clusterrolebinding', metricsBinding, '--ignore-not-found']);
     await kubectl(['delete', 'sfn', '--all', '-n', ns?.name ?? 'none', '--wait=true', '--timeout=60s']);
     if (system)
       await helm(['uninstall', release, '--kubeconfig', kubeconfigPath(), '-n', system.name, '--wait']);
@@ -146,7 +155,9 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     const leader = (await getJson(['get', 'lease', 'sluice-operator', '-n', system.name])).spec
       .holderIdentity;
     const log = await kubectl(['logs', '-n', system.name, leader]);
-    expect(log.stdout).toContain(`created Deployment, Service, Ingress ${ns.name}/echo`);
+    expect(log.stdout).toContain(
+      `created Deployment, Service, Ingress, NetworkPolicy, Secret ${ns.name}/echo`,
+    );
     expect(log.stdout).not.toMatch(/"status":40[13]/);
   }, 120_000);
 
@@ -285,6 +296,69 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     expect(after.state.messages).toBe(before!.state.messages);
     expect(after.state.last_seq).toBe(before!.state.last_seq);
   }, 120_000);
+
+  it("lock-down: NATS takes only credentials, echo's reach its own streams, /metrics needs a reader's token", async () => {
+    // NATS by its Service, from the node: nothing without credentials.
+    const svc = await getJson(['get', 'service', `${release}-nats`, '-n', system.name]);
+    const natsUrl = `nats://${svc.spec.clusterIP}:4222`;
+    expect(svc.spec.ports.map((p: Manifest) => p.port)).toEqual([4222]);
+    // The NATS pod was just restarted: its endpoint is back once it is Ready again.
+    await waitForPort(4222, svc.spec.clusterIP, 60_000);
+    await expect(connect({ servers: natsUrl })).rejects.toThrow(/Authorization Violation/);
+    // The credentials the operator issued to echo's sidecars (the Secret they mount).
+    const secret = await getJson(['get', 'secret', 'echo-nats-credentials', '-n', ns.name]);
+    const nc = await connect({
+      servers: natsUrl,
+      authenticator: credsAuthenticator(Buffer.from(secret.data['nats.creds'], 'base64')),
+    });
+    try {
+      const names = mapNames(`${ns.name}/echo`);
+      const info = await (await jetstreamManager(nc)).streams.info(names.resultsStream);
+      expect(info.state.messages).toBeGreaterThan(0); // the maps above went through it
+    } finally {
+      await nc.close();
+    }
+    // The operator pods' /metrics: a token whose ServiceAccount is bound to the chart's
+    // metrics-reader ClusterRole, reviewed by the API server from inside the operator pod.
+    const [operator] = await pods(system.name, 'app.kubernetes.io/component=operator');
+    const metrics = `http://${operator!.status.podIP}:8081/metrics`;
+    expect((await fetch(metrics)).status).toBe(401);
+    for (const args of [
+      ['create', 'serviceaccount', 'prometheus', '-n', system.name],
+      [
+        'create',
+        'clusterrolebinding',
+        metricsBinding,
+        `--clusterrole=${release}-metrics-reader`,
+        `--serviceaccount=${system.name}:prometheus`,
+      ],
+    ]) {
+      const r = await kubectl(args);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    // The API server's RBAC caches follow the binding; ask it before the operator does.
+    await waitFor(
+      async () =>
+        (
+          await kubectl([
+            'auth',
+            'can-i',
+            'get',
+            '/metrics',
+            `--as=system:serviceaccount:${system.name}:prometheus`,
+          ])
+        ).stdout.trim() === 'yes',
+      { what: 'the binding to take effect' },
+    );
+    const token = (await kubectl(['create', 'token', 'prometheus', '-n', system.name])).stdout.trim();
+    const response = await fetch(metrics, { headers: { authorization: `Bearer ${token}` } });
+    expect(response.status).toBe(200);
+    const scraped = await response.text();
+    expect(scraped).toContain('sluice_operator_reconcile_total');
+    // The plane's pod runner enforces no NetworkPolicy (README): their presence is all there is to see.
+    const policy = await getJson(['get', 'networkpolicy', 'echo', '-n', ns.name]);
+    expect(policy.spec.podSelector.matchLabels).toEqual({ [FUNCTION_LABEL]: 'echo' });
+  }, 90_000);
 
   it('the hook example: a CPU endpoint streams from the GPU function by its Service name', async () => {
     for (const name of ['fake-video-render', 'hook']) {

@@ -43,6 +43,8 @@ beforeAll(async () => {
       `127.0.0.1:${await freePort()}`,
       '--nats',
       nats.url,
+      // This NATS has no auth (the locked-down path: test/operator-lockdown.test.ts).
+      '--nats-auth=false',
     ],
     {},
   );

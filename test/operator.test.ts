@@ -164,7 +164,7 @@ describe('sluice operator against a real API server', () => {
       { what: 'a Created event' },
     );
     expect(events.map((e) => [e.reason, e.message, e.source?.component])).toEqual([
-      ['Created', `created Deployment, Service, Ingress ${ns}/echo`, 'sluice-operator'],
+      ['Created', `created Deployment, Service, Ingress, NetworkPolicy ${ns}/echo`, 'sluice-operator'],
     ]);
   });
 

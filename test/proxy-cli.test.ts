@@ -42,6 +42,26 @@ describe('sluice proxy (the command)', () => {
       env: {},
       line: /--path-prefix \(SLUICE_PATH_PREFIX\): must start with \/ and not end/,
     },
+    {
+      args: ['--auth-tokens-file', '/nonexistent'],
+      env: {},
+      line: /--auth-tokens-file \(SLUICE_AUTH_TOKENS_FILE\): cannot read "\/nonexistent" \(ENOENT\)/,
+    },
+    {
+      args: [],
+      env: { SLUICE_NATS_CREDENTIALS: '/nonexistent.creds' },
+      line: /--nats-credentials \(SLUICE_NATS_CREDENTIALS\): cannot read "\/nonexistent.creds" \(ENOENT\)/,
+    },
+    {
+      args: ['--nats-credentials', '/etc/hostname'],
+      env: {},
+      line: /--nats-credentials \(SLUICE_NATS_CREDENTIALS\): "\/etc\/hostname" is not a NATS .creds file/,
+    },
+    {
+      args: ['--headers-timeout', '0'],
+      env: {},
+      line: /--headers-timeout \(SLUICE_HEADERS_TIMEOUT\): must be at least 1/,
+    },
   ])('stops with exit 2 and one line naming $line', async ({ args, env, line }) => {
     proc = startSluice(['proxy', ...args], { env: { ...process.env, ...env } });
     expect(await exitCode(proc)).toBe(2);

@@ -19,6 +19,8 @@ export interface ProxyPlacement {
   nats: string;
   /** The mounted tokens file, used when spec.auth is set. */
   authTokensFile?: string;
+  /** The function's NATS credentials (.creds), used with `nats`. */
+  natsCredentialsFile?: string;
   /** This replica's name in map results; default the proxy's hostname (SLUICE_REPLICA in a pod). */
   replica?: string;
   /** Where an activator reaches the public port (load reports); default derived from `listen`. */
@@ -67,6 +69,7 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
       `--map-retention=${map.resultRetentionSeconds}`,
       `--map-cancel-after-disconnect=${map.cancelAfterDisconnectSeconds}`,
     );
+    if (placement.natsCredentialsFile) flags.push(`--nats-credentials=${placement.natsCredentialsFile}`);
   }
   if (auth?.secretName && placement.authTokensFile)
     flags.push(`--auth-tokens-file=${placement.authTokensFile}`);

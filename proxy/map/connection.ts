@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../../common/log.ts';
 import { splitNatsServers } from '../../common/nats-servers.ts';
 
@@ -12,11 +13,24 @@ function backoff(): () => number {
   };
 }
 
-/** One connection per proxy, reconnecting forever: map requests wait out short outages. */
-export function connectNats(servers: string, fn: string, replica: string): Promise<NatsConnection> {
+/**
+ * One connection per proxy, reconnecting forever: map requests wait out short outages. The
+ * credentials file is read at every (re)connect, so rotated credentials (a Secret Kubernetes
+ * updated in place) take over when the old ones expire, and an auth error is retried rather
+ * than final while the new file is on its way.
+ */
+export function connectNats(
+  servers: string,
+  fn: string,
+  replica: string,
+  credentialsFile = '',
+): Promise<NatsConnection> {
   return connect({
     servers: splitNatsServers(servers),
     name: `sluice-proxy ${fn} ${replica}`,
+    ...(credentialsFile
+      ? { authenticator: credsAuthenticator(() => readFileSync(credentialsFile)), ignoreAuthErrorAbort: true }
+      : {}),
     reconnect: true,
     maxReconnectAttempts: -1,
     reconnectDelayHandler: backoff(),

@@ -131,7 +131,7 @@ async function retryUntilSetUp(
 /** Connects, makes sure the topology exists (as a guest: the operator owns it), and wires map up. */
 async function connectAndWire(s: MapContext): Promise<Wired> {
   const { config } = s;
-  const nc = await connectNats(config.nats, config.function, s.replica);
+  const nc = await connectNats(config.nats, config.function, s.replica, config.natsCredentials);
   try {
     void s.link.watch(nc);
     const wired = await wire(s, nc);

@@ -1,8 +1,15 @@
 import { z } from 'zod';
+import { MAX_JSON_DEPTH } from '../../common/limits.ts';
 import { WireError, wireStatus } from '../../common/wire-errors.ts';
+import { nestedDeeperThan } from '../json-depth.ts';
 import type { MapOrder } from './sequencer.ts';
 
-type MapRequestCode = 'invalid_json' | 'invalid_map_body' | 'too_many_inputs' | 'input_too_large';
+type MapRequestCode =
+  | 'invalid_json'
+  | 'json_too_deep'
+  | 'invalid_map_body'
+  | 'too_many_inputs'
+  | 'input_too_large';
 
 /** A map request refused before anything was queued (400 or 413, from the wire table). */
 export class MapRequestError extends WireError<MapRequestCode> {
@@ -42,9 +49,16 @@ function fieldOf(issue: z.core.$ZodIssue): string {
 
 /** Parses and bounds `{"inputs": [...], "order": "input" | "completion", "keep": bool}`. */
 export function parseMapBody(body: Buffer, limits: MapBodyLimits): MapRequest {
+  const text = body.toString('utf8');
+  if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
+    throw new MapRequestError(
+      'json_too_deep',
+      `body: arrays and objects nested more than ${MAX_JSON_DEPTH} levels deep (the limit)`,
+    );
+  }
   let json: unknown;
   try {
-    json = JSON.parse(body.toString('utf8'));
+    json = JSON.parse(text);
   } catch (err) {
     throw new MapRequestError('invalid_json', `body: not JSON (${(err as Error).message})`, {
       cause: err,

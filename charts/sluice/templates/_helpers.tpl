@@ -84,3 +84,13 @@ imagePullSecrets:
 {{- define "sluice.activatorName" -}}
 {{- printf "%s-activator" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* "true" when the operator locks NATS down: a NATS is configured and nats.auth.enabled. */}}
+{{- define "sluice.natsAuth" -}}
+{{- if and (include "sluice.natsUrl" .) .Values.nats.auth.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The Secret with the NATS keys and trust.conf, made by the operator on its first start. */}}
+{{- define "sluice.natsAuthSecret" -}}
+{{- printf "%s-nats-auth" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

@@ -19,9 +19,11 @@ ENTRY = re.compile(r"^ {2}([a-z_]+):\s*\{\s*status:\s*(\d{3}|undefined)\s*,", re
 CLASS_STATUS: dict[type[ServerError], int | None] = {
     sluice.BadRequest: 400,
     sluice.Unauthorized: 401,
+    sluice.Forbidden: 403,
     sluice.NotFound: 404,
     sluice.MapNotFound: 404,
     sluice.MethodNotAllowed: 405,
+    sluice.RequestTimeout: 408,
     sluice.PayloadTooLarge: 413,
     sluice.InternalError: 500,
     sluice.UpstreamError: 502,

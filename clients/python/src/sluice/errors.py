@@ -67,6 +67,14 @@ class Unauthorized(ServerError):
     """401: the function requires an accepted `Authorization: Bearer` token (pass `token=`)."""
 
 
+class Forbidden(ServerError):
+    """403: the token is valid but its user may not do this (the operator's /metrics)."""
+
+
+class RequestTimeout(ServerError):
+    """408: the request's headers or body stalled longer than the proxy's timeouts."""
+
+
 class NotFound(ServerError):
     """404: no such path under `/_sluice/`."""
 
@@ -97,7 +105,8 @@ class ShuttingDown(Unavailable):
 
 class NoReplica(Unavailable):
     """503: no replica of the function became ready within its coldStartTimeoutSeconds while the
-    request was held (scale from zero, the activator or `sluice serve`)."""
+    request was held (scale from zero, the activator or `sluice serve`), or every replica's function
+    keeps exiting (`function_crashed` from `sluice serve`: the message names its exit and last line)."""
 
 
 class MapUnavailable(Unavailable):
@@ -181,7 +190,11 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "invalid_json": BadRequest,
         "invalid_map_body": BadRequest,
         "invalid_last_event_id": BadRequest,
+        "json_too_deep": BadRequest,
         "unauthorized": Unauthorized,
+        "forbidden": Forbidden,
+        "headers_timeout": RequestTimeout,
+        "body_timeout": RequestTimeout,
         "not_found": NotFound,
         "map_not_found": MapNotFound,
         "method_not_allowed": MethodNotAllowed,
@@ -192,6 +205,7 @@ WIRE_CODES: Final[Mapping[str, type[ServerError]]] = MappingProxyType(
         "shutting_down": ShuttingDown,
         "shutdown": ShuttingDown,
         "cold_start_timeout": NoReplica,
+        "function_crashed": NoReplica,
         "map_disabled": MapUnavailable,
         "map_unavailable": MapUnavailable,
         "nats_unavailable": MapUnavailable,
