@@ -187,6 +187,7 @@ beforeAll(async () => {
         `127.0.0.1:${await freePort()}`,
         '--nats',
         nats.url,
+        '--nats-auth=false',
       ],
       {},
     ),

@@ -191,6 +191,11 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
               matchLabels: find(defaults, 'Deployment', '-operator')!.spec.selector.matchLabels,
             },
           },
+          {
+            podSelector: {
+              matchLabels: find(defaults, 'Deployment', '-activator')!.spec.selector.matchLabels,
+            },
+          },
         ],
       },
     ]);

@@ -21,7 +21,7 @@ describe.skipIf(Boolean(skip))('map over a 3-pod NATS cluster on the local plane
 
   /** JetStream's view from one NATS pod's monitoring port (the host reaches pod IPs). */
   const jsz = async (pod: Manifest) => {
-    const res = await fetch(`http://${pod.status.podIP}:8222/jsz?streams=true`);
+    const res = await fetch(`http://${pod.status.podIP}:8222/jsz?streams=true&config=true`);
     return (await res.json()) as Manifest;
   };
   const streamsOf = (body: Manifest) =>

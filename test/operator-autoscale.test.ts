@@ -6,8 +6,9 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { encodeReport, type LoadReport, loadSubject } from '../common/autoscale/load-report.ts';
 import { createLogger } from '../common/log.ts';
+import { NatsAuthority, newMasterSecret } from '../common/nats-auth.ts';
 import { freePort, waitFor } from '../common/net.ts';
-import { type NatsServer, startNats } from '../harness/nats.ts';
+import { type NatsServer, startNats, startSecuredNats } from '../harness/nats.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
@@ -46,6 +47,7 @@ async function operator(ns: string, ...flags: string[]): Promise<RunningOperator
       `127.0.0.1:${await freePort()}`,
       '--nats',
       nats.url,
+      '--nats-auth=false',
       ...flags,
     ],
     {},
@@ -71,9 +73,11 @@ class Publisher {
   readonly reports = new Map<string, Omit<LoadReport, 'from'>>();
   readonly #timer: NodeJS.Timeout;
   readonly #subject: string;
+  readonly #nc: NatsConnection;
 
-  constructor(fn: string) {
+  constructor(fn: string, through: NatsConnection = nc) {
     this.#subject = loadSubject(fn);
+    this.#nc = through;
     this.#timer = setInterval(() => this.publish(), 200);
     publishers.push(this);
   }
@@ -85,7 +89,7 @@ class Publisher {
       queued: 0,
       peak: active,
       ready: true,
-      url: 'http://10.0.0.1:8080',
+      url: 'http://198.18.255.3:8080',
     });
   }
 
@@ -94,7 +98,8 @@ class Publisher {
   }
 
   publish(): void {
-    for (const [from, report] of this.reports) nc.publish(this.#subject, encodeReport({ from, ...report }));
+    for (const [from, report] of this.reports)
+      this.#nc.publish(this.#subject, encodeReport({ from, ...report }));
   }
 
   stop(): void {
@@ -319,8 +324,8 @@ describe('the activator path', () => {
         addressType: 'IPv4',
         ports: [{ name: 'http', port: 8080, protocol: 'TCP' }],
         endpoints: [
-          { addresses: ['10.99.0.1'], conditions: { ready: true } },
-          { addresses: ['10.99.0.2'], conditions: { ready: true } },
+          { addresses: ['198.18.255.1'], conditions: { ready: true } },
+          { addresses: ['198.18.255.2'], conditions: { ready: true } },
         ],
       },
     });
@@ -341,7 +346,7 @@ describe('the activator path', () => {
       'endpointslice.kubernetes.io/managed-by': 'sluice.dev.operator',
     });
     expect(slice.ports).toEqual([{ name: 'http', port: 8080, protocol: 'TCP' }]);
-    expect(await addresses()).toEqual(['10.99.0.1', '10.99.0.2']);
+    expect(await addresses()).toEqual(['198.18.255.1', '198.18.255.2']);
 
     const load = new Publisher(`${ns}/zero`);
     load.held(1);
@@ -358,6 +363,65 @@ describe('the activator path', () => {
     load.reports.clear();
     load.replica((await readyPods(ns, 'zero'))[0]!.metadata!.name!, 0);
     await waitFor(async () => (await replicas(ns, 'zero')) === 0, { timeoutMs: 20_000, what: 'back to 0' });
-    expect(await addresses()).toEqual(['10.99.0.1', '10.99.0.2']);
+    expect(await addresses()).toEqual(['198.18.255.1', '198.18.255.2']);
+  });
+});
+
+describe('NATS locked down', () => {
+  it("scales on the reports a function's sidecars publish with the credentials the operator issued them", {
+    timeout: 120_000,
+  }, async () => {
+    const ns = await namespace();
+    const secured = await startSecuredNats(new NatsAuthority(newMasterSecret()));
+    try {
+      // The operator's keys, as it keeps them: the Secret it would have made on its first start.
+      await kube.request('POST', resourcePath('v1', 'secrets', ns), {
+        body: {
+          metadata: { name: 'sluice-nats-auth', namespace: ns },
+          data: { master: Buffer.from(secured.authority.master).toString('base64') },
+        },
+      });
+      const config = loadOperatorConfig(
+        [
+          '--kubeconfig',
+          kubeconfig,
+          '--namespace',
+          ns,
+          '--metrics',
+          `127.0.0.1:${await freePort()}`,
+          '--nats',
+          secured.url,
+          '--nats-auth-secret',
+          `${ns}/sluice-nats-auth`,
+        ],
+        {},
+      );
+      operators.push(await startOperator(config, createLogger('operator', process.env.OP_LOG ?? 'silent')));
+      await createFunction(ns, 'locked', {
+        scaling: { minReplicas: 1, maxReplicas: 3, concurrency: 1, scaleDownDelaySeconds: 30 },
+      });
+      // Map is off, yet the sidecars get credentials: they report load.
+      const secret = await waitFor(() => get(resourcePath('v1', 'secrets', ns, 'locked-nats-credentials')), {
+        timeoutMs: 30_000,
+        what: "the function's NATS credentials",
+      });
+      const creds = Buffer.from(String(secret.data?.['nats.creds']), 'base64').toString();
+      // The operator pushed the function's account before handing the credentials out.
+      const sidecar = await secured.connectWith(creds, 'sidecar');
+      const pod = await waitFor(() => readyPods(ns, 'locked').then((p) => p[0]?.metadata?.name), {
+        timeoutMs: 30_000,
+        what: 'a ready pod',
+      });
+      const load = new Publisher(`${ns}/locked`, sidecar);
+      load.replica(pod, 3);
+      await waitFor(async () => (await replicas(ns, 'locked')) === 3, {
+        timeoutMs: 20_000,
+        what: '1 -> 3 on load reported in the function account',
+      });
+    } finally {
+      for (const p of publishers.splice(0)) p.stop();
+      await Promise.all(operators.splice(0).map((op) => op.stop()));
+      await secured.stop();
+    }
   });
 });

@@ -44,6 +44,7 @@ beforeAll(async () => {
       cluster.urls,
       '--map-stream-replicas',
       '3',
+      '--nats-auth=false',
     ],
     {},
   );

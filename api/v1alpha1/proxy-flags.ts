@@ -60,6 +60,8 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
   // input to the function over HTTP/1.1, which an h2c function does not speak.
   const mapOn = map.enabled && protocol !== 'h2c';
   if (placement.nats) flags.push(`--nats=${placement.nats}`);
+  if (placement.nats && placement.natsCredentialsFile)
+    flags.push(`--nats-credentials=${placement.natsCredentialsFile}`);
   if (placement.nats && !mapOn) flags.push('--map=false');
   if (mapOn && placement.nats) {
     flags.push(
@@ -69,7 +71,6 @@ export function proxyFlags(fn: FunctionSpecOf, placement: ProxyPlacement): strin
       `--map-retention=${map.resultRetentionSeconds}`,
       `--map-cancel-after-disconnect=${map.cancelAfterDisconnectSeconds}`,
     );
-    if (placement.natsCredentialsFile) flags.push(`--nats-credentials=${placement.natsCredentialsFile}`);
   }
   if (auth?.secretName && placement.authTokensFile)
     flags.push(`--auth-tokens-file=${placement.authTokensFile}`);
