@@ -108,7 +108,7 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
         ns.name,
         '--set',
         'crds.enabled=false',
-        ...['operator', 'nats'].flatMap((part) => [
+        ...['operator', 'nats', 'activator'].flatMap((part) => [
           '--set',
           `${part}.tolerations[0].key=${SIMULATED_KEY}`,
           '--set',

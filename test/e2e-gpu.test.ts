@@ -129,10 +129,12 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       'metrics.readers[0].name=prometheus',
       '--set',
       `metrics.readers[0].namespace=${system.name}`,
-      '--set',
-      `operator.tolerations[0].key=${SIMULATED_KEY}`,
-      '--set',
-      'operator.tolerations[0].operator=Exists',
+      ...['operator', 'activator'].flatMap((part) => [
+        '--set',
+        `${part}.tolerations[0].key=${SIMULATED_KEY}`,
+        '--set',
+        `${part}.tolerations[0].operator=Exists`,
+      ]),
       '--wait',
       '--timeout=120s',
     ]);
