@@ -8,6 +8,7 @@
 // Two deviations from the walkthrough, both for running beside the rest of the suite: the CRD
 // is the test run's (crds.enabled=false), and the operator watches only this test's namespace
 // (other test files run operators of their own).
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -379,6 +380,49 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     expect(r.events[1]!.at - r.events[0]!.at).toBeGreaterThan(500);
   }, 180_000);
 
+  it("gRPC through the ingress: the text-model example's h2c side, MLServer's own client, word by word", async () => {
+    const applied = await kubectl([
+      'apply',
+      '-n',
+      ns.name,
+      '-f',
+      join(ROOT, 'examples', 'text-model-grpc.yaml'),
+    ]);
+    expect(applied.code, applied.stderr).toBe(0);
+    await waitFor(async () => condition(await sfn('text-model-grpc'), 'Ready')?.status === 'True', {
+      timeoutMs: 120_000,
+      what: 'text-model-grpc Ready',
+    });
+    const python = execFileSync('bash', ['scripts/python-deps.sh'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+      .trim()
+      .split('\n')
+      .pop()!;
+    const target = new URL(ingress).host;
+    // Traefik routes by the Ingress host; the Service's appProtocol makes it speak h2c to the sidecar.
+    const lines = await waitFor(
+      async () => {
+        const run = await runClient(python, [
+          join(ROOT, 'examples', 'text-model', 'grpc_client.py'),
+          target,
+          'text-model-grpc.local',
+        ]);
+        return run.code === 0 ? run.lines : undefined;
+      },
+      { timeoutMs: 60_000, what: 'a gRPC call through Traefik (until the route is in place)' },
+    );
+    const words = lines.filter((l) => !l.text.startsWith('status '));
+    expect(words.map((l) => l.text)).toEqual(['What', ' is', ' the', ' capital', ' of', ' France?']);
+    // MLServer yields a word every 0.5 s: each came on its own, none held back by a hop.
+    for (let i = 1; i < words.length; i++) expect(words[i]!.at - words[i - 1]!.at).toBeGreaterThan(150);
+    expect(lines.at(-1)?.text).toBe('status OK');
+    const service = await getJson(['get', 'service', 'text-model-grpc', '-n', ns.name]);
+    expect(service.spec.ports[0].appProtocol).toBe('kubernetes.io/h2c');
+  }, 240_000);
+
   it('7. kubectl delete sfn echo: pods terminate gracefully and the NATS streams go with the finalizer', async () => {
     const names = new Set((await jsz()).map((s) => s.name));
     expect(names).toContain(`SLUICE_TASKS_${ns.name}_echo`);
@@ -414,3 +458,22 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     expect(left).not.toContain(`SLUICE_RESULTS_${ns.name}_echo`);
   }, 120_000);
 });
+
+/** Runs a client to its end: its exit code and each stdout line with when it arrived. */
+function runClient(
+  file: string,
+  args: string[],
+): Promise<{ code: number | null; lines: { text: string; at: number }[] }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines: { text: string; at: number }[] = [];
+    let partial = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      const parts = (partial + chunk.toString()).split('\n');
+      partial = parts.pop()!;
+      for (const text of parts) lines.push({ text, at: performance.now() });
+    });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, lines }));
+  });
+}

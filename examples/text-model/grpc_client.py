@@ -2,6 +2,7 @@
 pointed at Sluice. Prints each word as it arrives, then the call's status code.
 
     python3 text-model/grpc_client.py 127.0.0.1:8080
+    python3 text-model/grpc_client.py 127.0.0.1:80 text-model-grpc.local   # an ingress by host
 """
 
 import asyncio
@@ -16,6 +17,8 @@ from mlserver.codecs import StringCodec
 from mlserver.grpc.converters import ModelInferResponseConverter
 
 target = sys.argv[1] if len(sys.argv) > 1 else "localhost:8081"
+# The host an ingress routes on (gRPC calls go to /<service>/<method>, so it routes by host).
+authority = sys.argv[2] if len(sys.argv) > 2 else None
 inference_request = types.InferenceRequest.model_validate_json(
     (Path(__file__).parent / "generate-request.json").read_text()
 )
@@ -32,7 +35,8 @@ async def get_inference_request_stream(inference_request):
 
 
 async def main() -> None:
-    async with grpc.aio.insecure_channel(target) as grpc_channel:
+    options = [("grpc.default_authority", authority)] if authority else None
+    async with grpc.aio.insecure_channel(target, options=options) as grpc_channel:
         grpc_stub = dataplane.GRPCInferenceServiceStub(grpc_channel)
         inference_request_stream = get_inference_request_stream(inference_request_g)
         call = grpc_stub.ModelStreamInfer(inference_request_stream)
