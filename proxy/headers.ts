@@ -34,6 +34,31 @@ export function endToEndHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeade
   return kept;
 }
 
+/**
+ * Response headers as received (`rawHeaders`: name, value, name, value...) without hop-by-hop
+ * fields, names lower-cased, repeated fields kept as arrays.
+ */
+export function endToEndRawHeaders(rawHeaders: string[]): OutgoingHttpHeaders {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === 'connection') {
+      listed = connectionListed({ connection: rawHeaders[i + 1] });
+      break;
+    }
+  }
+  const kept: Record<string, string | string[]> = {};
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    const value = rawHeaders[i + 1]!;
+    const earlier = kept[name];
+    if (earlier === undefined) kept[name] = value;
+    else if (typeof earlier === 'string') kept[name] = [earlier, value];
+    else earlier.push(value);
+  }
+  return kept;
+}
+
 /** Removes hop-by-hop fields from a request in place before it is forwarded. */
 export function stripHopByHop(headers: IncomingHttpHeaders): void {
   const listed = connectionListed(headers);

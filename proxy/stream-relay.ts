@@ -1,9 +1,14 @@
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { errorEventData, type ResponseCode, sendJsonError, type WireCode } from '../common/wire-errors.ts';
-import { endToEndHeaders } from './headers.ts';
 import { EventBoundaryTracker } from './sse-boundary.ts';
+import { ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
+import type { BodyFraming } from './upstream/response-head.ts';
 
-const KEEPALIVE = Buffer.from(': keepalive\n\n');
+const KEEPALIVE = ': keepalive\n\n';
+const KEEPALIVE_BYTES = Buffer.from(KEEPALIVE);
+const KEEPALIVE_CHUNK = chunk(KEEPALIVE);
+const LF = 0x0a;
 
 export interface RelayLimits {
   heartbeatMs: number; // 0 = no heartbeat
@@ -17,12 +22,33 @@ export interface RelayFailure {
   message: string;
 }
 
-export function isEventStream(contentType: string | string[] | undefined): boolean {
+/** What the relay reports as it goes (the proxy's metrics). */
+export interface RelayStats {
+  eventsArrived(count: number, sincePrevious: number | undefined): void;
+}
+
+/** The function's side of a relay: paused while the client cannot take more, aborted when the relay fails. */
+export interface UpstreamFlow {
+  pause(): void;
+  resume(): void;
+  abort(): void;
+}
+
+/** A response head from the function, ready to go out. */
+export interface RelayedHead {
+  statusCode: number;
+  statusMessage: string;
+  /** End-to-end headers (no hop-by-hop ones). */
+  headers: OutgoingHttpHeaders;
+  framing: BodyFraming;
+}
+
+export function isEventStream(contentType: string | string[] | number | undefined): boolean {
   return /^\s*text\/event-stream\b/i.test(String(contentType ?? ''));
 }
 
 /** Cache-Control for an event stream: `no-cache` added, the function's directives (`no-transform`) kept. */
-export function eventStreamCacheControl(upstream: string | string[] | undefined): string {
+export function eventStreamCacheControl(upstream: string | string[] | number | undefined): string {
   const directives = String(upstream ?? '')
     .split(',')
     .map((d) => d.trim())
@@ -36,12 +62,24 @@ export function errorEvent(code: WireCode, message: string): string {
   return `event: error\ndata: ${errorEventData(code, message)}\n\n`;
 }
 
+// How the body is delimited (numbers: type stripping has no enums).
+const NONE = 0;
+const CHUNKED = 1;
+const LENGTH = 2;
+const CLOSE = 3;
+
 /**
- * Relays one response from the function to the client as it arrives: every chunk is written
- * as soon as the socket read that brought it is processed (backpressure pauses the function;
- * nothing waits for more data). It also owns the stream's clock: idle limit, heartbeat and
- * max duration compare against the times of the last reads and writes (one assignment per
- * chunk), so a chunk never touches a timer.
+ * Relays one response from the function to the client as it arrives: each socket read from
+ * the function is written to the client at once, in one write, nothing coalesced or held.
+ *
+ * A chunked body going to an HTTP/1.1 client is relayed as read, framing included (the client
+ * takes the same framing): a ChunkScanner finds where the data lies, so the event boundary
+ * tracker and the byte count see the data only, and a `: keepalive` is added as a chunk of its
+ * own, only between chunks and between events. Other bodies (a length, read to the end, or a
+ * client that cannot take chunks) are written through ServerResponse.
+ *
+ * It also owns the stream's clock: idle limit, heartbeat and max duration compare against the
+ * times of the last reads and writes (one assignment per read), so a read never touches a timer.
  */
 export class StreamRelay {
   readonly res: ServerResponse;
@@ -49,69 +87,163 @@ export class StreamRelay {
   readonly startedAt = performance.now();
   /** When the first body byte (or the headers of an empty body) arrived, ms since start. */
   firstByteMs: number | undefined;
+  /** Body bytes relayed (data only, without chunk framing). */
   bytes = 0;
+  events = 0;
   failure: RelayFailure | undefined;
+  readonly #stats: RelayStats;
   #tracker: EventBoundaryTracker | undefined;
-  #upstream: IncomingMessage | undefined;
+  #framing = NONE;
+  /** LENGTH: body bytes still to come. */
+  #remaining = 0;
+  #scanner: ChunkScanner | undefined;
+  /** The client's socket when the function's chunked framing is relayed as it is. */
+  #raw: Socket | undefined;
+  #upstream: UpstreamFlow | undefined;
+  #paused = false;
+  /** The head has been handed to the socket (headersSent turns true earlier, at writeHead). */
+  #headOut = false;
   #lastFromFunction = performance.now();
   #lastToClient = performance.now();
+  #lastEventAt: number | undefined;
   #heartbeat = false;
   /** One timer per stream serves the idle limit, the heartbeat and the max duration. */
   #clock: NodeJS.Timeout;
   #done = false;
-  #pending: Buffer[] = [];
-  #headersOut = false;
-  #onEvents: (count: number) => void;
+  /** Events completed in the read being handled. */
+  #readEvents = 0;
 
-  constructor(res: ServerResponse, limits: RelayLimits, onEvents: (count: number) => void) {
+  constructor(res: ServerResponse, limits: RelayLimits, stats: RelayStats) {
     this.res = res;
     this.limits = limits;
-    this.#onEvents = onEvents;
+    this.#stats = stats;
     this.#clock = setTimeout(this.#tick, Math.min(limits.idleMs, limits.maxDurationMs));
-    res.once('close', () => this.#stop());
   }
 
-  get events(): number {
-    return this.#tracker?.events ?? 0;
+  get done(): boolean {
+    return this.#done;
   }
 
-  /** The function's response headers arrived: send them on at once, then relay the body. */
-  start(upstream: IncomingMessage, extraHeaders: OutgoingHttpHeaders): void {
-    if (this.#done) {
-      upstream.destroy();
-      return;
-    }
+  /** The request to the function that this relay answers with. */
+  connect(upstream: UpstreamFlow): void {
     this.#upstream = upstream;
+  }
+
+  /**
+   * The function's response head arrived: it goes out now, with the body bytes of the same read
+   * if the caller passes them next (body() right after start(), in the same tick).
+   */
+  start(head: RelayedHead): void {
+    if (this.#done) return;
+    const { res, limits } = this;
     this.#lastFromFunction = performance.now();
-    const headers: OutgoingHttpHeaders = { ...endToEndHeaders(upstream.headers), ...extraHeaders };
-    if (isEventStream(upstream.headers['content-type'])) {
+    const headers = head.headers;
+    if (isEventStream(headers['content-type'])) {
       this.#tracker = new EventBoundaryTracker();
-      headers['cache-control'] = eventStreamCacheControl(upstream.headers['cache-control']);
+      headers['cache-control'] = eventStreamCacheControl(headers['cache-control']);
       headers['x-accel-buffering'] = 'no';
-      if (this.limits.heartbeatMs > 0) {
+      // A heartbeat inside a body of declared length would break its framing.
+      if (limits.heartbeatMs > 0 && head.framing.kind !== 'length') {
         this.#heartbeat = true;
         clearTimeout(this.#clock);
-        const { idleMs, maxDurationMs, heartbeatMs } = this.limits;
+        const { idleMs, maxDurationMs, heartbeatMs } = limits;
         this.#clock = setTimeout(this.#tick, Math.min(heartbeatMs, idleMs, maxDurationMs));
       }
     }
-    this.res.writeHead(upstream.statusCode ?? 502, upstream.statusMessage, headers);
-    // writeHead alone waits for the first body write, but the client should see the headers
-    // now: they go out when this socket read is processed, with the first chunk if it came along.
-    process.nextTick(this.#flush);
-    this.#lastToClient = performance.now();
-
-    upstream.on('data', (chunk: Buffer) => this.#relay(chunk));
-    upstream.on('end', () => this.#finish());
-    upstream.on('error', () => {}); // reported through 'close' below, with the cause
-    upstream.on('close', () => {
-      if (!upstream.complete) {
-        this.fail({
-          code: 'upstream_closed',
-          message: 'the function closed the connection before the response was complete',
-        });
+    const framing = head.framing;
+    if (framing.kind === 'chunked') {
+      this.#framing = CHUNKED;
+      this.#scanner = new ChunkScanner();
+      const socket = res.socket;
+      // Relayed as read only when this response has the connection now (a response queued
+      // behind a pipelined one has none yet) and the client speaks HTTP/1.1 over it.
+      if (framing.plain && socket && res.req.httpVersion === '1.1' && res.req.method !== 'HEAD') {
+        this.#raw = socket;
+        headers['transfer-encoding'] = 'chunked';
       }
-    });
+    } else if (framing.kind === 'length') {
+      this.#framing = LENGTH;
+      this.#remaining = framing.length;
+    } else if (framing.kind === 'close') {
+      this.#framing = CLOSE;
+    }
+    res.writeHead(head.statusCode, head.statusMessage, headers);
+    // The chunk framing comes from the function from here on: Node must not add its own.
+    if (this.#raw) res.chunkedEncoding = false;
+    this.#lastToClient = performance.now();
+    if (this.#framing === NONE) this.#finish();
+  }
+
+  /**
+   * Body bytes from the function: `buf` from `start`. Returns the index just past the end of the
+   * body when this read completes it, else -1. Throws on bytes that break the chunk framing.
+   */
+  body(buf: Buffer, start: number): number {
+    if (this.#done || start >= buf.length) return -1;
+    const now = performance.now();
+    this.firstByteMs ??= now - this.startedAt;
+    this.#lastFromFunction = now;
+    this.#lastToClient = now;
+    this.#readEvents = 0;
+    let end = -1;
+    switch (this.#framing) {
+      case CHUNKED:
+        end = this.#scanner!.scan(buf, start, this);
+        if (this.#raw)
+          this.#writeRaw(
+            start === 0 && end === -1 ? buf : buf.subarray(start, end === -1 ? buf.length : end),
+          );
+        break;
+      case LENGTH: {
+        const take = Math.min(this.#remaining, buf.length - start);
+        this.#remaining -= take;
+        if (this.#remaining === 0) end = start + take;
+        this.data(buf, start, start + take);
+        break;
+      }
+      default: // CLOSE: everything until the function closes the connection
+        if (start < buf.length) this.data(buf, start, buf.length);
+        break;
+    }
+    if (this.#readEvents > 0) {
+      this.#stats.eventsArrived(
+        this.#readEvents,
+        this.#lastEventAt === undefined ? undefined : (now - this.#lastEventAt) / 1000,
+      );
+      this.#lastEventAt = now;
+    }
+    if (end !== -1) this.#finish();
+    return end;
+  }
+
+  /**
+   * A range of body data (chunk framing removed): counted, followed by the event tracker, and
+   * written unless the read it came in is relayed whole. The ChunkScanner's sink.
+   */
+  data(buf: Buffer, start: number, end: number): void {
+    if (start === end) return;
+    this.bytes += end - start;
+    if (this.#tracker) {
+      const completed = this.#tracker.push(buf, start, end);
+      this.events += completed;
+      this.#readEvents += completed;
+    }
+    if (!this.#raw && !this.#done) {
+      this.#headOut = true;
+      if (!this.res.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end)))
+        this.#pauseUpstream(this.res);
+    }
+  }
+
+  /** The function closed its connection: the end of a body read to the end, else a failure. */
+  upstreamEnded(): void {
+    if (this.#done) return;
+    if (this.#framing === CLOSE) this.#finish();
+    else
+      this.fail({
+        code: 'upstream_closed',
+        message: 'the function closed the connection before the response was complete',
+      });
   }
 
   /**
@@ -123,65 +255,85 @@ export class StreamRelay {
     if (this.#done) return;
     this.failure = failure;
     this.#stop();
-    this.#upstream?.destroy();
+    this.#upstream?.abort();
     const res = this.res;
     if (res.destroyed || res.writableEnded) return;
     if (!res.headersSent) {
       sendJsonError(res, failure.code, failure.message);
       return;
     }
-    this.#flush(); // what the function wrote before failing still goes out
-    if (!this.#tracker) {
+    const tracker = this.#tracker;
+    if (!tracker || this.#framing === LENGTH) {
       res.destroy();
       return;
     }
-    // A partial event is closed first so the error event is parsed on its own.
-    const separator = this.#tracker.atBoundary ? '' : '\n\n';
-    res.end(separator + errorEvent(failure.code, failure.message));
-  }
-
-  #relay(chunk: Buffer): void {
-    const now = performance.now();
-    this.firstByteMs ??= now - this.startedAt;
-    this.#lastFromFunction = now;
-    this.#lastToClient = now;
-    this.bytes += chunk.length;
-    if (this.#tracker) {
-      const completed = this.#tracker.push(chunk);
-      if (completed > 0) this.#onEvents(completed);
+    let closing: Buffer | undefined;
+    if (this.#raw) {
+      // Close the chunk the function was cut inside (filling it with line ends, which end a cut
+      // event), so the error event can follow as a chunk of its own.
+      closing = this.#scanner!.close(LF, { data: (buf, start, end) => tracker.push(buf, start, end) });
+      if (!closing) {
+        res.destroy();
+        return;
+      }
     }
-    // Chunks parsed from one socket read arrive in one synchronous burst; they leave in one
-    // write when that burst is over (process.nextTick), so nothing waits for more data.
-    if (this.#pending.push(chunk) === 1) process.nextTick(this.#flush);
+    // A partial event is closed first so the error event is parsed on its own.
+    const text = (tracker.atBoundary ? '' : '\n\n') + errorEvent(failure.code, failure.message);
+    if (this.#raw) {
+      this.#writeRaw(Buffer.concat([closing!, chunk(text), LAST_CHUNK]));
+      res.end();
+    } else {
+      res.end(text);
+    }
   }
 
-  #flush = (): void => {
-    const pending = this.#pending;
-    if (this.res.destroyed) return;
-    if (pending.length === 0) {
-      if (!this.#headersOut) this.res.flushHeaders();
-      this.#headersOut = true;
+  /** Writes on the client's socket as it is, the head first if it has not gone out yet. */
+  #writeRaw(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    const socket = this.#raw!;
+    if (this.#headOut) {
+      if (!socket.write(bytes)) this.#pauseUpstream(socket);
       return;
     }
-    this.#headersOut = true;
-    this.#pending = [];
-    if (!this.res.write(pending.length === 1 ? pending[0]! : Buffer.concat(pending))) {
-      const upstream = this.#upstream!;
-      upstream.pause();
-      this.res.once('drain', () => upstream.resume());
-    }
-  };
+    // The head and the first bytes of the body leave in one write.
+    this.#headOut = true;
+    socket.cork();
+    this.res.flushHeaders();
+    socket.write(bytes);
+    socket.uncork();
+    if (socket.writableNeedDrain) this.#pauseUpstream(socket);
+  }
+
+  #pauseUpstream(writer: { once(event: 'drain', listener: () => void): unknown }): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#upstream!.pause();
+    writer.once('drain', () => {
+      this.#paused = false;
+      this.#upstream!.resume();
+    });
+  }
+
+  /**
+   * The read that carried the head has been handled: if it brought no body bytes, the head goes
+   * out alone now, so the client has it while the function is silent.
+   */
+  flushHead(): void {
+    if (this.#done || this.#headOut) return;
+    this.#headOut = true;
+    this.res.flushHeaders();
+  }
 
   #finish(): void {
     if (this.#done) return;
     this.firstByteMs ??= performance.now() - this.startedAt;
     this.#stop();
-    this.#flush();
+    this.#headOut = true;
     this.res.end();
   }
 
   /**
-   * Checks the three clocks against the last write times (chunks only set a timestamp) and
+   * Checks the three clocks against the last write times (reads only set a timestamp) and
    * re-arms for whichever comes due first.
    */
   #tick = (): void => {
@@ -205,14 +357,29 @@ export class StreamRelay {
     let next = Math.min(this.#lastFromFunction + idleMs, this.startedAt + maxDurationMs);
     if (this.#heartbeat) {
       if (now - this.#lastToClient + 1 >= heartbeatMs) {
-        // Mid-event (or a client that is not reading) a comment would corrupt or pile up: retry later.
-        if (this.#tracker?.atBoundary && !this.res.writableNeedDrain) this.res.write(KEEPALIVE);
+        this.#heartbeatNow();
         this.#lastToClient = now;
       }
       next = Math.min(next, this.#lastToClient + heartbeatMs);
     }
     this.#clock = setTimeout(this.#tick, Math.max(1, next - now));
   };
+
+  /** Mid-event, mid-chunk, or to a client that is not reading, a comment would corrupt or pile up: retry later. */
+  #heartbeatNow(): void {
+    if (!this.#tracker?.atBoundary || !this.#headOut) return;
+    const raw = this.#raw;
+    if (raw) {
+      if (this.#scanner!.atChunkStart && !raw.writableNeedDrain) raw.write(KEEPALIVE_CHUNK);
+    } else if (!this.res.writableNeedDrain) {
+      this.res.write(KEEPALIVE_BYTES);
+    }
+  }
+
+  /** The client left or the relay ended: no more timers. */
+  stop(): void {
+    this.#stop();
+  }
 
   #stop(): void {
     if (this.#done) return;
