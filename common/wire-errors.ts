@@ -99,7 +99,10 @@ export function sendJsonError(
     return;
   }
   const body = jsonErrorBody(code, message);
+  // The request id the client sent (or the proxy gave it) answers with it.
+  const requestId = res.req?.headers['x-request-id'];
   res.writeHead(wireStatus(code), {
+    ...(typeof requestId === 'string' ? { 'x-request-id': requestId } : {}),
     ...headers,
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),

@@ -119,8 +119,9 @@ export class PublicHandler {
   #begin(req: IncomingMessage, res: ServerResponse): Exchange {
     const given = req.headers['x-request-id'];
     const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    // Every answer carries it: JSON errors read it from here, the relay and map set it on their
+    // heads (not res.setHeader: that keeps a copy of every header for the life of a stream).
     req.headers['x-request-id'] = id;
-    res.setHeader('x-request-id', id);
     const exchange: Exchange = { id, req, res };
     this.#exchanges.set(req, exchange);
     const arrived = performance.now();
@@ -160,7 +161,10 @@ export class PublicHandler {
     if (path.startsWith('/_sluice/')) {
       if (!isMapPath(path)) sendJsonError(res, 'not_found', `no such path ${path}`);
       else if (!map) sendJsonError(res, 'map_disabled', 'map needs --nats (SLUICE_NATS)');
-      else await map.handle(req, res, path);
+      else {
+        res.setHeader('x-request-id', exchange.id);
+        await map.handle(req, res, path);
+      }
       return;
     }
     const declared = declaredLength(req);

@@ -15,12 +15,10 @@ export interface ChunkDataSink {
 const CR = 0x0d;
 const LF = 0x0a;
 const SEMICOLON = 0x3b;
-const SPACE = 0x20;
-const TAB = 0x09;
 
 // Where the scanner is in the framing (numbers: type stripping has no enums).
 const SIZE = 0; // hex digits of a chunk-size line
-const SIZE_REST = 1; // after the digits: whitespace and chunk extensions, up to CR
+const SIZE_REST = 1; // chunk extensions (`;name=value`), up to CR
 const SIZE_LF = 2; // the LF of the size line
 const DATA = 3; // chunk data, `#remaining` bytes to go
 const DATA_CR = 4; // the CRLF after the data
@@ -85,7 +83,7 @@ export class ChunkScanner {
             throw new ChunkFramingError(`expected a hex chunk size, got byte ${byte}`);
           } else if (byte === CR) {
             this.#state = SIZE_LF;
-          } else if (byte === SEMICOLON || byte === SPACE || byte === TAB) {
+          } else if (byte === SEMICOLON) {
             this.#state = SIZE_REST;
           } else {
             throw new ChunkFramingError(`unexpected byte ${byte} after the chunk size`);
@@ -173,8 +171,8 @@ export class ChunkScanner {
 }
 
 /** One chunk holding `data` (which must not be empty), framed. */
-export function chunk(data: string): Buffer {
-  const body = Buffer.from(data);
+export function chunk(data: string | Buffer): Buffer {
+  const body = typeof data === 'string' ? Buffer.from(data) : data;
   return Buffer.concat([Buffer.from(`${body.length.toString(16)}\r\n`), body, Buffer.from('\r\n')]);
 }
 

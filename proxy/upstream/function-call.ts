@@ -1,17 +1,12 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { BodyTooLargeError, declaredLength } from '../body.ts';
-import { endToEndRawHeaders, stripHopByHop } from '../headers.ts';
+import { endToEndRawHeaders } from '../headers.ts';
 import type { StreamRelay, UpstreamFlow } from '../stream-relay.ts';
 import { ChunkFramingError, LAST_CHUNK } from './chunked.ts';
 import type { ConnectionOwner, UpstreamPool, UpstreamSocket } from './pool.ts';
-import { addForwardedHeaders, requestHead } from './request-head.ts';
-import {
-  bodyFraming,
-  type ResponseHead,
-  type ResponseHeadError,
-  ResponseHeadParser,
-} from './response-head.ts';
+import { requestHead } from './request-head.ts';
+import { bodyFraming, type ResponseHeadError, ResponseHeadParser } from './response-head.ts';
 
 export interface FunctionCallOptions {
   pool: UpstreamPool;
@@ -45,8 +40,10 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
   readonly #relay: StreamRelay;
   readonly #options: FunctionCallOptions;
   readonly #socket: UpstreamSocket;
+  readonly #requestId: string;
   #parser: ResponseHeadParser | undefined;
-  #head: ResponseHead | undefined;
+  /** Set once the response head arrived: whether the connection may carry another exchange. */
+  #keepAlive: boolean | undefined;
   /** The whole request, body included, has been written. */
   #requestSent = false;
   #bodyPaused = false;
@@ -56,22 +53,20 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
     this.#req = req;
     this.#relay = relay;
     this.#options = options;
+    this.#requestId = requestId;
     relay.connect(this);
-    const headers = req.headers;
     const length = declaredLength(req);
-    const chunked = length === undefined && headers['transfer-encoding'] !== undefined;
-    stripHopByHop(headers);
-    // Node already answered `Expect: 100-continue` to the client.
-    delete headers.expect;
-    headers['x-request-id'] = requestId;
-    addForwardedHeaders(headers, {
-      remoteAddress: req.socket.remoteAddress,
-      encrypted: (req.socket as Socket & { encrypted?: boolean }).encrypted === true,
-    });
-    const head = requestHead(req.method ?? 'GET', req.url ?? '/', headers, {
-      defaultHost: options.pool.authority,
-      chunked,
-    });
+    const chunked = length === undefined && req.headers['transfer-encoding'] !== undefined;
+    const head = requestHead(
+      {
+        method: req.method ?? 'GET',
+        url: req.url ?? '/',
+        headers: req.headers,
+        remoteAddress: req.socket.remoteAddress,
+        encrypted: (req.socket as Socket & { encrypted?: boolean }).encrypted === true,
+      },
+      { requestId, defaultHost: options.pool.authority, chunked },
+    );
     this.#socket = options.pool.take(this);
     this.#socket.write(head, 'latin1');
     if (chunked || (length !== undefined && length > 0)) this.#sendBody(chunked);
@@ -117,7 +112,7 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
   onData(chunk: Buffer): void {
     const relay = this.#relay;
     let offset = 0;
-    if (!this.#head) {
+    if (this.#keepAlive === undefined) {
       this.#parser ??= takeParser();
       const parser = this.#parser;
       let parsed: ReturnType<ResponseHeadParser['push']>;
@@ -135,10 +130,10 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
         this.#failBeforeHead('it switched protocols, which no request asked for');
         return;
       }
-      this.#head = head;
+      this.#keepAlive = head.keepAlive;
       offset = parsed.bodyStart;
       const headers = endToEndRawHeaders(head.rawHeaders);
-      headers['x-request-id'] = this.#req.headers['x-request-id'];
+      headers['x-request-id'] = this.#requestId;
       relay.start({
         statusCode: head.statusCode,
         statusMessage: head.statusMessage,
@@ -178,7 +173,7 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
   onClose(error: Error | undefined): void {
     if (this.#ended) return;
     this.#ended = true;
-    if (this.#head) {
+    if (this.#keepAlive !== undefined) {
       this.#relay.upstreamEnded();
       return;
     }
@@ -211,7 +206,7 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
       returnParser(this.#parser);
       this.#parser = undefined;
     }
-    if (clean && this.#requestSent && this.#head?.keepAlive) {
+    if (clean && this.#requestSent && this.#keepAlive) {
       socket.resume(); // a client that was slow may have left it paused
       this.#options.pool.give(socket);
     } else {
