@@ -2,7 +2,7 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { errorEventData, type ResponseCode, sendJsonError, type WireCode } from '../common/wire-errors.ts';
 import { EventBoundaryTracker } from './sse-boundary.ts';
-import { ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
+import { ChunkFramingError, ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
 import type { BodyFraming } from './upstream/response-head.ts';
 
 const KEEPALIVE = ': keepalive\n\n';
@@ -188,7 +188,14 @@ export class StreamRelay {
     let end = -1;
     switch (this.#framing) {
       case CHUNKED:
-        end = this.#scanner!.scan(buf, start, this);
+        try {
+          end = this.#scanner!.scan(buf, start, this);
+        } catch (err) {
+          // The whole chunks before the broken bytes still reach the client.
+          if (this.#raw && err instanceof ChunkFramingError)
+            this.#writeRaw(buf.subarray(start, err.wellFramedUntil));
+          throw err;
+        }
         if (this.#raw)
           this.#writeRaw(
             start === 0 && end === -1 ? buf : buf.subarray(start, end === -1 ? buf.length : end),

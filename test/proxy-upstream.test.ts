@@ -136,6 +136,29 @@ describe('ChunkScanner', () => {
     );
   });
 
+  it('on broken framing, rewinds to the last whole chunk of the read, which still ends cleanly', () => {
+    fc.assert(
+      fc.property(body, fc.nat(), fc.constantFrom('zz\r\n', '5 \r\n', '\n'), (generated, cut, junk) => {
+        const { framed } = frame(generated);
+        const good = framed.subarray(0, cut % (framed.length - 4)); // before the last chunk
+        const read = Buffer.concat([good, Buffer.from(junk)]);
+        const scanner = new ChunkScanner();
+        let error: unknown;
+        try {
+          scanner.scan(read, 0, collector());
+        } catch (err) {
+          error = err;
+        }
+        if (!(error instanceof ChunkFramingError)) return; // the junk happened to fit (inside chunk data)
+        const kept = read.subarray(0, error.wellFramedUntil);
+        const closing = scanner.close(0x0a, collector());
+        if (closing === undefined) return;
+        expect(llhttpBody(Buffer.concat([kept, closing, LAST_CHUNK])).complete).toBe(true);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
   it.each([
     ['not hex', 'zz\r\n'],
     ['bare LF after the size', '5\nhello\r\n'],

@@ -2,6 +2,9 @@ import { SluiceError } from '../../common/errors.ts';
 
 /** The function's chunked body breaks RFC 9112 §7.1 framing. */
 export class ChunkFramingError extends SluiceError {
+  /** Where the read stops being well framed: bytes before it may still be relayed. */
+  wellFramedUntil = 0;
+
   constructor(message: string) {
     super('ERR_CHUNK_FRAMING', `the function's chunked body is malformed: ${message}`);
   }
@@ -57,9 +60,31 @@ export class ChunkScanner {
   /**
    * Scans `buf` from `start`, handing each data range to `sink`. Returns the index just past the
    * end of the body when this read completes it (bytes after it are not the body's), else -1.
-   * Throws ChunkFramingError on bytes that break the framing.
+   * Throws ChunkFramingError on bytes that break the framing, rewound to the last place where
+   * the bytes before were whole chunks (or to where this read began), so close() still works on
+   * what was relayed.
    */
   scan(buf: Buffer, start: number, sink: ChunkDataSink): number {
+    const [state, digits, remaining] = [this.#state, this.#digits, this.#remaining];
+    let lastChunkStart = this.atChunkStart ? start : -1;
+    try {
+      return this.#scan(buf, start, sink, (at) => {
+        lastChunkStart = at;
+      });
+    } catch (err) {
+      if (!(err instanceof ChunkFramingError)) throw err;
+      if (lastChunkStart === -1) {
+        [this.#state, this.#digits, this.#remaining] = [state, digits, remaining];
+        err.wellFramedUntil = start;
+      } else {
+        this.#reset();
+        err.wellFramedUntil = lastChunkStart;
+      }
+      throw err;
+    }
+  }
+
+  #scan(buf: Buffer, start: number, sink: ChunkDataSink, chunkStarts: (at: number) => void): number {
     const length = buf.length;
     let i = start;
     while (i < length) {
@@ -109,6 +134,7 @@ export class ChunkScanner {
         case DATA_LF:
           expect(buf[i]!, LF, 'CRLF after chunk data');
           this.#state = SIZE;
+          chunkStarts(i + 1);
           break;
         case TRAILER:
           this.#state = buf[i] === CR ? TRAILER_LF : TRAILER_LINE;

@@ -1,0 +1,164 @@
+// The HTTP/1.1 forwarding path byte by byte: functions and clients that speak raw HTTP over
+// real sockets, for what node:http would never send (cut chunks, extensions, trailers, bad
+// framing, pipelining, HTTP/1.0).
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { waitFor } from '../common/net.ts';
+import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
+import { curl, type ProxyUnderTest, startProxy, streamEnds } from './support/proxy-harness.ts';
+
+let px: ProxyUnderTest | undefined;
+let fn: FunctionServer | undefined;
+let raw: Server | undefined;
+const kills: (() => void)[] = [];
+
+afterEach(async () => {
+  for (const kill of kills.splice(0)) kill();
+  await px?.proxy.close();
+  px = undefined;
+  await fn?.close();
+  fn = undefined;
+  raw?.close();
+  raw = undefined;
+});
+
+const SSE_HEAD = 'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n';
+
+/** A function that answers every request with `answer(socket)`, written raw. */
+async function rawFunction(answer: (socket: Socket) => void): Promise<string> {
+  raw = createServer((socket) => {
+    socket.once('data', () => answer(socket));
+  });
+  raw.listen(0, '127.0.0.1');
+  await once(raw, 'listening');
+  return `http://127.0.0.1:${(raw.address() as { port: number }).port}`;
+}
+
+/** Sends `request` raw to the proxy and returns everything it answers until it closes. */
+async function rawExchange(port: number, request: string): Promise<string> {
+  const socket = connect({ port, host: '127.0.0.1' });
+  await once(socket, 'connect');
+  let answer = '';
+  socket.setEncoding('latin1').on('data', (d: string) => {
+    answer += d;
+  });
+  socket.write(request);
+  await once(socket, 'close');
+  return answer;
+}
+
+async function proxyTo(upstream: string, flags: string[] = []): Promise<ProxyUnderTest> {
+  px = await startProxy(upstream, ['--drain', '0', ...flags]);
+  return px;
+}
+
+describe('chunked bodies relayed as read', () => {
+  it('passes chunk extensions and trailers through as the function sent them', async () => {
+    const body = '5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n';
+    const { proxy } = await proxyTo(
+      await rawFunction((socket) =>
+        socket.write(
+          `HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n${body}`,
+        ),
+      ),
+    );
+    const answer = await rawExchange(
+      proxy.publicPort,
+      'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(answer).toMatch(/\r\ntransfer-encoding: chunked\r\n/i);
+    expect(answer.slice(answer.indexOf('\r\n\r\n') + 4)).toBe(body);
+  });
+
+  it('closes a chunk the function was cut inside, then ends with event: error (a clean end for curl)', async () => {
+    const { url, adminUrl } = await proxyTo(
+      await rawFunction((socket) => {
+        // 0x20 bytes announced, 16 sent, then the function dies.
+        socket.write(`${SSE_HEAD}d\r\ndata: whole\n\n\r\n20\r\ndata: cut in th`);
+        setImmediate(() => socket.destroy());
+      }),
+    );
+    const client = curl(`${url}/`);
+    kills.push(() => client.child.kill());
+    expect(await client.exit).toBe(0);
+    const events = client.events();
+    expect(events[0]!.data).toBe('whole');
+    expect(events.at(-1)!.event).toBe('error');
+    expect(JSON.parse(events.at(-1)!.data).error.code).toBe('upstream_closed');
+    expect(await waitFor(() => streamEnds(adminUrl).then((e) => e.function_error))).toBe(1);
+  });
+
+  it('ends the stream with event: error upstream_failed when the framing is broken', async () => {
+    const { url } = await proxyTo(
+      await rawFunction((socket) => socket.write(`${SSE_HEAD}d\r\ndata: whole\n\n\r\nzz\r\n`)),
+    );
+    const client = curl(`${url}/`);
+    kills.push(() => client.child.kill());
+    expect(await client.exit).toBe(0);
+    expect(client.events().map((e) => e.data)[0]).toBe('whole');
+    expect(JSON.parse(client.events().at(-1)!.data).error).toEqual({
+      code: 'upstream_failed',
+      message: expect.stringContaining('chunked body is malformed'),
+    });
+  });
+
+  it('answers 502 when what comes back is not an HTTP response', async () => {
+    const { url } = await proxyTo(await rawFunction((socket) => socket.end('SSH-2.0-OpenSSH_9\r\n\r\n')));
+    const response = await fetch(`${url}/`);
+    expect(response.status).toBe(502);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('upstream_unavailable');
+  });
+});
+
+describe('clients and connections', () => {
+  it('gives an HTTP/1.0 client the body without chunk framing', async () => {
+    fn = await startFunctionServer();
+    const { proxy } = await proxyTo(fn.url);
+    const answer = await rawExchange(proxy.publicPort, 'GET /events?count=3 HTTP/1.0\r\nHost: x\r\n\r\n');
+    expect(answer).not.toMatch(/transfer-encoding/i);
+    expect(answer.slice(answer.indexOf('\r\n\r\n') + 4)).toBe(
+      'id: 0\ndata: 0\n\nid: 1\ndata: 1\n\nid: 2\ndata: 2\n\n',
+    );
+  });
+
+  it('answers pipelined requests in order', async () => {
+    fn = await startFunctionServer();
+    const { proxy } = await proxyTo(fn.url);
+    const answer = await rawExchange(
+      proxy.publicPort,
+      'GET /events?count=2 HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    const second = answer.indexOf('HTTP/1.1 200', 1);
+    expect(second).toBeGreaterThan(0);
+    expect(answer.slice(0, second)).toContain('id: 0\ndata: 0\n\n');
+    expect(answer.slice(0, second)).toMatch(/\r\n0\r\n\r\n$/); // the first body ended before the second head
+    expect(answer.slice(second)).toContain('"url":"/echo"');
+  });
+
+  it('reuses its connection to the function from one request to the next', async () => {
+    fn = await startFunctionServer();
+    const { url } = await proxyTo(fn.url);
+    for (let i = 0; i < 3; i++) await (await fetch(`${url}/events?count=2`)).text();
+    const ports = new Set(fn.requests.map((r) => r.socket.remotePort));
+    expect(fn.requests).toHaveLength(3);
+    expect(ports.size).toBe(1);
+  });
+
+  it('streams a chunked upload on to the function, re-framed', async () => {
+    fn = await startFunctionServer();
+    const { url } = await proxyTo(fn.url);
+    const client = curl(`${url}/echo`, [
+      '-H',
+      'Transfer-Encoding: chunked',
+      '--data-binary',
+      'x'.repeat(70_000),
+    ]);
+    kills.push(() => client.child.kill());
+    expect(await client.exit).toBe(0);
+    const seen = JSON.parse(client.stdout()) as { bodyLength: number; headers: Record<string, string> };
+    expect(seen.bodyLength).toBe(70_000);
+    expect(seen.headers['transfer-encoding']).toBe('chunked');
+  });
+});
