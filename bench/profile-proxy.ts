@@ -1,7 +1,8 @@
-// `node bench/profile-proxy.ts [streams] [eventsPerStream] [forwarder]`: where the proxy's CPU
-// time goes. Runs the function, `sluice proxy --cpu-prof` and a client (this process) as three
-// processes, streams `streams` × `eventsPerStream` 64-byte events through the proxy, stops it
-// and prints the functions with the most self time. `forwarder` = `bare` profiles
+// `node bench/profile-proxy.ts [streams] [eventsPerStream] [forwarder] [rounds]`: where the
+// proxy's CPU time goes. Runs the function, `sluice proxy --cpu-prof` and a client (this
+// process) as three processes, streams `streams` × `eventsPerStream` 64-byte events through the
+// proxy `rounds` times (1; many rounds of one 1-event stream profile the per-request path),
+// stops it and prints the functions with the most self time. `forwarder` = `bare` profiles
 // bench/bare-forwarder.ts (http-proxy-3 with nothing of Sluice's) instead.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -21,6 +22,7 @@ interface ProfileNode {
 
 const [streams = 100, perStream = 1000] = process.argv.slice(2, 4).map(Number);
 const forwarder = process.argv[4] ?? 'sluice';
+const rounds = Number(process.argv[5] ?? 1);
 
 function stream(url: string, agent: Agent): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -92,9 +94,12 @@ async function main(): Promise<void> {
 
   const agent = new Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
   const url = `http://127.0.0.1:${port}/events?count=${perStream}&size=64`;
-  await Promise.all(Array.from({ length: Math.min(streams, 10) }, () => stream(url, agent))); // warm-up
+  // Warm-up: JIT, and as many connections on both sides as the run will use.
+  const warmUrl = `http://127.0.0.1:${port}/events?count=10&size=64`;
+  await Promise.all(Array.from({ length: streams }, () => stream(warmUrl, agent)));
   const started = performance.now();
-  await Promise.all(Array.from({ length: streams }, () => stream(url, agent)));
+  for (let round = 0; round < rounds; round++)
+    await Promise.all(Array.from({ length: streams }, () => stream(url, agent)));
   const seconds = (performance.now() - started) / 1000;
   agent.destroy();
 
@@ -105,8 +110,9 @@ async function main(): Promise<void> {
   if (!file) throw new Error(`${forwarder} wrote no profile`);
   const profile = JSON.parse(await readFile(join(dir, file), 'utf8')) as { nodes: ProfileNode[] };
   console.log(
-    `${forwarder}: ${streams} streams × ${perStream} events in ${seconds.toFixed(2)} s ` +
-      `(${((streams * perStream) / seconds).toFixed(0)} events/s); profile ${join(dir, file)}\n`,
+    `${forwarder}: ${rounds} × ${streams} streams × ${perStream} events in ${seconds.toFixed(2)} s ` +
+      `(${((rounds * streams * perStream) / seconds).toFixed(0)} events/s, ` +
+      `${((seconds * 1e6) / (rounds * streams)).toFixed(0)} µs per stream); profile ${join(dir, file)}\n`,
   );
   for (const { what, share } of selfTimes(profile.nodes).slice(0, 25))
     console.log(`${(share * 100).toFixed(1).padStart(5)}%  ${what}`);

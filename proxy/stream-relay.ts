@@ -2,13 +2,13 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { errorEventData, type ResponseCode, sendJsonError, type WireCode } from '../common/wire-errors.ts';
 import { EventBoundaryTracker } from './sse-boundary.ts';
-import { ChunkFramingError, ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
+import { ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
 import type { BodyFraming } from './upstream/response-head.ts';
 
 const KEEPALIVE = ': keepalive\n\n';
 const KEEPALIVE_BYTES = Buffer.from(KEEPALIVE);
 const KEEPALIVE_CHUNK = chunk(KEEPALIVE);
-const LF = 0x0a;
+const CRLF = 0x0d0a;
 
 export interface RelayLimits {
   heartbeatMs: number; // 0 = no heartbeat
@@ -72,11 +72,14 @@ const CLOSE = 3;
  * Relays one response from the function to the client as it arrives: each socket read from
  * the function is written to the client at once, in one write, nothing coalesced or held.
  *
- * A chunked body going to an HTTP/1.1 client is relayed as read, framing included (the client
- * takes the same framing): a ChunkScanner finds where the data lies, so the event boundary
- * tracker and the byte count see the data only, and a `: keepalive` is added as a chunk of its
- * own, only between chunks and between events. Other bodies (a length, read to the end, or a
- * client that cannot take chunks) are written through ServerResponse.
+ * A chunked body going to an HTTP/1.1 client goes on its client's socket directly, one chunk
+ * per read: a ChunkScanner finds where the data lies in the read (no parser runs over the
+ * body), the event boundary tracker and the byte count see the data only, and the data of the
+ * read leaves as one chunk (however many the function wrote), so the client parses one chunk
+ * per read too. Between reads the client is always between two chunks: a `: keepalive` (a
+ * chunk of its own) needs only to fall between two events, and a failure can always end the
+ * body cleanly. Other bodies (a length, read to the end, or a client that cannot take chunks)
+ * are written through ServerResponse.
  *
  * It also owns the stream's clock: idle limit, heartbeat and max duration compare against the
  * times of the last reads and writes (one assignment per read), so a read never touches a timer.
@@ -97,7 +100,10 @@ export class StreamRelay {
   /** LENGTH: body bytes still to come. */
   #remaining = 0;
   #scanner: ChunkScanner | undefined;
-  /** The client's socket when the function's chunked framing is relayed as it is. */
+  /** CHUNKED: where the data of the read being scanned lies (start, end, start, end...). */
+  readonly #ranges: number[] = [];
+  #rangeBytes = 0;
+  /** The client's socket, when chunks are written to it directly. */
   #raw: Socket | undefined;
   #upstream: UpstreamFlow | undefined;
   #paused = false;
@@ -155,9 +161,9 @@ export class StreamRelay {
       this.#framing = CHUNKED;
       this.#scanner = new ChunkScanner();
       const socket = res.socket;
-      // Relayed as read only when this response has the connection now (a response queued
-      // behind a pipelined one has none yet) and the client speaks HTTP/1.1 over it.
-      if (framing.plain && socket && res.req.httpVersion === '1.1' && res.req.method !== 'HEAD') {
+      // Written on the socket directly only when this response has the connection now (one
+      // queued behind a pipelined response has none yet) and the client speaks HTTP/1.1 over it.
+      if (socket && res.req.httpVersion === '1.1' && res.req.method !== 'HEAD') {
         this.#raw = socket;
         headers['transfer-encoding'] = 'chunked';
       }
@@ -187,20 +193,17 @@ export class StreamRelay {
     this.#readEvents = 0;
     let end = -1;
     switch (this.#framing) {
-      case CHUNKED:
+      case CHUNKED: {
+        this.#ranges.length = 0;
+        this.#rangeBytes = 0;
         try {
           end = this.#scanner!.scan(buf, start, this);
-        } catch (err) {
-          // The whole chunks before the broken bytes still reach the client.
-          if (this.#raw && err instanceof ChunkFramingError)
-            this.#writeRaw(buf.subarray(start, err.wellFramedUntil));
-          throw err;
+        } finally {
+          // What arrived before broken framing still goes out (then the caller fails the stream).
+          this.#writeRead(buf, end !== -1);
         }
-        if (this.#raw)
-          this.#writeRaw(
-            start === 0 && end === -1 ? buf : buf.subarray(start, end === -1 ? buf.length : end),
-          );
         break;
+      }
       case LENGTH: {
         const take = Math.min(this.#remaining, buf.length - start);
         this.#remaining -= take;
@@ -225,7 +228,7 @@ export class StreamRelay {
 
   /**
    * A range of body data (chunk framing removed): counted, followed by the event tracker, and
-   * written unless the read it came in is relayed whole. The ChunkScanner's sink.
+   * written (a chunked body's ranges are gathered and written once per read). The ChunkScanner's sink.
    */
   data(buf: Buffer, start: number, end: number): void {
     if (start === end) return;
@@ -235,11 +238,40 @@ export class StreamRelay {
       this.events += completed;
       this.#readEvents += completed;
     }
-    if (!this.#raw && !this.#done) {
-      this.#headOut = true;
-      if (!this.res.write(start === 0 && end === buf.length ? buf : buf.subarray(start, end)))
-        this.#pauseUpstream(this.res);
+    if (this.#framing === CHUNKED) {
+      this.#ranges.push(start, end);
+      this.#rangeBytes += end - start;
+    } else if (!this.#done) {
+      this.#write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     }
+  }
+
+  /** The data of one read of a chunked body, as one chunk (and the last chunk when the body ended). */
+  #writeRead(buf: Buffer, last: boolean): void {
+    const ranges = this.#ranges;
+    const size = this.#rangeBytes;
+    if (this.#done || (size === 0 && !last)) return;
+    if (!this.#raw) {
+      if (size > 0)
+        this.#write(
+          ranges.length === 2 ? buf.subarray(ranges[0], ranges[1]) : gather(buf, ranges, size, 0, 0),
+        );
+      return;
+    }
+    const sizeLine = size > 0 ? `${size.toString(16)}\r\n` : '';
+    const tail = (size > 0 ? 2 : 0) + (last ? LAST_CHUNK.length : 0);
+    const out = gather(buf, ranges, size, sizeLine.length, tail);
+    out.write(sizeLine, 0, 'latin1');
+    let at = sizeLine.length + size;
+    if (size > 0) at = out.writeUInt16BE(CRLF, at);
+    if (last) LAST_CHUNK.copy(out, at);
+    this.#writeRaw(out);
+  }
+
+  /** Through ServerResponse, which frames it as the client needs. */
+  #write(bytes: Buffer): void {
+    this.#headOut = true;
+    if (!this.res.write(bytes)) this.#pauseUpstream(this.res);
   }
 
   /** The function closed its connection: the end of a body read to the end, else a failure. */
@@ -274,27 +306,18 @@ export class StreamRelay {
       res.destroy();
       return;
     }
-    let closing: Buffer | undefined;
-    if (this.#raw) {
-      // Close the chunk the function was cut inside (filling it with line ends, which end a cut
-      // event), so the error event can follow as a chunk of its own.
-      closing = this.#scanner!.close(LF, { data: (buf, start, end) => tracker.push(buf, start, end) });
-      if (!closing) {
-        res.destroy();
-        return;
-      }
-    }
     // A partial event is closed first so the error event is parsed on its own.
     const text = (tracker.atBoundary ? '' : '\n\n') + errorEvent(failure.code, failure.message);
     if (this.#raw) {
-      this.#writeRaw(Buffer.concat([closing!, chunk(text), LAST_CHUNK]));
+      // Between reads the client is between two chunks: the error goes as one, then the last.
+      this.#writeRaw(Buffer.concat([chunk(text), LAST_CHUNK]));
       res.end();
     } else {
       res.end(text);
     }
   }
 
-  /** Writes on the client's socket as it is, the head first if it has not gone out yet. */
+  /** Writes on the client's socket directly, the head first if it has not gone out yet. */
   #writeRaw(bytes: Buffer): void {
     if (bytes.length === 0) return;
     const socket = this.#raw!;
@@ -372,12 +395,12 @@ export class StreamRelay {
     this.#clock = setTimeout(this.#tick, Math.max(1, next - now));
   };
 
-  /** Mid-event, mid-chunk, or to a client that is not reading, a comment would corrupt or pile up: retry later. */
+  /** Mid-event, or to a client that is not reading, a comment would corrupt or pile up: retry later. */
   #heartbeatNow(): void {
     if (!this.#tracker?.atBoundary || !this.#headOut) return;
     const raw = this.#raw;
     if (raw) {
-      if (this.#scanner!.atChunkStart && !raw.writableNeedDrain) raw.write(KEEPALIVE_CHUNK);
+      if (!raw.writableNeedDrain) raw.write(KEEPALIVE_CHUNK);
     } else if (!this.res.writableNeedDrain) {
       this.res.write(KEEPALIVE_BYTES);
     }
@@ -393,4 +416,12 @@ export class StreamRelay {
     this.#done = true;
     clearTimeout(this.#clock);
   }
+}
+
+/** Copies the data ranges of `buf` into one new buffer, leaving `head` bytes before and `tail` after. */
+function gather(buf: Buffer, ranges: number[], size: number, head: number, tail: number): Buffer {
+  const out = Buffer.allocUnsafe(head + size + tail);
+  let at = head;
+  for (let i = 0; i < ranges.length; i += 2) at += buf.copy(out, at, ranges[i], ranges[i + 1]);
+  return out;
 }

@@ -75,9 +75,10 @@ describe('EventBoundaryTracker', () => {
     );
   });
 
-  it('relayed with its chunk framing, heartbeat chunks added wherever scanner and tracker allow leave the events unchanged', () => {
+  it('re-framed one chunk per read, heartbeat chunks added wherever the tracker allows leave the events unchanged', () => {
     // The function writes the stream in chunks of its own; the proxy reads the framed bytes in
-    // reads that split anywhere, and adds a heartbeat chunk after a read when both allow.
+    // reads that split anywhere, writes each read's data as one chunk, and adds a heartbeat
+    // chunk after a read when the tracker allows (as StreamRelay does).
     const { HTTPParser } = createRequire(import.meta.url)('_http_common');
     fc.assert(
       fc.property(
@@ -92,13 +93,21 @@ describe('EventBoundaryTracker', () => {
           ]);
           const scanner = new ChunkScanner();
           const tracker = new EventBoundaryTracker();
-          const sink = { data: (buf: Buffer, start: number, end: number) => tracker.push(buf, start, end) };
+          let data: Buffer[] = [];
+          const sink = {
+            data: (buf: Buffer, start: number, end: number) => {
+              tracker.push(buf, start, end);
+              data.push(buf.subarray(start, end));
+            },
+          };
           const relayed: Buffer[] = [];
           for (const read of chunks(framed, reads)) {
+            data = [];
             scanner.scan(read, 0, sink);
-            relayed.push(read);
-            if (scanner.atChunkStart && tracker.atBoundary) relayed.push(chunk(': keepalive\n\n'));
+            if (data.length > 0) relayed.push(chunk(Buffer.concat(data)));
+            if (tracker.atBoundary) relayed.push(chunk(': keepalive\n\n'));
           }
+          relayed.push(LAST_CHUNK);
           // The client decodes the framing (Node's parser) and then the events.
           const parser = new HTTPParser();
           parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);

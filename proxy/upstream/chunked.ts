@@ -2,9 +2,6 @@ import { SluiceError } from '../../common/errors.ts';
 
 /** The function's chunked body breaks RFC 9112 §7.1 framing. */
 export class ChunkFramingError extends SluiceError {
-  /** Where the read stops being well framed: bytes before it may still be relayed. */
-  wellFramedUntil = 0;
-
   constructor(message: string) {
     super('ERR_CHUNK_FRAMING', `the function's chunked body is malformed: ${message}`);
   }
@@ -33,25 +30,17 @@ const DONE = 9;
 
 // A chunk larger than this is refused: sizes stay exact in a double.
 const MAX_CHUNK = 2 ** 48;
-// The most filler fail() writes to close a cut chunk; a longer cut closes the connection instead.
-const MAX_FILL = 64 * 1024;
 
 /**
  * Follows `Transfer-Encoding: chunked` framing over raw socket reads, as strictly as Node's
  * llhttp (CRLF line ends, hex sizes), without copying: it reports where each chunk's data lies
- * in the read, so the read itself can be relayed unchanged to a client that speaks the same
- * framing. Work per chunk is a few byte comparisons; data bytes are skipped, not visited.
+ * in the read. Work per chunk is a few byte comparisons; data bytes are skipped, not visited.
  */
 export class ChunkScanner {
   #state = SIZE;
   #digits = 0;
   /** In SIZE*: the size read so far; in DATA: data bytes still to come. */
   #remaining = 0;
-
-  /** The stream as relayed so far ends between two chunks: a whole chunk may be added here. */
-  get atChunkStart(): boolean {
-    return this.#state === SIZE && this.#digits === 0;
-  }
 
   get done(): boolean {
     return this.#state === DONE;
@@ -60,31 +49,9 @@ export class ChunkScanner {
   /**
    * Scans `buf` from `start`, handing each data range to `sink`. Returns the index just past the
    * end of the body when this read completes it (bytes after it are not the body's), else -1.
-   * Throws ChunkFramingError on bytes that break the framing, rewound to the last place where
-   * the bytes before were whole chunks (or to where this read began), so close() still works on
-   * what was relayed.
+   * Throws ChunkFramingError on bytes that break the framing.
    */
   scan(buf: Buffer, start: number, sink: ChunkDataSink): number {
-    const [state, digits, remaining] = [this.#state, this.#digits, this.#remaining];
-    let lastChunkStart = this.atChunkStart ? start : -1;
-    try {
-      return this.#scan(buf, start, sink, (at) => {
-        lastChunkStart = at;
-      });
-    } catch (err) {
-      if (!(err instanceof ChunkFramingError)) throw err;
-      if (lastChunkStart === -1) {
-        [this.#state, this.#digits, this.#remaining] = [state, digits, remaining];
-        err.wellFramedUntil = start;
-      } else {
-        this.#reset();
-        err.wellFramedUntil = lastChunkStart;
-      }
-      throw err;
-    }
-  }
-
-  #scan(buf: Buffer, start: number, sink: ChunkDataSink, chunkStarts: (at: number) => void): number {
     const length = buf.length;
     let i = start;
     while (i < length) {
@@ -134,7 +101,6 @@ export class ChunkScanner {
         case DATA_LF:
           expect(buf[i]!, LF, 'CRLF after chunk data');
           this.#state = SIZE;
-          chunkStarts(i + 1);
           break;
         case TRAILER:
           this.#state = buf[i] === CR ? TRAILER_LF : TRAILER_LINE;
@@ -156,43 +122,6 @@ export class ChunkScanner {
       i++;
     }
     return this.#state === DONE ? i : -1;
-  }
-
-  /**
-   * The bytes that close whatever chunk the relayed stream is inside, so that a whole chunk can
-   * follow: the rest of a cut chunk is filled with `filler` (fed to `sink` like data, so a
-   * tracker following the data stays right). Undefined where that cannot be done cleanly (cut
-   * inside a size line or the trailers, or more than 64 KiB to fill): the caller then cuts the
-   * connection instead.
-   */
-  close(filler: number, sink: ChunkDataSink): Buffer | undefined {
-    switch (this.#state) {
-      case SIZE:
-        return this.#digits === 0 ? Buffer.alloc(0) : undefined;
-      case DATA: {
-        if (this.#remaining > MAX_FILL) return undefined;
-        const fill = Buffer.alloc(this.#remaining + 2, filler);
-        sink.data(fill, 0, this.#remaining);
-        fill[this.#remaining] = CR;
-        fill[this.#remaining + 1] = LF;
-        this.#reset();
-        return fill;
-      }
-      case DATA_CR:
-        this.#reset();
-        return Buffer.from('\r\n');
-      case DATA_LF:
-        this.#reset();
-        return Buffer.from('\n');
-      default:
-        return undefined;
-    }
-  }
-
-  #reset(): void {
-    this.#state = SIZE;
-    this.#digits = 0;
-    this.#remaining = 0;
   }
 }
 

@@ -118,8 +118,7 @@ export class ResponseHeadParser {
 /** How a response's body is delimited (RFC 9112 §6.3), in the order the rules apply. */
 export type BodyFraming =
   | { kind: 'none' }
-  /** `plain`: chunked is the only coding, so the framing can be relayed as it is. */
-  | { kind: 'chunked'; plain: boolean }
+  | { kind: 'chunked' }
   | { kind: 'length'; length: number }
   | { kind: 'close' };
 
@@ -136,8 +135,7 @@ export function bodyFraming(requestMethod: string, head: ResponseHead): BodyFram
   }
   if (transferEncoding !== undefined) {
     // Only a final `chunked` delimits the body; any other coding runs to the connection's end.
-    if (!/(^|,)\s*chunked\s*$/i.test(transferEncoding)) return { kind: 'close' };
-    return { kind: 'chunked', plain: /^\s*chunked\s*$/i.test(transferEncoding) };
+    return /(^|,)\s*chunked\s*$/i.test(transferEncoding) ? { kind: 'chunked' } : { kind: 'close' };
   }
   if (contentLength !== undefined) {
     const length = Number(contentLength);
