@@ -25,10 +25,10 @@ afterEach(async () => {
 
 const SSE_HEAD = 'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n';
 
-/** A function that answers every request with `answer(socket)`, written raw. */
+/** A function that answers each read (each request here) with `answer(socket)`, written raw. */
 async function rawFunction(answer: (socket: Socket) => void): Promise<string> {
   raw = createServer((socket) => {
-    socket.once('data', () => answer(socket));
+    socket.on('data', () => answer(socket));
   });
   raw.listen(0, '127.0.0.1');
   await once(raw, 'listening');
@@ -146,6 +146,19 @@ describe('clients and connections', () => {
     const ports = new Set(fn.requests.map((r) => r.socket.remotePort));
     expect(fn.requests).toHaveLength(3);
     expect(ports.size).toBe(1);
+  });
+
+  it("keeps an idle connection no longer than the function's Keep-Alive timeout allows", async () => {
+    let connections = 0;
+    const upstream = await rawFunction((socket) =>
+      socket.write('HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok'),
+    );
+    raw!.on('connection', () => connections++);
+    const { url } = await proxyTo(upstream);
+    expect(await (await fetch(`${url}/`)).text()).toBe('ok');
+    expect(await (await fetch(`${url}/`)).text()).toBe('ok');
+    // timeout=1 leaves no second to spare: each request gets a fresh connection.
+    expect(connections).toBe(2);
   });
 
   it('streams a chunked upload on to the function, re-framed', async () => {

@@ -5,7 +5,12 @@ import { describe, expect, it } from 'vitest';
 import { BatchHistogram } from '../proxy/batch-histogram.ts';
 import { STREAM_END_REASONS, streamEndReason } from '../proxy/stream-end.ts';
 import { ChunkFramingError, ChunkScanner } from '../proxy/upstream/chunked.ts';
-import { bodyFraming, ResponseHeadError, ResponseHeadParser } from '../proxy/upstream/response-head.ts';
+import {
+  bodyFraming,
+  keepAliveTimeout,
+  ResponseHeadError,
+  ResponseHeadParser,
+} from '../proxy/upstream/response-head.ts';
 
 /** Decodes a whole chunked response body with Node's own parser (llhttp): the reference. */
 function llhttpBody(framed: Buffer): { body: Buffer; complete: boolean } {
@@ -167,6 +172,19 @@ describe('bodyFraming (RFC 9112 §6.3)', () => {
     ['GET', 304, ['Transfer-Encoding', 'chunked'], { kind: 'none' }],
   ])('%s → %i %j', (method, status, raw, expected) => {
     expect(bodyFraming(method, head(status, raw))).toEqual(expected);
+  });
+});
+
+describe('keepAliveTimeout', () => {
+  it.each([
+    [['Keep-Alive', 'timeout=5'], 5],
+    [['keep-alive', 'max=100, timeout=30'], 30],
+    [['Keep-Alive', 'max=100'], undefined],
+    [['Connection', 'keep-alive'], undefined],
+  ])('%j → %s', (rawHeaders, seconds) => {
+    expect(keepAliveTimeout({ statusCode: 200, statusMessage: '', rawHeaders, keepAlive: true })).toBe(
+      seconds,
+    );
   });
 });
 

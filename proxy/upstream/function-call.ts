@@ -6,7 +6,12 @@ import type { StreamRelay, UpstreamFlow } from '../stream-relay.ts';
 import { ChunkFramingError, LAST_CHUNK } from './chunked.ts';
 import type { ConnectionOwner, UpstreamPool, UpstreamSocket } from './pool.ts';
 import { requestHead } from './request-head.ts';
-import { bodyFraming, type ResponseHeadError, ResponseHeadParser } from './response-head.ts';
+import {
+  bodyFraming,
+  keepAliveTimeout,
+  type ResponseHeadError,
+  ResponseHeadParser,
+} from './response-head.ts';
 
 export interface FunctionCallOptions {
   pool: UpstreamPool;
@@ -44,6 +49,8 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
   #parser: ResponseHeadParser | undefined;
   /** Set once the response head arrived: whether the connection may carry another exchange. */
   #keepAlive: boolean | undefined;
+  /** The function's own idle timeout for this connection (Keep-Alive: timeout=N), in seconds. */
+  #keepAliveSeconds: number | undefined;
   /** The whole request, body included, has been written. */
   #requestSent = false;
   #bodyPaused = false;
@@ -131,6 +138,7 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
         return;
       }
       this.#keepAlive = head.keepAlive;
+      this.#keepAliveSeconds = keepAliveTimeout(head);
       offset = parsed.bodyStart;
       const headers = endToEndRawHeaders(head.rawHeaders);
       headers['x-request-id'] = this.#requestId;
@@ -208,7 +216,7 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
     }
     if (clean && this.#requestSent && this.#keepAlive) {
       socket.resume(); // a client that was slow may have left it paused
-      this.#options.pool.give(socket);
+      this.#options.pool.give(socket, this.#keepAliveSeconds);
     } else {
       socket.owner = undefined;
       socket.destroy();

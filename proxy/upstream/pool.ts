@@ -1,5 +1,8 @@
 import { Socket } from 'node:net';
 
+// However long the function would wait, an idle connection is not kept longer than this.
+const MAX_IDLE_SECONDS = 600;
+
 /** What a connection reports to the exchange using it. */
 export interface ConnectionOwner {
   onData(chunk: Buffer): void;
@@ -45,9 +48,10 @@ function onIdleTimeout(this: UpstreamSocket): void {
 
 /**
  * Kept-alive connections to the function, most recently used first, so the ones left over after
- * a burst go idle and are closed. Idle ones close after `idleMs`, before the 5 s keep-alive most
- * servers (uvicorn, Node) use, so a request never goes out on a connection the function is
- * closing.
+ * a burst go idle and are closed. An idle one closes a second before the function would close
+ * it (its `Keep-Alive: timeout=N`, as undici does), or after `idleMs` when it does not say:
+ * 4 s, before the 5 s most servers (uvicorn, Node) use. So a request never goes out on a
+ * connection the function is closing.
  */
 export class UpstreamPool {
   readonly #host: string;
@@ -86,14 +90,19 @@ export class UpstreamPool {
     return socket;
   }
 
-  /** Takes back a connection whose exchange ended cleanly; closes it if the pool is closed. */
-  give(socket: UpstreamSocket): void {
+  /**
+   * Takes back a connection whose exchange ended cleanly (`keepAliveSeconds`: what the function
+   * said it allows); closes it if the pool is closed or the function allows no idle time.
+   */
+  give(socket: UpstreamSocket, keepAliveSeconds?: number): void {
     socket.owner = undefined;
-    if (this.#closed || socket.destroyed) {
+    const idleMs =
+      keepAliveSeconds === undefined ? this.#idleMs : Math.min(keepAliveSeconds - 1, MAX_IDLE_SECONDS) * 1000;
+    if (this.#closed || socket.destroyed || idleMs <= 0) {
       socket.destroy();
       return;
     }
-    socket.setTimeout(this.#idleMs);
+    socket.setTimeout(idleMs);
     this.#idle.push(socket);
   }
 

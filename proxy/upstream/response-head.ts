@@ -143,3 +143,17 @@ export function bodyFraming(requestMethod: string, head: ResponseHead): BodyFram
   }
   return { kind: 'close' };
 }
+
+/**
+ * How long the function keeps an idle connection open, from its `Keep-Alive: timeout=N`
+ * (seconds), if it says; undefined if it does not.
+ */
+export function keepAliveTimeout(head: ResponseHead): number | undefined {
+  const raw = head.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== 'keep-alive') continue;
+    const seconds = /(?:^|[,\s])timeout\s*=\s*(\d+)/i.exec(raw[i + 1]!)?.[1];
+    return seconds === undefined ? undefined : Number(seconds);
+  }
+  return undefined;
+}
