@@ -9,6 +9,7 @@ import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
 import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
+import { FUNCTION_LABEL, labels } from '../operator/desired.ts';
 import { CHART, find, helm, helmMissing, type Manifest, render } from './support/helm.ts';
 
 if (helmMissing) console.warn(`skipping chart tests: ${helmMissing}`);
@@ -176,6 +177,73 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       },
     },
     {
+      name: 'monitoring.podMonitor.enabled scrapes every function sidecar, naming the function namespace/name',
+      set: ['monitoring.podMonitor.enabled=true', 'monitoring.podMonitor.labels.release=kps'],
+      check: (m) => {
+        const monitor = find(m, 'PodMonitor')!;
+        expect(monitor.apiVersion).toBe('monitoring.coreos.com/v1');
+        expect(monitor.metadata.labels.release).toBe('kps');
+        expect(monitor.spec.namespaceSelector).toEqual({ any: true });
+        // It selects the labels the operator puts on function pods (operator/desired.ts).
+        const podLabels = labels({ metadata: { name: 'echo' } } as Parameters<typeof labels>[0]);
+        for (const [key, value] of Object.entries(monitor.spec.selector.matchLabels))
+          expect(podLabels[key], key).toBe(value);
+        expect(monitor.spec.selector.matchExpressions).toEqual([{ key: FUNCTION_LABEL, operator: 'Exists' }]);
+        expect(podLabels[FUNCTION_LABEL]).toBe('echo');
+        const [endpoint] = monitor.spec.podMetricsEndpoints;
+        expect(endpoint).toMatchObject({ port: 'admin', path: '/metrics', interval: '15s' });
+        expect(endpoint.relabelings).toEqual([
+          {
+            sourceLabels: ['__meta_kubernetes_namespace', '__meta_kubernetes_pod_label_sluice_dev_function'],
+            separator: '/',
+            targetLabel: 'function',
+          },
+        ]);
+        expect(find(m, 'ServiceMonitor')).toBeUndefined();
+      },
+    },
+    {
+      name: 'monitoring.podMonitor with operator.watchNamespace looks in that namespace only',
+      set: ['monitoring.podMonitor.enabled=true', 'operator.watchNamespace=team-a'],
+      check: (m) => expect(find(m, 'PodMonitor')!.spec.namespaceSelector).toEqual({ matchNames: ['team-a'] }),
+    },
+    {
+      name: 'monitoring.serviceMonitor.enabled scrapes the operator metrics Service',
+      set: ['monitoring.serviceMonitor.enabled=true'],
+      check: (m) => {
+        const monitor = find(m, 'ServiceMonitor')!;
+        const service = find(m, 'Service', '-operator-metrics')!;
+        expect(monitor.spec.namespaceSelector).toEqual({ matchNames: ['sluice-system'] });
+        for (const [key, value] of Object.entries(monitor.spec.selector.matchLabels))
+          expect(service.metadata.labels[key], key).toBe(value);
+        expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '15s' }]);
+        expect(service.spec.ports.map((p: Manifest) => p.name)).toContain('metrics');
+        expect(find(m, 'PodMonitor')).toBeUndefined();
+      },
+    },
+    {
+      name: "monitoring.dashboard.enabled ships the dashboard in a ConfigMap for Grafana's sidecar",
+      set: ['monitoring.dashboard.enabled=true', 'monitoring.dashboard.namespace=monitoring'],
+      check: (m) => {
+        const configMap = find(m, 'ConfigMap', '-dashboard')!;
+        expect(configMap.metadata.namespace).toBe('monitoring');
+        expect(configMap.metadata.labels.grafana_dashboard).toBe('1');
+        expect(configMap.metadata.annotations.grafana_folder).toBe('Sluice');
+        const dashboard = JSON.parse(configMap.data['sluice.json']);
+        expect(dashboard.uid).toBe('sluice');
+        expect(dashboard.panels.length).toBeGreaterThan(8);
+      },
+    },
+    {
+      name: 'monitoring.dashboard.label picks the label another Grafana looks for',
+      set: [
+        'monitoring.dashboard.enabled=true',
+        'monitoring.dashboard.label=dashboards',
+        'monitoring.dashboard.labelValue=sluice',
+      ],
+      check: (m) => expect(find(m, 'ConfigMap', '-dashboard')!.metadata.labels.dashboards).toBe('sluice'),
+    },
+    {
       name: 'metrics.service.enabled=false leaves the metrics Service out',
       set: ['metrics.service.enabled=false'],
       check: (m) => expect(find(m, 'Service', '-operator-metrics')).toBeUndefined(),
@@ -201,6 +269,12 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.persistence.accessModes={ReadMostly}'], names: /\/nats\/persistence\/accessModes/ },
     { set: ['crds.keep=maybe'], names: /\/crds\/keep/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
+    { set: ['monitoring.podMonitor.interval=often'], names: /\/monitoring\/podMonitor\/interval/ },
+    { set: ['monitoring.dashboard.labelValue=no spaces'], names: /\/monitoring\/dashboard\/labelValue/ },
+    {
+      set: ['monitoring.serviceMonitor.enabled=true', 'metrics.service.enabled=false'],
+      names: /monitoring\.serviceMonitor\.enabled needs metrics\.service\.enabled/,
+    },
     {
       set: ['serviceAccount.create=false'],
       names: /serviceAccount\.name must name an existing ServiceAccount/,

@@ -280,10 +280,13 @@ describe('admin port', () => {
     expect(metricValue(text, 'sluice_proxy_event_gap_seconds_count')).toBe(2);
     expect(text).toContain('process_resident_memory_bytes');
 
+    expect(metricValue(text, 'sluice_proxy_ready')).toBe(1);
+
     await fn.close();
     const down = await fetch(`${adminUrl}/readyz`);
     expect(down.status).toBe(503);
     expect(((await down.json()) as { reason: string }).reason).toContain('refuses connections');
+    expect(metricValue(await metrics(adminUrl), 'sluice_proxy_ready')).toBe(0);
   });
 
   it('logs one JSON line per finished request with id, status, ttfb, duration, bytes and events', async () => {
