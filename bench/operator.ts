@@ -16,6 +16,7 @@ import { startSluice } from '../harness/process.ts';
 import { streamingFunctionCrd } from '../operator/crd.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
 import { up } from '../scripts/cluster.ts';
 import { applyObject, waitForCrd } from '../test/support/cluster.ts';
 
@@ -119,7 +120,12 @@ function create(name: string) {
       apiVersion: 'sluice.dev/v1alpha1',
       kind: 'StreamingFunction',
       metadata: { name, namespace: ns },
-      spec: { image: 'ghcr.io/acme/echo:1', map: { enabled: false } },
+      // A thousand functions cannot run as processes here: kwok plays their pods.
+      spec: {
+        image: 'ghcr.io/acme/echo:1',
+        map: { enabled: false },
+        tolerations: [{ key: SIMULATED_KEY, operator: 'Exists' }],
+      },
     },
   });
 }

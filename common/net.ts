@@ -1,18 +1,46 @@
+import { readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 
-/** A free loopback TCP port (bound, then released: another process may take it first, which is rare on loopback). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Ports handed out by this process: never handed out twice, even before anyone binds them. */
+const handedOut = new Set<number>();
+
+/** The kernel's ephemeral range (it picks ports for bind(0) and outgoing connections there). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 11_000 ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+const PORT_FLOOR = 10_000;
+const PORT_CEILING = ephemeralLow();
+
+function bindable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
     server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
-      );
-    });
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
+}
+
+/**
+ * A free loopback TCP port for a process that binds it later. Taken below the kernel's
+ * ephemeral range: a port from bind(0) is released before its user binds it, and in that window
+ * the kernel may hand the same port to anyone's outgoing connection or bind(0) (a proxy whose
+ * public port another process had taken, seen under load). Here only another explicit chooser
+ * can collide, which needs the same random pick inside that window; one process never gets a
+ * port twice.
+ */
+export async function freePort(): Promise<number> {
+  for (let tries = 0; tries < 1_000; tries++) {
+    const port = PORT_FLOOR + Math.floor(Math.random() * (PORT_CEILING - PORT_FLOOR));
+    if (handedOut.has(port) || !(await bindable(port))) continue;
+    handedOut.add(port);
+    return port;
+  }
+  throw new Error(`no free port between ${PORT_FLOOR} and ${PORT_CEILING} after 1,000 tries`);
 }
 
 /** Polls `check` until it returns a truthy value or `timeoutMs` passes; the condition, never a sleep. */

@@ -10,6 +10,8 @@ import type { AddressInfo } from 'node:net';
  *   {"status": code}           → answers that status with text "failing on purpose"
  *   {"bytes": n}               → JSON string of n "x" characters
  *   {"stamp": n}               → JSON {"n": n, "t": CLOCK_MONOTONIC ms when answered} (benchmark)
+ *   {"holdOn": replica, ...}   → never answers in that replica (MAP_REPLICA names this process's),
+ *                                so a test knows its tasks are still running when it kills it
  *   anything else              → JSON {"echo": input}
  * `GET /attempts` → JSON {"<input as JSON>": attempts seen by this process}.
  */
@@ -20,12 +22,14 @@ async function answer(input: unknown): Promise<{ status: number; type: string; b
     return { status: 200, type: 'application/json', body: JSON.stringify({ square: input * input }) };
   if (typeof input === 'string') return { status: 200, type: 'text/plain', body: input.toUpperCase() };
   if (input && typeof input === 'object' && !Array.isArray(input)) {
-    const { sleep, status, bytes, stamp } = input as {
+    const { sleep, status, bytes, stamp, holdOn } = input as {
       sleep?: number;
       status?: number;
       bytes?: number;
       stamp?: number;
+      holdOn?: string;
     };
+    if (holdOn !== undefined && holdOn === process.env.MAP_REPLICA) await new Promise(() => {});
     if (stamp !== undefined) {
       return {
         status: 200,

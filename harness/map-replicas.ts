@@ -25,8 +25,8 @@ export interface ReplicaOptions {
   flags?: string[];
 }
 
-async function startFunction(): Promise<{ fn: Started; url: string }> {
-  const fn = start(process.execPath, [MAP_FUNCTION, '0']);
+async function startFunction(replica: string): Promise<{ fn: Started; url: string }> {
+  const fn = start(process.execPath, [MAP_FUNCTION, '0'], { env: { ...process.env, MAP_REPLICA: replica } });
   const port = await waitFor(() => /"port":(\d+)/.exec(fn.output())?.[1], {
     what: 'the map function to listen',
   });
@@ -34,7 +34,7 @@ async function startFunction(): Promise<{ fn: Started; url: string }> {
 }
 
 export async function startReplica(name: string, options: ReplicaOptions): Promise<Replica> {
-  const { fn, url: functionUrl } = await startFunction();
+  const { fn, url: functionUrl } = await startFunction(name);
   const [port, admin] = [await freePort(), await freePort()];
   const proxy = startSluice([
     'proxy',
@@ -55,7 +55,10 @@ export async function startReplica(name: string, options: ReplicaOptions): Promi
   const adminUrl = `http://127.0.0.1:${admin}`;
   await waitFor(async () => (await fetch(`${adminUrl}/readyz`)).ok, {
     timeoutMs: 30_000,
-    what: `replica ${name} to be ready\n${proxy.output()}`,
+    what: `replica ${name} to be ready`,
+  }).catch((err: Error) => {
+    // What the proxy printed says why (it is read when the wait has failed, not before).
+    throw new Error(`${err.message}; its output:\n${proxy.output()}`, { cause: err });
   });
   return {
     name,

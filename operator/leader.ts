@@ -28,7 +28,9 @@ const microTime = (d: Date) => d.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z')
  * Leader election on a coordination.k8s.io Lease, the way client-go's leaderelection does it:
  * updates carry the resourceVersion they read (so two candidates cannot both win), and expiry
  * is judged by when THIS process last saw the lease change, never by comparing the holder's
- * clock with ours. A leader that cannot renew within its lease duration steps down.
+ * clock with ours. A leader that cannot renew within its renew deadline (two thirds of the
+ * lease duration, as client-go's 10 s of 15 s) steps down, so it has stopped before a standby
+ * may judge the lease expired and take over.
  */
 export class LeaderElector {
   private readonly client: KubeClient;
@@ -132,7 +134,7 @@ export class LeaderElector {
         } catch (err) {
           log.warn({ err }, 'lease renewal failed');
         }
-        if (!this.leading || Date.now() - this.lastRenew > leaseDurationSeconds * 1000) {
+        if (!this.leading || Date.now() - this.lastRenew > (leaseDurationSeconds * 1000 * 2) / 3) {
           this.leading = false;
           log.error('lost leadership');
           onLost();

@@ -92,9 +92,28 @@ export class Reconciler {
 
   async #finalize(fn: FunctionView): Promise<void> {
     if (!this.#hasFinalizer(fn)) return;
+    // A sidecar that still runs re-creates the streams it misses (it makes what is missing), so
+    // the function's pods stop first: its Deployment goes to zero replicas, and each pod that
+    // goes requeues the function through the pod informer.
+    if (this.#o.streams && (await this.#podsRun(fn))) return;
     await this.#o.streams?.remove(fn);
     await this.#setFinalizer(fn, false);
     this.#event(fn, 'Normal', 'StreamsDeleted', 'deleted the map streams');
+  }
+
+  /** True while the function's own Deployment still has pods; scales it to zero first. */
+  async #podsRun(fn: FunctionView): Promise<boolean> {
+    const { namespace, name } = fn.metadata;
+    const live = await this.#o.io.live(DEPLOYMENT, namespace, name);
+    if (!live || !ownedBy(live, fn)) return false;
+    if (this.#o.io.pods(`${namespace}/${name}`).length === 0) return false;
+    if (live.spec?.replicas !== 0) {
+      const stopped = desiredDeployment(fn, this.#o.config);
+      stopped.spec.replicas = 0;
+      await this.#apply(DEPLOYMENT, stopped, live);
+      this.#event(fn, 'Normal', 'StoppingPods', 'the pods stop before the map streams are deleted');
+    }
+    return true;
   }
 
   async #ensureFinalizer(fn: FunctionView): Promise<void> {

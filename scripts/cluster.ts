@@ -1,6 +1,8 @@
 // `npm run cluster -- up|down|status`: a real local Kubernetes control plane on loopback, as
 // controller-runtime's envtest starts one (etcd + kube-apiserver with client-cert auth and RBAC),
-// plus kube-scheduler, kube-controller-manager and kwok with simulated GPU nodes. Everything runs
+// plus kube-scheduler, kube-controller-manager and kwok with simulated GPU nodes, and the node side
+// (plane/): a pod runner that really runs the pods bound to those nodes, kube-proxy, CoreDNS,
+// Traefik as the ingress controller and a local-path storage provisioner. Everything runs
 // detached in the background; pids and ports are kept in .sluice/cluster.json, logs in
 // .sluice/logs/, and the admin kubeconfig is .sluice/kubeconfig. `up` reuses a running plane.
 import { execFile, spawn } from 'node:child_process';
@@ -10,9 +12,41 @@ import { access, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs
 import { request } from 'node:https';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { parseAllDocuments, stringify } from 'yaml';
 import { errorMessage, SluiceError } from '../common/errors.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { exited } from '../common/process.ts';
+import { KubeClient } from '../operator/kube.ts';
+import {
+  KUBERNETES_SERVICE_IP,
+  NODE_ADDRESS,
+  nodePodCidr,
+  POD_CIDR_ANNOTATION,
+  POD_RANGE,
+  SERVICE_RANGE,
+  SIMULATED_POD_RANGE,
+} from '../plane/addresses.ts';
+import { PLANE_CGROUP, removeCgroup } from '../plane/cgroups.ts';
+import {
+  acquireNodeLock,
+  type LockOwner,
+  lockOwner,
+  releaseNodeLock,
+  updateNodeLock,
+} from '../plane/lock.ts';
+import { setUpHost, tearDownHost } from '../plane/network.ts';
+import { ensureNodeCertificates } from '../plane/pki.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
+import {
+  applyNodeObjects,
+  ingressUrl,
+  localPathDir,
+  NODE_COMPONENTS,
+  type NodeComponent,
+  type NodeContext,
+  nodeReady,
+  prepareNode,
+} from '../plane/stack.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 // SLUICE_CLUSTER_DIR runs a second, independent plane (the cluster test's up/down cycle uses it).
@@ -33,12 +67,13 @@ const ETCD_DATA = existsSync('/dev/shm')
 const run = promisify(execFile);
 
 // The plane's addresses come from 198.18.0.0/15 (RFC 2544's benchmarking range), never from a
-// private range a real network may use: pods in 198.18.0.0/16, Services in 198.19.0.0/16.
-export const POD_CIDR = '198.18.0.0/16';
-export const SERVICE_CIDR = '198.19.0.0/16';
-/** The first address of the Service range: the `kubernetes` Service's ClusterIP. */
-const KUBERNETES_SERVICE_IP = '198.19.0.1';
-const KWOK_NODE_IP = '198.18.0.1';
+// private range a real network may use: pods in 198.18.0.0/16, Services in 198.19.0.0/16
+// (plane/addresses.ts has the whole plan).
+export const POD_CIDR = POD_RANGE;
+export const SERVICE_CIDR = SERVICE_RANGE;
+/** Every simulated node's InternalIP: the node address, where the pod runner serves the kubelet API. */
+const KWOK_NODE_IP = NODE_ADDRESS;
+export const INGRESS_URL_FILE = join(STATE_DIR, 'ingress-url');
 
 /**
  * Every process a plane starts carries this variable (its state directory), so `down` finds
@@ -64,8 +99,9 @@ export const SIMULATED_NODES = [
 ] as const;
 const KWOK_NODE_ANNOTATION = 'kwok.x-k8s.io/node';
 
-type ComponentName = 'etcd' | 'kube-apiserver' | 'kube-scheduler' | 'kube-controller-manager' | 'kwok';
-const ORDER: ComponentName[] = [
+type ControlComponent = 'etcd' | 'kube-apiserver' | 'kube-scheduler' | 'kube-controller-manager' | 'kwok';
+type ComponentName = ControlComponent | NodeComponent;
+const ORDER: ControlComponent[] = [
   'etcd',
   'kube-apiserver',
   'kube-scheduler',
@@ -79,6 +115,10 @@ interface PlaneState {
   pids: Partial<Record<ComponentName, number>>;
   /** Who started it: a plane started for a test run is stopped when its last test run ends. */
   origin: Origin;
+  /** Set while this plane runs the node side (it holds the machine's node lock). */
+  node?: { ports: NodeContext['ports'] };
+  /** kwok plays every pod (no pod runner), or only the pods that ask to stay simulated. */
+  kwokSimulatesAll?: boolean;
 }
 
 export type Origin = 'cli' | 'tests';
@@ -97,6 +137,10 @@ export interface UpResult {
   /** etcd and the API server were started by this call (a fresh, empty cluster). */
   fresh: boolean;
   ms: number;
+  /** Where Traefik serves the cluster's Ingresses; undefined when this plane runs no pods. */
+  ingressUrl?: string;
+  /** Why pods are only simulated here (another plane runs pods, or SLUICE_POD_RUNNER=off). */
+  simulatedBecause?: string;
 }
 
 // --- processes -----------------------------------------------------------------------------
@@ -105,8 +149,11 @@ export interface UpResult {
 async function runs(pid: number | undefined, name: ComponentName): Promise<boolean> {
   if (!pid) return false;
   try {
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
-    return cmdline.split('\0')[0]?.endsWith(`/${name}`) ?? false;
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+    if (await exited(pid)) return false;
+    // The pod runner is Node running plane/runner.ts.
+    if (name === 'pod-runner') return argv[1]?.endsWith('/plane/runner.ts') ?? false;
+    return argv[0]?.endsWith(`/${name}`) ?? false;
   } catch {
     return false;
   }
@@ -126,14 +173,18 @@ async function binary(name: ComponentName): Promise<string> {
  * can stop it even when a later step fails. */
 let plane: PlaneState | undefined;
 
-async function startDetached(name: ComponentName, args: string[]): Promise<number> {
+async function startDetached(
+  name: ComponentName,
+  args: string[],
+  command?: { file: string; env?: Record<string, string> },
+): Promise<number> {
   if (!plane) throw new ClusterError('no plane state to record the process in');
   const log = openSync(join(LOGS, `${name}.log`), 'a');
   // Detached in its own process group, so the plane outlives `npm run cluster -- up`.
-  const child = spawn(await binary(name), args, {
+  const child = spawn(command?.file ?? (await binary(name)), args, {
     detached: true,
     stdio: ['ignore', log, log],
-    env: { ...process.env, [PLANE_MARKER]: STATE_DIR },
+    env: { ...process.env, ...command?.env, [PLANE_MARKER]: STATE_DIR },
   });
   if (!child.pid) throw new ClusterError(`could not start ${name}`);
   child.unref();
@@ -190,7 +241,7 @@ async function openssl(args: string[]): Promise<void> {
 }
 
 const APISERVER_EXTENSIONS =
-  `subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${KUBERNETES_SERVICE_IP},DNS:kubernetes,` +
+  `subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${KUBERNETES_SERVICE_IP},IP:${NODE_ADDRESS},DNS:kubernetes,` +
   'DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n';
 
 /**
@@ -312,7 +363,7 @@ async function apiReady(port: number): Promise<boolean> {
   }
 }
 
-function nodeObject(node: (typeof SIMULATED_NODES)[number]) {
+function nodeObject(node: (typeof SIMULATED_NODES)[number], index: number) {
   const labels: Record<string, string> = {
     'kubernetes.io/hostname': node.name,
     'kubernetes.io/os': 'linux',
@@ -334,7 +385,12 @@ function nodeObject(node: (typeof SIMULATED_NODES)[number]) {
   return {
     apiVersion: 'v1',
     kind: 'Node',
-    metadata: { name: node.name, labels, annotations: { [KWOK_NODE_ANNOTATION]: 'fake' } },
+    metadata: {
+      name: node.name,
+      labels,
+      // The pod runner's address range on this node (spec.podCIDR stays empty: kwok would take it).
+      annotations: { [KWOK_NODE_ANNOTATION]: 'fake', [POD_CIDR_ANNOTATION]: nodePodCidr(index) },
+    },
     spec: node.gpus > 0 ? { taints: [GPU_TAINT] } : {},
     // A Node's status is taken on create (kubelets register this way); kwok keeps it alive.
     status: {
@@ -346,8 +402,8 @@ function nodeObject(node: (typeof SIMULATED_NODES)[number]) {
 }
 
 async function ensureNodes(port: number): Promise<void> {
-  for (const node of SIMULATED_NODES) {
-    const res = await apiRequest(port, 'POST', '/api/v1/nodes', nodeObject(node));
+  for (const [index, node] of SIMULATED_NODES.entries()) {
+    const res = await apiRequest(port, 'POST', '/api/v1/nodes', nodeObject(node, index));
     if (res.status !== 201 && res.status !== 409) {
       throw new ClusterError(`creating node ${node.name}: HTTP ${res.status} ${res.body}`);
     }
@@ -412,7 +468,7 @@ async function startApiserver(port: number, etcdPort: number): Promise<number> {
     `--tls-private-key-file=${pki('apiserver.key')}`,
     `--client-ca-file=${pki('ca.crt')}`,
     '--authorization-mode=RBAC',
-    '--disable-admission-plugins=ServiceAccount',
+    // The ServiceAccount admission plugin stays on: pods get their projected token volume.
     `--service-account-issuer=https://127.0.0.1:${port}/`,
     `--service-account-key-file=${pki('sa.pub')}`,
     `--service-account-signing-key-file=${pki('sa.key')}`,
@@ -420,8 +476,13 @@ async function startApiserver(port: number, etcdPort: number): Promise<number> {
     '--allow-privileged=true',
     '--profiling=false',
     // The default reconciler would publish 127.0.0.1 as the kubernetes Service's endpoint,
-    // which Endpoints validation refuses (loopback) every ten seconds.
+    // which Endpoints validation refuses (loopback) every ten seconds; the node side publishes
+    // the node address instead, where the pod runner forwards to this loopback port.
     '--endpoint-reconciler-type=none',
+    // `kubectl logs`: the API server calls the pod runner's kubelet API at the node's InternalIP.
+    `--kubelet-client-certificate=${pki('apiserver-kubelet-client.crt')}`,
+    `--kubelet-client-key=${pki('apiserver-kubelet-client.key')}`,
+    '--kubelet-preferred-address-types=InternalIP',
   ]);
   await waitUntil('kube-apiserver', pid, () => apiReady(port), 60_000);
   return pid;
@@ -480,13 +541,38 @@ async function httpsHealthy(port: number): Promise<boolean> {
   });
 }
 
-async function startKwok(apiserverPort: number): Promise<number> {
+/**
+ * kwok's stages, as scripts/kwok-stages.yaml has them, or (when the pod runner runs pods) with
+ * the pod stages narrowed to the pods that tolerate SIMULATED_KEY.
+ */
+export async function kwokConfig(simulateAll: boolean): Promise<string> {
+  const text = await readFile(join(import.meta.dirname, 'kwok-stages.yaml'), 'utf8');
+  if (simulateAll) return text;
+  const docs = parseAllDocuments(text).map((d) => d.toJSON());
+  for (const doc of docs) {
+    if (doc?.kind === 'Stage' && doc.spec?.resourceRef?.kind === 'Pod') {
+      doc.spec.selector.matchExpressions.push({
+        key: '.spec.tolerations.[].key',
+        operator: 'In',
+        values: [SIMULATED_KEY],
+      });
+    }
+  }
+  return docs.map((d) => stringify(d)).join('---\n');
+}
+
+async function startKwok(apiserverPort: number, simulateAll: boolean): Promise<number> {
+  const config = join(STATE_DIR, 'kwok.yaml');
+  await writeFile(config, await kwokConfig(simulateAll));
   const pid = await startDetached('kwok', [
     `--kubeconfig=${KUBECONFIG_PATH}`,
-    `--config=${join(import.meta.dirname, 'kwok-stages.yaml')}`,
+    `--config=${config}`,
     '--manage-all-nodes=false',
     `--manage-nodes-with-annotation-selector=${KWOK_NODE_ANNOTATION}=fake`,
-    `--cidr=${POD_CIDR}`,
+    // Simulated pods get addresses nothing answers on; the runner's pods have per-node ranges.
+    `--cidr=${SIMULATED_POD_RANGE}`,
+    // No --node-port: kwok would serve a kubelet API of its own there. The API server calls the
+    // default kubelet port (10250) on the node IP, where the pod runner serves.
     `--node-ip=${KWOK_NODE_IP}`,
     '--node-lease-duration-seconds=40',
   ]);
@@ -541,8 +627,9 @@ export interface PlaneStatus {
 
 export async function status(): Promise<PlaneStatus> {
   const state = await readState();
+  const names: ComponentName[] = [...ORDER, ...(state?.node ? NODE_COMPONENTS : [])];
   const components = await Promise.all(
-    ORDER.map(async (name) => ({
+    names.map(async (name) => ({
       name,
       pid: state?.pids[name],
       running: await runs(state?.pids[name], name),
@@ -567,7 +654,10 @@ async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> 
   const began = Date.now();
   await mkdir(LOGS, { recursive: true });
   // New certificates: a running plane still serves the old ones, so it cannot be reused.
-  const state = (await ensurePki()) ? undefined : await readState();
+  const renewed = await ensurePki();
+  // The kubelet API's certificates (the API server's client one is one of its flags).
+  await ensureNodeCertificates(PKI, renewed);
+  const state = renewed ? undefined : await readState();
   // A running plane is never torn down because one /readyz was slow: under test load the
   // apiserver can take seconds to answer, and a restart would wipe what other runs are using.
   const reusable =
@@ -594,10 +684,19 @@ async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> 
     current = plane = state;
     if (!existsSync(KUBECONFIG_PATH)) await writeKubeconfig(state.apiserverPort);
   }
+  const node = await claimNode(current);
+  const simulateAll = node.owner === undefined;
+  if (current.kwokSimulatesAll !== simulateAll && current.pids.kwok) {
+    // kwok plays a different set of pods now: restart it with the other stages.
+    await stopPid(current.pids.kwok, 'kwok');
+    delete current.pids.kwok;
+  }
+  current.kwokSimulatesAll = simulateAll;
+  await writeState(current);
   const starters: Array<[ComponentName, () => Promise<number>]> = [
     ['kube-scheduler', startScheduler],
     ['kube-controller-manager', startControllerManager],
-    ['kwok', () => startKwok(current.apiserverPort)],
+    ['kwok', () => startKwok(current.apiserverPort, simulateAll)],
   ];
   // allSettled: every start has finished (and recorded its pid) before a failure is reported.
   const results = await Promise.allSettled(
@@ -620,13 +719,125 @@ async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> 
       what: 'simulated nodes to be Ready',
     });
   }
+  if (node.owner) {
+    if (await startNode(current, node.owner, fresh)) started = true;
+    await writeFile(INGRESS_URL_FILE, `${ingressUrl()}\n`);
+  } else {
+    await rm(INGRESS_URL_FILE, { force: true });
+  }
   return {
     kubeconfig: KUBECONFIG_PATH,
     server: `https://127.0.0.1:${current.apiserverPort}`,
     started,
     fresh,
     ms: Date.now() - began,
+    ingressUrl: node.owner ? ingressUrl() : undefined,
+    simulatedBecause: node.because,
   };
+}
+
+// --- the node side -----------------------------------------------------------------------------
+
+const NODE_BINARIES = ['kube-proxy', 'coredns', 'traefik', 'local-path-provisioner'];
+
+/**
+ * Whether this plane runs pods: SLUICE_POD_RUNNER=off says no; otherwise it must be able to
+ * take the machine's node lock (one plane per machine owns the pod network) and have the
+ * node-side binaries. A plane that does not runs as before: kwok simulates every pod.
+ */
+async function claimNode(current: PlaneState): Promise<{ owner?: LockOwner; because?: string }> {
+  if (process.env.SLUICE_POD_RUNNER === 'off') {
+    if (current.node) await stopNode(current);
+    return { because: 'SLUICE_POD_RUNNER=off' };
+  }
+  const missing = NODE_BINARIES.filter((b) => !existsSync(join(BIN, b)));
+  if (missing.length) return { because: `${missing.join(', ')} missing (run npm run setup)` };
+  if (process.getuid?.() !== 0) return { because: 'the pod network needs root' };
+  const runner = current.pids['pod-runner'];
+  const lock = await acquireNodeLock(
+    STATE_DIR,
+    runner && (await runs(runner, 'pod-runner')) ? runner : process.pid,
+  );
+  if (!lock.acquired) {
+    return {
+      because: `the plane in ${lock.holder.stateDir} runs this machine's pods (pid ${lock.holder.pid})`,
+    };
+  }
+  return { owner: lock.owner };
+}
+
+function nodeContext(ports: NodeContext['ports']): NodeContext {
+  return {
+    root: ROOT,
+    state: STATE_DIR,
+    bin: BIN,
+    pki: PKI,
+    kubeconfig: KUBECONFIG_PATH,
+    ports,
+    nodeName: SIMULATED_NODES[SIMULATED_NODES.length - 1]!.name,
+    node: process.execPath,
+  };
+}
+
+/**
+ * Starts the node side, or leaves it when it all runs: the host network (set up anew whenever
+ * a component has to start, so no half-old state is kept), the API objects it needs, then the
+ * runner, kube-proxy, CoreDNS, Traefik and the provisioner, each until it says it serves.
+ */
+async function startNode(current: PlaneState, owner: LockOwner, fresh: boolean): Promise<boolean> {
+  const running = await Promise.all(NODE_COMPONENTS.map((n) => runs(current.pids[n], n)));
+  if (!fresh && current.node && running.every(Boolean)) return false;
+  await stopNode(current);
+  const ports = {
+    proxyHealth: await freePort(),
+    proxyMetrics: await freePort(),
+    dnsHealth: await freePort(),
+    dnsReady: await freePort(),
+    traefikPing: await freePort(),
+  };
+  current.node = { ports };
+  await writeState(current);
+  const { ipForward } = await setUpHost();
+  owner.ipForward ??= ipForward;
+  await updateNodeLock(owner);
+  const kube = await KubeClient.load(KUBECONFIG_PATH);
+  try {
+    await applyNodeObjects(kube, { state: STATE_DIR });
+  } finally {
+    kube.close();
+  }
+  const ctx = nodeContext(ports);
+  const commands = await prepareNode(ctx);
+  const results = await Promise.allSettled(
+    NODE_COMPONENTS.map(async (name) => {
+      const { file, args, env } = commands[name];
+      const pid = await startDetached(name, args, { file, env });
+      if (name === 'pod-runner') await updateNodeLock({ ...owner, pid });
+      await waitUntil(name, pid, () => nodeReady(name, ctx), 60_000);
+    }),
+  );
+  const failure = results.find((r) => r.status === 'rejected');
+  if (failure) throw failure.reason;
+  return true;
+}
+
+/** Stops the node side's processes (not the host network: tearDownNode does that). */
+async function stopNode(state: PlaneState): Promise<void> {
+  for (const name of [...NODE_COMPONENTS].reverse()) {
+    const pid = state.pids[name];
+    if (pid) await stopPid(pid, name);
+    delete state.pids[name];
+  }
+}
+
+/** Everything the node side added to the machine, when this plane holds the node lock. */
+async function tearDownNode(): Promise<void> {
+  const owner = await lockOwner();
+  if (owner?.stateDir !== STATE_DIR) return;
+  await removeCgroup(PLANE_CGROUP);
+  await tearDownHost(owner.ipForward);
+  await rm(localPathDir(STATE_DIR), { recursive: true, force: true });
+  await releaseNodeLock(STATE_DIR);
 }
 
 /** Stops every component the state file names, by pid, newest first; drops etcd's data. */
@@ -637,6 +848,8 @@ export async function down(): Promise<void> {
 async function stopAll(): Promise<void> {
   const state = await readState();
   if (state) {
+    // The pod runner stops its pods first (it goes last of the node side, before the API).
+    await stopNode(state);
     for (const name of [...ORDER].reverse()) {
       const pid = state.pids[name];
       if (pid) await stopPid(pid, name);
@@ -645,6 +858,8 @@ async function stopAll(): Promise<void> {
   // Whatever this plane started that the state file does not name (a crashed `up`, a lost
   // write) is found by its marker.
   await Promise.all((await planeProcesses()).map((p) => stopProcess(p.pid, p.command)));
+  await tearDownNode();
+  await rm(INGRESS_URL_FILE, { force: true });
   await rm(STATE_FILE, { force: true });
   await rm(ETCD_DATA, { recursive: true, force: true });
   await rm(USERS, { recursive: true, force: true });
@@ -722,7 +937,10 @@ async function main(command: string | undefined): Promise<number> {
       const result = await up();
       console.log(
         `${result.started ? 'started' : 'reused'} control plane at ${result.server} in ${result.ms} ms\n` +
-          `export KUBECONFIG=${result.kubeconfig}\nnodes: ${SIMULATED_NODES.map((n) => n.name).join(', ')}; logs in .sluice/logs/`,
+          `export KUBECONFIG=${result.kubeconfig}\nnodes: ${SIMULATED_NODES.map((n) => n.name).join(', ')}; logs in .sluice/logs/\n` +
+          (result.ingressUrl
+            ? `pods run on this machine; ingress: ${result.ingressUrl} (also in ${INGRESS_URL_FILE})`
+            : `pods are simulated by kwok: ${result.simulatedBecause}`),
       );
       return 0;
     }
@@ -734,6 +952,9 @@ async function main(command: string | undefined): Promise<number> {
       const s = await status();
       for (const c of s.components)
         console.log(`${c.name.padEnd(24)} ${c.running ? `running (pid ${c.pid})` : 'stopped'}`);
+      if (s.ready && !s.components.some((c) => c.name === 'pod-runner')) {
+        console.log('pods are simulated by kwok (this plane runs no pod runner)');
+      }
       for (const p of s.strays)
         console.log(`stray ${p.command} (pid ${p.pid}): not in the state file; down stops it`);
       console.log(

@@ -2,13 +2,16 @@
 # Installs or builds every external tool the tests and the local control plane use.
 # Idempotent: Debian packages are installed only when missing; Go binaries are built once
 # into a cache outside the repo (SLUICE_CACHE, default ~/.cache/sluice) and linked into
-# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|python|all]   (default: all)
+# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|plane|python|all]   (default: all)
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 HELM_VERSION=${HELM_VERSION:-v3.19.0}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
+TRAEFIK_VERSION=${TRAEFIK_VERSION:-v3.6.12}
+LOCAL_PATH_VERSION=${LOCAL_PATH_VERSION:-v0.0.30}
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 # Go's official tarball installs here; a non-login shell may not have it on PATH.
 [ -d /usr/local/go/bin ] && PATH=$PATH:/usr/local/go/bin
@@ -23,6 +26,8 @@ apt_tools() {
   command -v nats-server >/dev/null || missing+=(nats-server)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   command -v python3 >/dev/null || missing+=(python3)
+  # kube-proxy's nftables mode drives the kernel through nft.
+  command -v nft >/dev/null || [ -x /usr/sbin/nft ] || missing+=(nftables)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -77,7 +82,8 @@ replace ("
     go_build "k8s-$K8S_VERSION" "$gomod" \
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
     kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
-    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+    kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
 }
 
 kwok_tools() {
@@ -105,13 +111,39 @@ go 1.24
 require helm.sh/helm/v3 $HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm
 }
 
+# The local plane's node side (plane/; README.md, "Local control plane"): CoreDNS
+# with its kubernetes plugin, Traefik as the ingress controller, rancher's local-path-provisioner.
+plane_tools() {
+  go_build "coredns-$COREDNS_VERSION" "module sluice.local/coredns-tools
+go 1.24
+require github.com/coredns/coredns $COREDNS_VERSION" coredns=github.com/coredns/coredns
+  go_build "local-path-provisioner-$LOCAL_PATH_VERSION" "module sluice.local/local-path-tools
+go 1.24
+require github.com/rancher/local-path-provisioner $LOCAL_PATH_VERSION" \
+    local-path-provisioner=github.com/rancher/local-path-provisioner
+  # Traefik's go.mod replaces three modules with its forks and excludes one, and `go install`
+  # refuses a module with replace directives: this module requires it and repeats them.
+  # (v3.7 needs lego v5 DNS providers that the module proxy does not serve.)
+  LDFLAGS="-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+    go_build "traefik-$TRAEFIK_VERSION" "module sluice.local/traefik-tools
+go 1.25.0
+require github.com/traefik/traefik/v3 $TRAEFIK_VERSION
+replace (
+	github.com/abbot/go-http-auth => github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e
+	github.com/gorilla/mux => github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59
+	github.com/mailgun/minheap => github.com/containous/minheap v0.0.0-20190809180810-6e71eb837595
+)
+exclude github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible" traefik=github.com/traefik/traefik/v3/cmd/traefik
+}
+
 case "${1:-all}" in
   apt) apt_tools ;;
   k8s) k8s_tools ;;
   kwok) kwok_tools ;;
   helm) helm_tools ;;
   etcd) etcd_tools ;;
+  plane) plane_tools ;;
   python) bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
-  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools; bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
-  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|python|all]" >&2; exit 2 ;;
+  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools; plane_tools; bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
+  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|plane|python|all]" >&2; exit 2 ;;
 esac

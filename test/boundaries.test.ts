@@ -67,6 +67,8 @@ describe('module boundaries', () => {
     ['client', ['common'], /^eventsource-parser$/],
     ['proxy', ['common'], /^(@nats-io\/|http-proxy-3$|prom-client$|zod$|commander$|pino$)/],
     ['operator', ['api', 'common'], /^(@kubernetes\/|@nats-io\/|prom-client$|zod$|commander$|yaml$)/],
+    // The local plane's node side: a kubelet for processes, on the operator's small API client.
+    ['plane', ['common', 'operator'], /^(yaml$|zod$)/],
   ];
   it.each(allowed)('%s/ imports only %j and its own packages', async (folder, folders, packages) => {
     const edges = await importsFrom(folder);

@@ -1,12 +1,14 @@
 // The chart against the local control plane: every rendered object accepted by a server-side
 // dry-run, and `helm install --wait` of the default chart (operator + NATS JetStream StatefulSet on
-// a PersistentVolumeClaim) until everything is ready, then `helm uninstall`. kwok marks pods
-// Running and Ready without pulling images, so --wait works here although the images are not
-// pulled; a real cluster additionally pulls and runs them.
+// a PersistentVolumeClaim) until everything is ready, then `helm uninstall`. The pods here
+// tolerate sluice.dev/simulated, so kwok plays them (test/e2e-plane.test.ts installs the chart
+// with pods that really run); the claim is bound for real by the plane's local-path provisioner
+// where the plane runs pods, else by a volume made for it.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SIMULATED_KEY } from '../plane/runner.ts';
 import {
   applyObject,
   kubeconfigPath,
@@ -15,6 +17,7 @@ import {
   throwawayNamespace,
 } from './support/cluster.ts';
 import { CHART, helm, helmMissing, type Manifest, ROOT } from './support/helm.ts';
+import { podsSimulated } from './support/plane.ts';
 
 const missing = [
   helmMissing,
@@ -80,19 +83,21 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
     const pv = `${release}-nats-pv`;
     let output = '';
 
+    const provisioned = !podsSimulated();
     beforeAll(async () => {
-      // No storage provisioner runs here: a volume made for the NATS claim stands in for one.
-      await applyObject(kubeconfigPath(), {
-        apiVersion: 'v1',
-        kind: 'PersistentVolume',
-        metadata: { name: pv },
-        spec: {
-          capacity: { storage: '10Gi' },
-          accessModes: ['ReadWriteOnce'],
-          hostPath: { path: `/tmp/${pv}` },
-          claimRef: { namespace: ns.name, name: `data-${release}-sluice-nats-0` },
-        },
-      });
+      // Without the plane's provisioner, a volume made for the NATS claim stands in for one.
+      if (!provisioned)
+        await applyObject(kubeconfigPath(), {
+          apiVersion: 'v1',
+          kind: 'PersistentVolume',
+          metadata: { name: pv },
+          spec: {
+            capacity: { storage: '10Gi' },
+            accessModes: ['ReadWriteOnce'],
+            hostPath: { path: `/tmp/${pv}` },
+            claimRef: { namespace: ns.name, name: `data-${release}-sluice-nats-0` },
+          },
+        });
       const install = await helm([
         'install',
         release,
@@ -103,6 +108,12 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
         ns.name,
         '--set',
         'crds.enabled=false',
+        ...['operator', 'nats'].flatMap((part) => [
+          '--set',
+          `${part}.tolerations[0].key=${SIMULATED_KEY}`,
+          '--set',
+          `${part}.tolerations[0].operator=Exists`,
+        ]),
         '--wait',
         '--timeout=150s',
       ]);
@@ -127,7 +138,8 @@ describe.skipIf(Boolean(missing))('chart on the local control plane', () => {
       expect(sts!.status.readyReplicas).toBe(1);
       const [pvc] = await get('pvc');
       expect(pvc!.status.phase).toBe('Bound');
-      expect(pvc!.spec.volumeName).toBe(pv);
+      if (provisioned) expect(pvc!.spec.storageClassName).toBe('local-path');
+      else expect(pvc!.spec.volumeName).toBe(pv);
       const leaderRole = await kubectl([
         'auth',
         'can-i',

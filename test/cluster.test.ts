@@ -7,11 +7,22 @@ import type { V1Pod } from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../common/net.ts';
 import { exited } from '../common/process.ts';
-import { GPU_PRODUCT_LABEL, GPU_TAINT, planeProcesses, SIMULATED_NODES } from '../scripts/cluster.ts';
+import { contains, SIMULATED_POD_RANGE } from '../plane/addresses.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
+import {
+  GPU_PRODUCT_LABEL,
+  GPU_TAINT,
+  planeProcesses,
+  SIMULATED_NODES,
+  STATE_DIR,
+} from '../scripts/cluster.ts';
 import { clients, type Namespace, throwawayNamespace } from './support/cluster.ts';
+import { podsSimulated } from './support/plane.ts';
 
-// The local control plane itself: simulated GPU nodes as the scheduler sees them, kwok making
-// pods Ready, and `npm run cluster -- up|status|down` as a user runs it.
+// The local control plane itself: simulated GPU nodes as the scheduler sees them, kwok playing
+// the pods that stay simulated, and `npm run cluster -- up|status|down` as a user runs it.
+// (test/plane-runner.test.ts has the pods that really run.)
+const runsPods = !podsSimulated();
 
 const CLUSTER_SCRIPT = join(import.meta.dirname, '..', 'scripts', 'cluster.ts');
 const runFile = promisify(execFile);
@@ -52,6 +63,7 @@ describe('scheduling onto simulated nodes', () => {
     await ns?.delete();
   });
 
+  // Scheduling alone: these pods tolerate sluice.dev/simulated, so kwok plays them and nothing runs.
   function pod(name: string, spec: Partial<NonNullable<V1Pod['spec']>> = {}, gpus = 0): V1Pod {
     return {
       metadata: { name },
@@ -64,6 +76,7 @@ describe('scheduling onto simulated nodes', () => {
           },
         ],
         ...spec,
+        tolerations: [{ key: SIMULATED_KEY, operator: 'Exists' }, ...(spec.tolerations ?? [])],
       },
     };
   }
@@ -91,7 +104,8 @@ describe('scheduling onto simulated nodes', () => {
     const ready = await readyPod('h100');
     expect(ready.spec?.nodeName).toMatch(/^gpu-h100-/);
     expect(ready.status?.phase).toBe('Running');
-    expect(ready.status?.podIP).toBeTruthy();
+    // kwok's addresses: nothing answers there (the runner's pods have per-node ranges).
+    expect(contains(SIMULATED_POD_RANGE, ready.status?.podIP ?? '')).toBe(true);
   });
 
   it('pods without the GPU toleration land on the CPU node only', async () => {
@@ -124,9 +138,22 @@ describe('npm run cluster', () => {
     expect(up.code, up.stdout).toBe(0);
     expect(up.stdout).toMatch(/^reused control plane at https:\/\/127\.0\.0\.1:\d+/);
     console.log(`warm up: ${Date.now() - began} ms (process included)`);
+    if (runsPods)
+      expect(up.stdout).toContain(
+        `pods run on this machine; ingress: http://127.0.0.1 (also in ${STATE_DIR}/ingress-url)`,
+      );
+    else expect(up.stdout).toMatch(/pods are simulated by kwok: /);
     const status = await cluster('status');
     expect(status.code, status.stdout).toBe(0);
-    for (const name of ['etcd', 'kube-apiserver', 'kube-scheduler', 'kube-controller-manager', 'kwok']) {
+    const node = ['pod-runner', 'kube-proxy', 'coredns', 'traefik', 'local-path-provisioner'];
+    for (const name of [
+      'etcd',
+      'kube-apiserver',
+      'kube-scheduler',
+      'kube-controller-manager',
+      'kwok',
+      ...(runsPods ? node : []),
+    ]) {
       expect(status.stdout).toMatch(new RegExp(`${name}\\s+running \\(pid \\d+\\)`));
     }
     expect(status.stdout).not.toMatch(/stray/);
@@ -134,11 +161,22 @@ describe('npm run cluster', () => {
 
   it('a second plane in its own directory comes up, and down stops every process it started', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'sluice-plane-'));
-    const env = { SLUICE_CLUSTER_DIR: dir };
+    // One plane per machine runs pods: while this run's plane does, the second one may not (and
+    // says so); otherwise it is told not to try.
+    const env = runsPods
+      ? { SLUICE_CLUSTER_DIR: dir }
+      : { SLUICE_CLUSTER_DIR: dir, SLUICE_POD_RUNNER: 'off' };
     try {
       const up = await cluster('up', env);
       expect(up.code, up.stdout).toBe(0);
       expect(up.stdout).toMatch(/^started control plane/);
+      expect(up.stdout).toContain(
+        runsPods
+          ? `pods are simulated by kwok: the plane in ${STATE_DIR} runs this machine's pods`
+          : 'pods are simulated by kwok: SLUICE_POD_RUNNER=off',
+      );
+      // Its kwok plays every pod, as a plane without a pod runner does.
+      expect(await readFile(join(dir, 'kwok.yaml'), 'utf8')).not.toContain(SIMULATED_KEY);
       const statePath = join(dir, 'cluster.json');
       const state = JSON.parse(await readFile(statePath, 'utf8')) as { pids: Record<string, number> };
       const pids = Object.values(state.pids);
@@ -160,6 +198,8 @@ describe('npm run cluster', () => {
       for (const pid of pids) expect(await exited(pid), `pid ${pid}`).toBe(true);
       expect(await planeProcesses(dir)).toEqual([]);
       expect((await cluster('status', env)).code).toBe(1);
+      // Its down left this run's plane, and the pod network, as they were.
+      if (runsPods) expect(podsSimulated()).toBe('');
     } finally {
       await cluster('down', env);
       await rm(dir, { recursive: true, force: true });

@@ -2,16 +2,20 @@
 // `helm install --wait`, then `sluice operator` run as a process with exactly the arguments of the
 // chart's Deployment and the chart's ServiceAccount token, through a proxy that records every API
 // request it makes. Functions are applied with kubectl; the real scheduler places their pods.
-// Last, the recorded requests are compared with the chart's RBAC rules, both ways.
+// Last, the recorded requests are compared with the chart's RBAC rules, both ways. Scheduling
+// and RBAC are what this file is about: every pod here tolerates sluice.dev/simulated, so kwok
+// plays it (test/e2e-plane.test.ts runs the same chart and functions as real processes).
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { type Started, start, startSluice } from '../harness/process.ts';
 import { FUNCTION_LABEL } from '../operator/desired.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
 import { GPU_PRODUCT_LABEL, SIMULATED_NODES } from '../scripts/cluster.ts';
 import {
   applyObject,
@@ -22,6 +26,7 @@ import {
   throwawayNamespace,
 } from './support/cluster.ts';
 import { CHART, find, HELM, helm, helmMissing, type Manifest, parseManifests, ROOT } from './support/helm.ts';
+import { ingressUrl, podsSimulated } from './support/plane.ts';
 import {
   grants,
   type PolicyRule,
@@ -39,6 +44,7 @@ const missing = [
   .join(', ');
 if (missing) console.warn(`skipping the GPU end-to-end test: missing ${missing} (run scripts/tools.sh)`);
 
+const SIMULATED = { key: SIMULATED_KEY, operator: 'Exists' };
 const H100_NODES = SIMULATED_NODES.filter((n) => n.product === 'NVIDIA-H100-80GB-HBM3').map((n) => n.name);
 const GPU_NODES = SIMULATED_NODES.filter((n) => n.gpus > 0).map((n) => n.name);
 /** Never made: blockOwnerDeletion is checked by the OwnerReferencesPermissionEnforcement admission plugin. */
@@ -113,6 +119,10 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       `nats.url=nats://127.0.0.1:${natsPort}`,
       '--set',
       `operator.watchNamespace=${functions.name}`,
+      '--set',
+      `operator.tolerations[0].key=${SIMULATED_KEY}`,
+      '--set',
+      'operator.tolerations[0].operator=Exists',
       '--wait',
       '--timeout=120s',
     ]);
@@ -182,13 +192,11 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
   }, 120_000);
 
   it('places a 2×H100 function on H100 nodes and turns it Ready with its URL', async () => {
-    const apply = await kubectl([
-      'apply',
-      '-n',
-      functions.name,
-      '-f',
-      join(ROOT, 'examples', 'gpu-h100.yaml'),
-    ]);
+    const manifest = parse(await readFile(join(ROOT, 'examples', 'gpu-h100.yaml'), 'utf8'));
+    manifest.spec.tolerations = [SIMULATED];
+    const apply = await kubectl(['apply', '-n', functions.name, '-f', '-'], {
+      input: JSON.stringify(manifest),
+    });
     expect(apply.stderr).toBe('');
     const placed = await waitFor(
       async () => {
@@ -210,12 +218,15 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       },
       { timeoutMs: 30_000, what: 'gpu-h100 Ready' },
     );
-    expect(fn.status.url).toBe(`http://gpu-h100.${functions.name}.svc`);
+    // Where the plane runs Traefik, it publishes the Ingress's address, and the URL is the ingress's.
+    const ingress = podsSimulated() ? '' : ingressUrl();
+    expect(fn.status.url).toBe(ingress ? `${ingress}/gpu-h100` : `http://gpu-h100.${functions.name}.svc`);
     expect(condition(fn, 'Scheduled')?.status).toBe('True');
     // The printer columns a user sees.
     const table = await kubectl(['get', 'sfn', 'gpu-h100', '-n', functions.name]);
     expect(table.stdout).toMatch(/^NAME\s+GPU\s+READY\s+REPLICAS\s+URL\s+AGE/);
-    expect(table.stdout).toMatch(/gpu-h100\s+2\s+True\s+1\s+http:\/\/gpu-h100\./);
+    expect(table.stdout).toMatch(/gpu-h100\s+2\s+True\s+1\s+http:\/\//);
+    expect(table.stdout).toContain(fn.status.url);
   }, 120_000);
 
   it('reports a function asking for 64 GPUs as Scheduled=False InsufficientGPU with the scheduler message', async () => {
@@ -223,7 +234,7 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       apiVersion: 'sluice.dev/v1alpha1',
       kind: 'StreamingFunction',
       metadata: { name: 'huge', namespace: functions.name },
-      spec: { image: 'sluice-examples:dev', gpu: { count: 64 } },
+      spec: { image: 'sluice-examples:dev', gpu: { count: 64 }, tolerations: [SIMULATED] },
     });
     const scheduled = await waitFor(
       async () => {
@@ -279,7 +290,11 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
       apiVersion: 'sluice.dev/v1alpha1',
       kind: 'StreamingFunction',
       metadata: { name: 'cpu', namespace: functions.name },
-      spec: { image: 'sluice-examples:dev', scaling: { minReplicas: 4, maxReplicas: 4 } },
+      spec: {
+        image: 'sluice-examples:dev',
+        scaling: { minReplicas: 4, maxReplicas: 4 },
+        tolerations: [SIMULATED],
+      },
     });
     let seen: Manifest[] = [];
     const placed = await waitFor(

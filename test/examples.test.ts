@@ -119,7 +119,7 @@ describe.runIf(hasPython)('Python examples', () => {
     );
   });
 
-  it('hook: the CPU endpoint streams the GPU function through its URL with the client library', async () => {
+  it('hook: the CPU endpoint (FastAPI + sluice.stream_async) streams the GPU function through its URL', async () => {
     const render = await serve('fake-video-render', env({ RENDER_PAUSE: '0.2' }));
     const { url } = await serve('hook', env({ RENDER_URL: `${render.url}/` }));
     const seen = await events(`${url}/?chunks=3`);

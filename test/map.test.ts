@@ -1,6 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mapNames } from '../common/map-streams.ts';
 import { waitFor } from '../common/net.ts';
 import {
@@ -54,6 +54,18 @@ describe('map over three replicas', () => {
         '2000',
       ],
     });
+  });
+
+  afterEach(({ task }) => {
+    if (task.result?.state !== 'fail') return;
+    // A replica that died says why in its own output.
+    for (const r of replicas ?? []) {
+      const { exitCode, signalCode } = r.proxy.child;
+      if (exitCode !== null || signalCode !== null)
+        console.error(
+          `${r.name} proxy exited (${exitCode ?? signalCode}):\n${r.proxy.output().slice(-4000)}`,
+        );
+    }
   });
 
   afterAll(async () => {
@@ -230,14 +242,21 @@ describe('map when things break', () => {
       flags: ['--concurrency', '4', '--map-ack-wait', '2'],
     });
     try {
-      const inputs = range(150).map((i) => ({ sleep: 40, i }));
+      // replica-2's function never finishes a task, so whatever it has taken when it is killed
+      // is still unfinished and must be redelivered.
+      const inputs = range(150).map((i) => ({ sleep: 40, i, holdOn: 'replica-2' }));
+      const victim = replicas[2]!;
+      const holdsTasks = async () => Object.keys(await victim.attempts()).length > 0;
       let killed: Promise<void> | undefined;
       const { events } = await postMap(
         replicas[0]!,
         { inputs, order: 'completion' },
         {
           onEvent: (_e, all) => {
-            if (!killed && indices(all).length >= 20) killed = replicas[2]!.stop('SIGKILL');
+            if (killed || indices(all).length < 20) return;
+            killed = waitFor(holdsTasks, { what: 'replica-2 to hold tasks' }).then(() =>
+              victim.stop('SIGKILL'),
+            );
           },
         },
       );

@@ -88,8 +88,10 @@ class FakeWorld implements ReconcilerIO, MapStreams {
     const entry = this.objects.get(kind.kind);
     return entry?.labelled ? entry.object : undefined;
   }
+  /** The function's pods, as the pod informer has them. */
+  podsLeft: KubeObject[] = [];
   pods() {
-    return [];
+    return this.podsLeft;
   }
   async apply(kind: OwnedKind, object: KubeObject) {
     const failure = this.failApply.get(kind.kind);
@@ -219,6 +221,17 @@ const table: Row[] = [
       ),
     writes: ['remove streams', 'finalizers [other]'],
     events: ['Normal StreamsDeleted: deleted the map streams'],
+  },
+  {
+    name: 'deleted while its pods run: the Deployment goes to zero first; streams and finalizer wait',
+    world: () => {
+      const fn = sfn({}, { deletionTimestamp: '2025-01-01T00:00:00Z', finalizers: [STREAMS_FINALIZER] });
+      const world = new FakeWorld(fn, [owned('Deployment')]);
+      world.podsLeft = [{ metadata: { name: `${NAME}-abc`, namespace: NS } }];
+      return world;
+    },
+    writes: ['apply Deployment'],
+    events: ['Normal StoppingPods: the pods stop before the map streams are deleted'],
   },
   {
     name: 'deleted while NATS fails: the finalizer stays and the reconcile is retried',

@@ -6,8 +6,11 @@ export type CallOutcome =
   | { kind: 'ok'; output: unknown }
   /** The function refused the input (4xx): retrying cannot help. */
   | { kind: 'rejected'; status: number; message: string }
-  /** 5xx, a broken connection or a timeout: another attempt may succeed. */
-  | { kind: 'failed'; status: number; message: string }
+  /**
+   * 5xx, a broken connection or a timeout: another attempt may succeed. `unreachable`: no
+   * answer began at all (the function is not listening: it exited, or is restarting).
+   */
+  | { kind: 'failed'; status: number; message: string; unreachable?: boolean }
   /** The answer is larger than a NATS message can carry. */
   | { kind: 'too_large'; bytes: number };
 
@@ -61,12 +64,20 @@ export function callFunction(
         accept: 'application/json, text/plain;q=0.9, */*;q=0.5',
       },
     });
-    started.on('timeout', () =>
-      started.destroy(new Error(`no answer within ${Math.round(options.timeoutMs / 1000)} s`)),
-    );
+    let timedOut = false;
+    started.on('timeout', () => {
+      timedOut = true;
+      started.destroy(new Error(`no answer within ${Math.round(options.timeoutMs / 1000)} s`));
+    });
     started.on('error', (err) => {
       if (options.signal.aborted) reject(options.signal.reason);
-      else resolve({ kind: 'failed', status: 502, message: `function unreachable: ${errorMessage(err)}` });
+      else
+        resolve({
+          kind: 'failed',
+          status: 502,
+          message: `function unreachable: ${errorMessage(err)}`,
+          unreachable: !timedOut,
+        });
     });
     started.on('response', (res) => {
       const status = res.statusCode ?? 502;

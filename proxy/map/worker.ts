@@ -1,4 +1,5 @@
 import { Agent } from 'node:http';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Consumer, ConsumerMessages, JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
@@ -54,6 +55,12 @@ export class MapWorker {
   #messages: ConsumerMessages | undefined;
   #cancelSub: Subscription | undefined;
   #loop: Promise<void> | undefined;
+  /**
+   * Set while the function does not accept connections (it exited and is restarting): this
+   * replica takes no new tasks, so the ones it handed back go to replicas that can run them
+   * instead of spending their attempts here.
+   */
+  #functionDown: Promise<void> | undefined;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
@@ -104,6 +111,10 @@ export class MapWorker {
     let consumer: Consumer | undefined;
     while (!this.#stopping.signal.aborted) {
       try {
+        if (this.#functionDown) {
+          await this.#functionDown;
+          continue;
+        }
         consumer ??= await this.#o.consumer();
         if (this.#tasks.size >= concurrency) {
           await Promise.race(this.#tasks);
@@ -122,6 +133,25 @@ export class MapWorker {
         await sleep(backoffMs, undefined, { signal: this.#stopping.signal }).catch(() => {});
         backoffMs = Math.min(backoffMs * 2, 5_000);
       }
+    }
+  }
+
+  #markFunctionDown(): void {
+    if (this.#functionDown) return;
+    this.#o.log.warn(
+      { upstream: this.#o.upstream.origin },
+      'function not answering: no map tasks taken until it does',
+    );
+    this.#functionDown = this.#untilFunctionAnswers().finally(() => {
+      this.#functionDown = undefined;
+    });
+  }
+
+  async #untilFunctionAnswers(): Promise<void> {
+    const { hostname, port } = this.#o.upstream;
+    while (!this.#stopping.signal.aborted) {
+      if (await accepts(hostname, Number(port) || 80)) return;
+      await sleep(100, undefined, { signal: this.#stopping.signal }).catch(() => {});
     }
   }
 
@@ -244,6 +274,7 @@ export class MapWorker {
             attempts: attempt,
           });
       }
+      if (result.unreachable) this.#markFunctionDown();
       if (attempt < this.#o.maxDeliver) {
         // 5xx or no answer: back off a little, then any replica may retry it.
         msg.nak(Math.min(250 * 2 ** (attempt - 1), 5_000));
@@ -309,4 +340,16 @@ export class MapWorker {
     task.msg.ack();
     return kind === 'error' ? 'failed' : 'ok';
   }
+}
+
+/** Something accepts TCP connections at host:port. */
+function accepts(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
