@@ -6,10 +6,12 @@
 //     the operator's peak RSS and the API requests it sent per function;
 //  3. apply → Deployment latency again with those 1,000 in its caches (is it flat?);
 //  4. steady state: writes the operator makes while nothing changes (should be 0).
-// The operator runs as a `sluice operator` child process, measured through its /metrics.
+// The operator runs as a `sluice operator` child process, measured through its /metrics, with
+// the Node flags the chart gives it (operator.nodeOptions; SLUICE_BENCH_NODE_OPTIONS overrides).
 import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
+import { parse as parseYaml } from 'yaml';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
 import { startSluice } from '../harness/process.ts';
@@ -22,7 +24,11 @@ import { applyObject, waitForCrd } from '../test/support/cluster.ts';
 
 const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);
 const MANY = Number(process.env.BENCH_FUNCTIONS ?? 1000);
-const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 300_000);
+const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 600_000);
+const chartValues = parseYaml(await readFile('charts/sluice/values.yaml', 'utf8')) as {
+  operator: { nodeOptions?: string };
+};
+const NODE_OPTIONS = process.env.SLUICE_BENCH_NODE_OPTIONS ?? chartValues.operator.nodeOptions ?? '';
 const log = createLogger('bench', 'warn');
 
 const loadAtStart = loadavg()[0]!;
@@ -44,7 +50,7 @@ const operator = startSluice(
     `--metrics=127.0.0.1:${metricsPort}`,
     '--workers=8',
   ],
-  { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn' } },
+  { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn', NODE_OPTIONS } },
 );
 
 async function metrics(): Promise<{
@@ -211,6 +217,7 @@ const results = {
     requests: delta,
   },
   operatorPeakRssMB: peakRss / 2 ** 20,
+  operatorNodeOptions: NODE_OPTIONS,
   steadyStateWrites10s: idleWrites,
   loadAverage: { start: loadAtStart, end: loadavg()[0]! },
 };
@@ -221,7 +228,8 @@ const section = `## Operator
 
 \`npm run bench:operator\` (bench/operator.ts), ${results.date.slice(0, 10)}, this 2-core machine, against the
 local plane (etcd on tmpfs, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes).
-The operator runs as a \`sluice operator\` child process with 8 workers; numbers from one run.
+The operator runs as a \`sluice operator\` child process with 8 workers and
+\`NODE_OPTIONS=${results.operatorNodeOptions || '(none)'}\`; numbers from one run.
 1-minute load average ${f(results.loadAverage.start, 1)} at the start and ${f(results.loadAverage.end, 1)} at the end (2 cores,
 shared with other work): latencies are dominated by the API server's own CPU share.
 

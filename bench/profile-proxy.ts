@@ -11,6 +11,7 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { PROXY_NODE_FLAGS } from '../api/v1alpha1/proxy-flags.ts';
 import { freePort, waitForPort } from '../common/net.ts';
 
 interface ProfileNode {
@@ -85,7 +86,7 @@ async function main(): Promise<void> {
           '--drain',
           '0',
         ];
-  const proxy = spawn(process.execPath, ['--cpu-prof', '--cpu-prof-dir', dir, ...args], {
+  const proxy = spawn(process.execPath, [...PROXY_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', dir, ...args], {
     stdio: ['ignore', 'ignore', 'inherit'],
     env: { ...process.env, SLUICE_LOG_LEVEL: 'warn' },
   });

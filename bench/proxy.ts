@@ -6,7 +6,9 @@
 //
 // SLUICE_BENCH_BEFORE=<another checkout> adds that checkout's `sluice proxy` as a fourth path
 // (before/after of a change, in the same run); SLUICE_BENCH_ONLY=latency,throughput,idle picks
-// sections; SLUICE_BENCH_IDLE sets the idle stream count (9,900).
+// sections; SLUICE_BENCH_IDLE sets the idle stream count (9,900). The Node forwarders run with
+// the flags Sluice gives its proxies (PROXY_NODE_FLAGS) unless SLUICE_BENCH_NODE_FLAGS says
+// otherwise ("" for Node's defaults).
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
@@ -14,6 +16,7 @@ import { Agent, type IncomingMessage, request } from 'node:http';
 import { loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { createParser } from 'eventsource-parser';
+import { PROXY_NODE_FLAGS } from '../api/v1alpha1/proxy-flags.ts';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { nginxWorkerPid, startNginx } from '../test/support/nginx.ts';
 
@@ -38,6 +41,9 @@ if (!process.env.SLUICE_BENCH_RAISED) {
 // streams is as close to 10,000 as fits.
 const IDLE_STREAMS = Number(process.env.SLUICE_BENCH_IDLE ?? 9_900);
 const BEFORE = process.env.SLUICE_BENCH_BEFORE;
+const NODE_FLAGS = (process.env.SLUICE_BENCH_NODE_FLAGS ?? PROXY_NODE_FLAGS.join(' '))
+  .split(' ')
+  .filter(Boolean);
 const ONLY = new Set((process.env.SLUICE_BENCH_ONLY ?? 'latency,throughput,idle').split(','));
 // Each throughput figure is the median of this many runs, the paths taking turns, so a change
 // in the machine's load during the run hits every path alike.
@@ -192,6 +198,7 @@ function spawnProxy(checkout: string, upstream: string, port: number, adminPort:
   const child = spawnRaised(
     [
       process.execPath,
+      ...NODE_FLAGS,
       `${checkout}/bin/sluice.js`,
       'proxy',
       '--listen',
@@ -235,6 +242,7 @@ async function main(): Promise<void> {
   const cpu = spawnSync('nproc').stdout.toString().trim();
   console.log(`# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}`);
   if (BEFORE) console.log(`"before" is the sluice proxy of ${BEFORE}`);
+  console.log(`Node forwarders run with: ${NODE_FLAGS.join(' ') || "Node's default flags"}`);
   // Everything shares these CPUs: a busy machine moves the tails (p99) most of all.
   console.log(
     `load average at start: ${loadavg()
@@ -358,7 +366,13 @@ async function main(): Promise<void> {
     await measure('nginx worker', nginx.url, nginxWorkerPid(nginx)!);
     // The forwarder this proxy replaced: http-proxy-3 on Node with nothing of Sluice's.
     const barePort = await freePort();
-    const bare = spawnRaised([process.execPath, 'bench/bare-forwarder.ts', String(barePort), direct]);
+    const bare = spawnRaised([
+      process.execPath,
+      ...NODE_FLAGS,
+      'bench/bare-forwarder.ts',
+      String(barePort),
+      direct,
+    ]);
     await waitForPort(barePort);
     await measure(
       'bare http-proxy-3 forwarder (bench/bare-forwarder.ts)',

@@ -2,7 +2,7 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
+import { PROXY_NODE_FLAGS, pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
 import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { SluiceError } from '../common/errors.ts';
 import { freePort, waitForPort } from '../common/net.ts';
@@ -176,6 +176,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       label: `${replicaName} proxy`,
       command: process.execPath,
       args: [
+        ...PROXY_NODE_FLAGS,
         SLUICE_BIN,
         ...proxyArgs(fn, { name: replicaName, listenPort, adminPort, functionPort }, natsUrl),
       ],

@@ -66,6 +66,8 @@ export class Controller {
           labelSelector: MANAGED_SELECTOR,
           onChange: enqueueOwner,
           log,
+          // Read a few times per reconcile of their function, held the rest of the time.
+          compact: true,
         }),
       ]),
     );

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
+import { PROXY_NODE_FLAGS, proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
 import { API_VERSION, ingressPath, KIND, PROXY_ADMIN_PORT, PROXY_PORT } from '../api/v1alpha1/schema.ts';
 import type { OperatorConfig } from './config.ts';
 import type { FunctionView } from './function.ts';
@@ -126,7 +126,10 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
               image: config.proxyImage,
               // The image's entrypoint is the sluice CLI (tini -- node bin/sluice.js).
               args: ['proxy', ...proxyArgs(fn, config)],
-              env: [{ name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } }],
+              env: [
+                { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+                { name: 'NODE_OPTIONS', value: PROXY_NODE_FLAGS.join(' ') },
+              ],
               ports: [
                 { name: 'http', containerPort: PROXY_PORT, protocol: 'TCP' },
                 { name: 'admin', containerPort: PROXY_ADMIN_PORT, protocol: 'TCP' },

@@ -62,6 +62,13 @@ export function errorEvent(code: WireCode, message: string): string {
   return `event: error\ndata: ${errorEventData(code, message)}\n\n`;
 }
 
+/**
+ * Where the data of the read being scanned lies (start, end, start, end...). One for every
+ * relay: a read is scanned and written in one synchronous call, and an idle stream should hold
+ * no array sized by its busiest read.
+ */
+const RANGES: number[] = [];
+
 // How the body is delimited (numbers: type stripping has no enums).
 const NONE = 0;
 const CHUNKED = 1;
@@ -100,8 +107,7 @@ export class StreamRelay {
   /** LENGTH: body bytes still to come. */
   #remaining = 0;
   #scanner: ChunkScanner | undefined;
-  /** CHUNKED: where the data of the read being scanned lies (start, end, start, end...). */
-  readonly #ranges: number[] = [];
+  /** CHUNKED: data bytes of the read being scanned (their places are in RANGES). */
   #rangeBytes = 0;
   /** The client's socket, when chunks are written to it directly. */
   #raw: Socket | undefined;
@@ -194,7 +200,7 @@ export class StreamRelay {
     let end = -1;
     switch (this.#framing) {
       case CHUNKED: {
-        this.#ranges.length = 0;
+        RANGES.length = 0;
         this.#rangeBytes = 0;
         try {
           end = this.#scanner!.scan(buf, start, this);
@@ -239,7 +245,7 @@ export class StreamRelay {
       this.#readEvents += completed;
     }
     if (this.#framing === CHUNKED) {
-      this.#ranges.push(start, end);
+      RANGES.push(start, end);
       this.#rangeBytes += end - start;
     } else if (!this.#done) {
       this.#write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
@@ -248,7 +254,7 @@ export class StreamRelay {
 
   /** The data of one read of a chunked body, as one chunk (and the last chunk when the body ended). */
   #writeRead(buf: Buffer, last: boolean): void {
-    const ranges = this.#ranges;
+    const ranges = RANGES;
     const size = this.#rangeBytes;
     if (this.#done || (size === 0 && !last)) return;
     if (!this.#raw) {

@@ -132,6 +132,7 @@ describe('desiredDeployment', () => {
         expect(p.ports.find((x: { name: string }) => x.name === 'admin').containerPort).toBe(9090);
         expect(p.env).toEqual([
           { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+          { name: 'NODE_OPTIONS', value: '--max-semi-space-size=1' },
         ]);
       },
     },
