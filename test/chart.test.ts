@@ -244,6 +244,18 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       check: (m) => expect(find(m, 'ConfigMap', '-dashboard')!.metadata.labels.dashboards).toBe('sluice'),
     },
     {
+      name: 'operator.nodeOptions reaches NODE_OPTIONS (a small young generation by default); empty leaves it out',
+      set: ['operator.nodeOptions='],
+      check: (m) => {
+        const env = find(m, 'Deployment', '-operator')!.spec.template.spec.containers[0].env as Manifest[];
+        expect(env.find((e) => e.name === 'NODE_OPTIONS')).toBeUndefined();
+        const operator = find(defaults, 'Deployment', '-operator')!.spec.template.spec.containers[0];
+        expect(operator.env.find((e: Manifest) => e.name === 'NODE_OPTIONS').value).toBe(
+          '--max-semi-space-size=2',
+        );
+      },
+    },
+    {
       name: 'metrics.service.enabled=false leaves the metrics Service out',
       set: ['metrics.service.enabled=false'],
       check: (m) => expect(find(m, 'Service', '-operator-metrics')).toBeUndefined(),
@@ -269,6 +281,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.persistence.accessModes={ReadMostly}'], names: /\/nats\/persistence\/accessModes/ },
     { set: ['crds.keep=maybe'], names: /\/crds\/keep/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
+    { set: ['operator.nodeOptions=rm -rf /'], names: /\/operator\/nodeOptions/ },
     { set: ['monitoring.podMonitor.interval=often'], names: /\/monitoring\/podMonitor\/interval/ },
     { set: ['monitoring.dashboard.labelValue=no spaces'], names: /\/monitoring\/dashboard\/labelValue/ },
     {
