@@ -117,6 +117,15 @@ export class FunctionCall implements ConnectionOwner, UpstreamFlow {
   }
 
   onData(chunk: Buffer): void {
+    try {
+      this.#read(chunk);
+    } catch (err) {
+      // A bug here ends this stream (outcome internal), not every stream of the pod.
+      this.#relay.fail({ code: 'internal', message: `proxy error: ${(err as Error).message}` });
+    }
+  }
+
+  #read(chunk: Buffer): void {
     const relay = this.#relay;
     let offset = 0;
     if (this.#keepAlive === undefined) {
