@@ -66,8 +66,6 @@ export class Controller {
           labelSelector: MANAGED_SELECTOR,
           onChange: enqueueOwner,
           log,
-          // Read a few times per reconcile of their function, held the rest of the time.
-          compact: true,
         }),
       ]),
     );

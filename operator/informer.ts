@@ -15,12 +15,6 @@ export interface InformerOptions<T extends KubeObject> {
   transform?: (object: T) => T;
   /** An index key for byIndex(), e.g. the function a pod belongs to; undefined leaves it out. */
   indexBy?: (object: T) => string | undefined;
-  /**
-   * Keep each object as its JSON text and parse it when read: for kinds read a few times per
-   * reconcile and otherwise only held (the objects the operator owns), about a fifth of the
-   * memory of the parsed object graph. Each read returns a fresh copy.
-   */
-  compact?: boolean;
 }
 
 function withoutManagedFields<T extends KubeObject>(object: T): T {
@@ -39,7 +33,7 @@ const key = (o: KubeObject) => `${o.metadata?.namespace ?? ''}/${o.metadata?.nam
 export class Informer<T extends KubeObject> {
   private readonly client: KubeClient;
   private readonly options: InformerOptions<T>;
-  private readonly objects = new Map<string, T | string>();
+  private readonly objects = new Map<string, T>();
   private readonly index = new Map<string, Set<string>>();
   private resourceVersion = '';
   private readonly abort = new AbortController();
@@ -60,25 +54,21 @@ export class Informer<T extends KubeObject> {
   }
 
   get(namespace: string, name: string): T | undefined {
-    return this.read(this.objects.get(`${namespace}/${name}`));
+    return this.objects.get(`${namespace}/${name}`);
   }
 
   list(): T[] {
-    return [...this.objects.values()].map((v) => this.read(v)!);
+    return [...this.objects.values()];
   }
 
   /** Objects whose indexBy() key is `value`, without scanning the cache. */
   byIndex(value: string): T[] {
-    return [...(this.index.get(value) ?? [])].map((k) => this.read(this.objects.get(k))!);
-  }
-
-  private read(stored: T | string | undefined): T | undefined {
-    return typeof stored === 'string' ? (JSON.parse(stored) as T) : stored;
+    return [...(this.index.get(value) ?? [])].map((k) => this.objects.get(k)!);
   }
 
   private put(k: string, object: T): void {
     this.remove(k);
-    this.objects.set(k, this.options.compact ? JSON.stringify(object) : object);
+    this.objects.set(k, object);
     const value = this.options.indexBy?.(object);
     if (value === undefined) return;
     const keys = this.index.get(value) ?? new Set<string>();
@@ -87,11 +77,10 @@ export class Informer<T extends KubeObject> {
   }
 
   private remove(k: string): void {
-    const stored = this.objects.get(k);
-    if (stored === undefined) return;
+    const old = this.objects.get(k);
+    if (!old) return;
     this.objects.delete(k);
-    if (!this.options.indexBy) return;
-    const value = this.options.indexBy(this.read(stored)!);
+    const value = this.options.indexBy?.(old);
     if (value === undefined) return;
     const keys = this.index.get(value);
     keys?.delete(k);
@@ -123,7 +112,7 @@ export class Informer<T extends KubeObject> {
         const item = this.transform(raw);
         const k = key(item);
         seen.add(k);
-        const old = this.read(this.objects.get(k));
+        const old = this.objects.get(k);
         this.put(k, item);
         if (!old) this.options.onChange(item, 'added');
         else if (old.metadata?.resourceVersion !== item.metadata?.resourceVersion)
@@ -135,7 +124,7 @@ export class Informer<T extends KubeObject> {
     for (const [k, old] of this.objects) {
       if (!seen.has(k)) {
         this.remove(k);
-        this.options.onChange(this.read(old)!, 'deleted');
+        this.options.onChange(old, 'deleted');
       }
     }
     this.resourceVersion = version;

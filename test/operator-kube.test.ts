@@ -1,8 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger } from '../common/log.ts';
-import { waitFor } from '../common/net.ts';
-import { type ChangeType, Informer } from '../operator/informer.ts';
-import { KubeApiError, KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
+import { KubeApiError, KubeClient, resourcePath } from '../operator/kube.ts';
 import { kubeconfigPath, type Namespace, throwawayNamespace } from './support/cluster.ts';
 
 // The operator's own API client against the real kube-apiserver: request bodies on DELETE
@@ -47,46 +44,5 @@ describe('KubeClient against the real API server', () => {
       (err: unknown) => err,
     );
     expect((gone as KubeApiError).status).toBe(404);
-  });
-
-  it('a compact informer (objects kept as JSON) follows adds, changes and deletes, handing out copies', async () => {
-    const path = resourcePath('v1', 'configmaps', ns.name);
-    const changes: [string, ChangeType][] = [];
-    const informer = new Informer<KubeObject>(kube, {
-      path,
-      labelSelector: 'test=compact',
-      onChange: (o, change) => changes.push([o.metadata!.name!, change]),
-      log: createLogger('informer', 'silent'),
-      compact: true,
-    });
-    await informer.start();
-    try {
-      const body = (data: string) => ({
-        apiVersion: 'v1',
-        kind: 'ConfigMap',
-        metadata: { name: 'kept', labels: { test: 'compact' } },
-        data: { v: data },
-      });
-      await kube.request('POST', path, { body: body('1') });
-      const first = await waitFor(() => informer.get(ns.name, 'kept'));
-      expect(first.data).toEqual({ v: '1' });
-      expect(first.metadata?.managedFields).toBeUndefined();
-      first.data!.v = 'changed by a reader';
-      expect(informer.get(ns.name, 'kept')!.data).toEqual({ v: '1' }); // the cache is not the reader's
-
-      await kube.mergePatch(resourcePath('v1', 'configmaps', ns.name, 'kept'), { data: { v: '2' } });
-      await waitFor(() => informer.get(ns.name, 'kept')?.data?.v === '2');
-      expect(informer.list().map((o) => o.data)).toEqual([{ v: '2' }]);
-
-      await kube.request('DELETE', resourcePath('v1', 'configmaps', ns.name, 'kept'));
-      await waitFor(() => informer.get(ns.name, 'kept') === undefined);
-      expect(changes).toEqual([
-        ['kept', 'added'],
-        ['kept', 'modified'],
-        ['kept', 'deleted'],
-      ]);
-    } finally {
-      await informer.stop();
-    }
   });
 });
