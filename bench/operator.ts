@@ -217,6 +217,7 @@ const results = {
     requests: delta,
   },
   operatorPeakRssMB: peakRss / 2 ** 20,
+  operatorSettledRssMB: after.rss / 2 ** 20,
   operatorNodeOptions: NODE_OPTIONS,
   steadyStateWrites10s: idleWrites,
   loadAverage: { start: loadAtStart, end: loadavg()[0]! },
@@ -241,6 +242,7 @@ shared with other work): latencies are dominated by the API server's own CPU sha
 | … every Deployment applied | ${f(allAppliedMs / 1000, 1)} s | |
 | … every function Ready from the operator's view | ${allReadyMs === undefined ? `${readyCount}/${MANY} after ${READY_TIMEOUT_MS / 1000} s` : `${f(allReadyMs / 1000, 1)} s`} | |
 | operator peak RSS | ${f(results.operatorPeakRssMB)} MB | ≤ 150 MB |
+| operator RSS once the ${MANY} have settled | ${f(results.operatorSettledRssMB)} MB | |
 | operator CPU per function (all its reconciles) | ${f(results.many.operatorCpuMsPerFunction, 1)} ms | |
 | API requests per function (all verbs) / writes | ${f(results.many.requestsPerFunction, 2)} / ${f(results.many.writesPerFunction, 2)} | |
 | writes in 10 s of steady state | ${idleWrites} | 0 |
