@@ -154,8 +154,11 @@ export class StreamRelay {
       this.#tracker = new EventBoundaryTracker();
       headers['cache-control'] = eventStreamCacheControl(headers['cache-control']);
       headers['x-accel-buffering'] = 'no';
-      // A heartbeat inside a body of declared length would break its framing.
-      if (limits.heartbeatMs > 0 && head.framing.kind !== 'length') {
+      // A length the function may not honour is not passed on: the client gets the events framed
+      // by the proxy (chunked, or up to the close for HTTP/1.0), so a stream cut short can still
+      // end with a well-framed `event: error`, and heartbeats can go between events.
+      delete headers['content-length'];
+      if (limits.heartbeatMs > 0) {
         this.#heartbeat = true;
         clearTimeout(this.#clock);
         const { idleMs, maxDurationMs, heartbeatMs } = limits;
@@ -308,7 +311,7 @@ export class StreamRelay {
       return;
     }
     const tracker = this.#tracker;
-    if (!tracker || this.#framing === LENGTH) {
+    if (!tracker) {
       res.destroy();
       return;
     }

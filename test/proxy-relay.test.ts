@@ -114,6 +114,55 @@ describe('chunked bodies relayed as read', () => {
   });
 });
 
+describe('an event stream with a Content-Length', () => {
+  // 0x40 bytes announced; one whole event (13 bytes) and part of the next arrive.
+  const LENGTH_HEAD = 'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 64\r\n\r\n';
+  const cutShort = (socket: Socket) => {
+    socket.write(`${LENGTH_HEAD}data: whole\n\ndata: cut in th`);
+    setImmediate(() => socket.destroy());
+  };
+
+  it('goes out chunked, and ends with event: error and a clean end when the function stops short', async () => {
+    const { url, adminUrl } = await proxyTo(await rawFunction(cutShort));
+    // No --max-time: a response that never ends would fail this test by its own timeout.
+    const client = curl(`${url}/`, ['--include']);
+    kills.push(() => client.child.kill());
+    expect(await client.exit).toBe(0);
+    const head = client.stdout().slice(0, client.stdout().indexOf('\r\n\r\n'));
+    expect(head).not.toMatch(/content-length/i);
+    expect(head).toMatch(/transfer-encoding: chunked/i);
+    const events = client.events();
+    expect(events[0]!.data).toBe('whole');
+    expect(events.at(-1)!.event).toBe('error');
+    expect(JSON.parse(events.at(-1)!.data).error.code).toBe('upstream_closed');
+    expect(await waitFor(() => streamEnds(adminUrl).then((e) => e.function_error))).toBe(1);
+  });
+
+  it('gives an HTTP/1.0 client the events and the event: error, then closes', async () => {
+    const { proxy } = await proxyTo(await rawFunction(cutShort));
+    const answer = await rawExchange(proxy.publicPort, 'GET / HTTP/1.0\r\nHost: x\r\n\r\n');
+    const head = answer.slice(0, answer.indexOf('\r\n\r\n'));
+    expect(head).not.toMatch(/content-length|transfer-encoding/i);
+    const body = answer.slice(head.length + 4);
+    expect(body).toMatch(/^data: whole\n\ndata: cut in th\n\nevent: error\ndata: .*"upstream_closed".*\n\n$/);
+  });
+
+  it('relays a complete one to its end, events as they come', async () => {
+    const events = 'data: one\n\ndata: two\n\n';
+    const { url } = await proxyTo(
+      await rawFunction((socket) =>
+        socket.write(
+          `HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: ${events.length}\r\n\r\n${events}`,
+        ),
+      ),
+    );
+    const client = curl(`${url}/`);
+    kills.push(() => client.child.kill());
+    expect(await client.exit).toBe(0);
+    expect(client.stdout()).toBe(events);
+  });
+});
+
 describe('clients and connections', () => {
   it('gives an HTTP/1.0 client the body without chunk framing', async () => {
     fn = await startFunctionServer();
