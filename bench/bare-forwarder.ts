@@ -1,4 +1,4 @@
-// The floor for the idle-stream measurement: http-proxy-3 on Node with nothing of Sluice's
+// The baseline the proxy is compared with (every row of `npm run bench`): http-proxy-3 on Node with nothing of Sluice's
 // (no limits, heartbeat, metrics or logs), flushing headers as the proxy must. bench/proxy.ts
 // runs it as `node bench/bare-forwarder.ts <port> <upstream>`.
 import { Agent, createServer } from 'node:http';

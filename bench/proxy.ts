@@ -1,5 +1,6 @@
 // `npm run bench`: the streaming data plane, side by side in one run on this machine —
-// direct to the function, through `sluice proxy`, and through nginx (proxy_buffering off).
+// direct to the function, through `sluice proxy`, through nginx (proxy_buffering off), and
+// through a bare http-proxy-3 forwarder (the one the proxy replaced, bench/bare-forwarder.ts).
 // The function, the proxy, nginx and this client are separate processes: an idle stream holds
 // two descriptors in the proxy and one each in the function and the client, so no process
 // could hold two roles at ~10,000 streams. Prints ratios measured in this run.
@@ -235,7 +236,26 @@ async function main(): Promise<void> {
   // Enough connections for the idle streams: each holds two (client and function side), under
   // the hard cap on open files.
   const nginx = await startNginx(fnPort, { workerConnections: FD_LIMIT, rlimitNofile: FD_LIMIT });
-  const paths: Record<string, string> = { direct, proxy: proxy.url, nginx: nginx.url };
+  // The forwarder this proxy replaced: http-proxy-3 on Node with nothing of Sluice's.
+  const startBare = async () => {
+    const port = await freePort();
+    const child = spawnRaised([
+      process.execPath,
+      ...NODE_FLAGS,
+      'bench/bare-forwarder.ts',
+      String(port),
+      direct,
+    ]);
+    await waitForPort(port);
+    return { child, url: `http://127.0.0.1:${port}` };
+  };
+  const bare = await startBare();
+  const paths: Record<string, string> = {
+    direct,
+    proxy: proxy.url,
+    nginx: nginx.url,
+    'http-proxy-3': bare.url,
+  };
   if (before) paths.before = before.url;
   const names = Object.keys(paths);
 
@@ -350,6 +370,7 @@ async function main(): Promise<void> {
     // Each forwarder is measured from a fresh process, with nothing else open through it.
     proxy.child.kill('SIGKILL');
     before?.child.kill('SIGKILL');
+    bare.child.kill('SIGKILL');
     const measure = async (label: string, url: string, pid: number) => {
       const idle = await idleStreamCost(url, pid, IDLE_STREAMS);
       console.log(`| ${label} | ${idle.rssMb.toFixed(0)} MB | ${idle.perStreamKb.toFixed(2)} KB |`);
@@ -364,22 +385,13 @@ async function main(): Promise<void> {
       old.child.kill('SIGKILL');
     }
     await measure('nginx worker', nginx.url, nginxWorkerPid(nginx)!);
-    // The forwarder this proxy replaced: http-proxy-3 on Node with nothing of Sluice's.
-    const barePort = await freePort();
-    const bare = spawnRaised([
-      process.execPath,
-      ...NODE_FLAGS,
-      'bench/bare-forwarder.ts',
-      String(barePort),
-      direct,
-    ]);
-    await waitForPort(barePort);
+    const freshBare = await startBare();
     await measure(
       'bare http-proxy-3 forwarder (bench/bare-forwarder.ts)',
-      `http://127.0.0.1:${barePort}`,
-      bare.pid!,
+      freshBare.url,
+      freshBare.child.pid!,
     );
-    bare.kill('SIGKILL');
+    freshBare.child.kill('SIGKILL');
     verdicts.push([`≤ 15 KB per idle stream`, `${ours.perStreamKb.toFixed(2)} KB`, ours.perStreamKb <= 15]);
   }
 
