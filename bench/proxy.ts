@@ -116,9 +116,9 @@ function stream(
         parser.feed(chunk);
       });
       res.on('end', () => resolve(firstByte));
-      res.on('error', reject);
+      res.on('error', (err) => reject(new Error(`${url}: ${err.message}`, { cause: err })));
     });
-    req.on('error', reject);
+    req.on('error', (err) => reject(new Error(`${url}: ${err.message}`, { cause: err })));
     req.end();
   });
 }
