@@ -1,4 +1,4 @@
-// The floor for the idle-stream measurement: http-proxy-3 on Node with nothing of Sluice's
+// The baseline the proxy is compared with (every row of `npm run bench`): http-proxy-3 on Node with nothing of Sluice's
 // (no limits, heartbeat, metrics or logs), flushing headers as the proxy must. bench/proxy.ts
 // runs it as `node bench/bare-forwarder.ts <port> <upstream>`.
 import { Agent, createServer } from 'node:http';
@@ -8,3 +8,5 @@ const [port, upstream] = process.argv.slice(2);
 const proxy = createProxyServer({ target: upstream, agent: new Agent({ keepAlive: true }) });
 proxy.on('proxyRes', (_proxyRes, _req, res) => setImmediate(() => res.flushHeaders()));
 createServer((req, res) => proxy.web(req, res)).listen(Number(port), '127.0.0.1');
+// A normal exit on SIGINT, so `node --cpu-prof` writes its profile (bench/profile-proxy.ts).
+process.on('SIGINT', () => process.exit(0));

@@ -11,11 +11,13 @@
 //     the steady state without them;
 //  6. a burst (an activator's held requests) -> the scale write, with those reports flowing;
 //  7. the alternative signal: what scraping one sidecar's /metrics costs the scraper, times 10,000.
-// The operator runs as a `sluice operator` child process, measured through its /metrics.
+// The operator runs as a `sluice operator` child process, measured through its /metrics, with
+// the Node flags the chart gives it (operator.nodeOptions; SLUICE_BENCH_NODE_OPTIONS overrides).
 import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { connect } from '@nats-io/transport-node';
+import { parse as parseYaml } from 'yaml';
 import { encodeReport, loadSubject } from '../common/autoscale/load-report.ts';
 import { createLogger } from '../common/log.ts';
 import { freePort, waitFor } from '../common/net.ts';
@@ -30,7 +32,11 @@ import { applyObject, waitForCrd } from '../test/support/cluster.ts';
 
 const FIRST = Number(process.env.BENCH_SEQUENTIAL ?? 100);
 const MANY = Number(process.env.BENCH_FUNCTIONS ?? 1000);
-const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 300_000);
+const READY_TIMEOUT_MS = Number(process.env.BENCH_READY_TIMEOUT_MS ?? 600_000);
+const chartValues = parseYaml(await readFile('charts/sluice/values.yaml', 'utf8')) as {
+  operator: { nodeOptions?: string };
+};
+const NODE_OPTIONS = process.env.SLUICE_BENCH_NODE_OPTIONS ?? chartValues.operator.nodeOptions ?? '';
 const log = createLogger('bench', 'warn');
 
 const loadAtStart = loadavg()[0]!;
@@ -54,7 +60,7 @@ const operator = startSluice(
     '--workers=8',
     `--nats=${nats.url}`,
   ],
-  { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn' } },
+  { env: { ...process.env, SLUICE_LOG_LEVEL: 'warn', NODE_OPTIONS } },
 );
 
 async function metrics(): Promise<{
@@ -325,6 +331,8 @@ const results = {
     requests: delta,
   },
   operatorPeakRssMB: peakRss / 2 ** 20,
+  operatorSettledRssMB: after.rss / 2 ** 20,
+  operatorNodeOptions: NODE_OPTIONS,
   steadyStateWrites10s: idleWrites,
   autoscaling,
   burstToScaleMs: { p50: pct(burstLatencies, 50), max: Math.max(...burstLatencies) },
@@ -338,7 +346,8 @@ const section = `## Operator
 
 \`npm run bench:operator\` (bench/operator.ts), ${results.date.slice(0, 10)}, this 2-core machine, against the
 local plane (etcd on tmpfs, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes).
-The operator runs as a \`sluice operator\` child process with 8 workers; numbers from one run.
+The operator runs as a \`sluice operator\` child process with 8 workers and
+\`NODE_OPTIONS=${results.operatorNodeOptions || '(none)'}\`; numbers from one run.
 1-minute load average ${f(results.loadAverage.start, 1)} at the start and ${f(results.loadAverage.end, 1)} at the end (2 cores,
 shared with other work): latencies are dominated by the API server's own CPU share.
 
@@ -350,6 +359,7 @@ shared with other work): latencies are dominated by the API server's own CPU sha
 | … every Deployment applied | ${f(allAppliedMs / 1000, 1)} s | |
 | … every function Ready from the operator's view | ${allReadyMs === undefined ? `${readyCount}/${MANY} after ${READY_TIMEOUT_MS / 1000} s` : `${f(allReadyMs / 1000, 1)} s`} | |
 | operator peak RSS | ${f(results.operatorPeakRssMB)} MB | ≤ 150 MB |
+| operator RSS once the ${MANY} have settled | ${f(results.operatorSettledRssMB)} MB | |
 | operator CPU per function (all its reconciles) | ${f(results.many.operatorCpuMsPerFunction, 1)} ms | |
 | API requests per function (all verbs) / writes | ${f(results.many.requestsPerFunction, 2)} / ${f(results.many.writesPerFunction, 2)} | |
 | writes in 10 s of steady state | ${idleWrites} | 0 |

@@ -4,7 +4,7 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { Backend } from '../activator/pick.ts';
-import { pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
+import { PROXY_NODE_FLAGS, pathPrefix } from '../api/v1alpha1/proxy-flags.ts';
 import type { StreamingFunction } from '../api/v1alpha1/schema.ts';
 import { type LoadParts, scalingPolicy } from '../common/autoscale/decision.ts';
 import { SluiceError } from '../common/errors.ts';
@@ -234,6 +234,7 @@ export async function runServe(file: string, override: string[], options: ServeO
       label: `${replicaName} proxy`,
       command: process.execPath,
       args: [
+        ...PROXY_NODE_FLAGS,
         SLUICE_BIN,
         ...proxyArgs(
           fn,

@@ -189,14 +189,22 @@ export function sendJsonError(
     // Too late for a status line: the caller decides how to end a started response.
     return;
   }
+  // The request id the client sent (or the proxy gave it) answers with it.
+  const requestId = res.req?.headers['x-request-id'];
   if (isGrpcCall(res)) {
-    sendGrpcError(res, code, message, headers);
+    sendGrpcError(
+      res,
+      code,
+      message,
+      typeof requestId === 'string' ? { 'x-request-id': requestId, ...headers } : headers,
+    );
     return;
   }
   // HTTP/2 has no connection-specific fields (Node would drop them with a warning).
   if (res instanceof Http2ServerResponse) delete headers.connection;
   const body = jsonErrorBody(code, message, details);
   res.writeHead(wireStatus(code), {
+    ...(typeof requestId === 'string' ? { 'x-request-id': requestId } : {}),
     ...headers,
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),

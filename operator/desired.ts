@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
+import { PROXY_NODE_FLAGS, proxyFlags } from '../api/v1alpha1/proxy-flags.ts';
 import { API_VERSION, ingressPath, KIND, PROXY_ADMIN_PORT, PROXY_PORT } from '../api/v1alpha1/schema.ts';
 import type { OperatorConfig } from './config.ts';
 import type { FunctionView } from './function.ts';
@@ -206,6 +206,7 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
               env: [
                 { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
                 { name: 'SLUICE_POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+                { name: 'NODE_OPTIONS', value: PROXY_NODE_FLAGS.join(' ') },
               ],
               ports: [
                 { name: 'http', containerPort: PROXY_PORT, protocol: 'TCP' },

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
-import type { Registry } from 'prom-client';
+import { Gauge, type Registry } from 'prom-client';
 import { sendJsonError } from '../common/wire-errors.ts';
 
 export interface AdminOptions {
@@ -33,6 +33,15 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 
 /** The admin port: probes and metrics, never behind auth (SPEC §2). */
 export function createAdminServer(options: AdminOptions): Server {
+  // Readiness as a metric too, so a dashboard can count a function's ready replicas.
+  new Gauge({
+    name: 'sluice_proxy_ready',
+    help: '1 when /readyz answers 200 (the function takes connections, not draining, map connected)',
+    registers: [options.registry],
+    async collect() {
+      this.set((await ready(options)) === undefined ? 1 : 0);
+    },
+  });
   return createServer((req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {

@@ -3,7 +3,7 @@ import { exitOnSettingError, parseSettings } from '../common/settings.ts';
 import { type ProxyConfig, proxyCommand, proxyConfigSchema, proxySettings } from './config.ts';
 import { checkSettingFiles } from './setting-files.ts';
 
-/** `sluice proxy`: the sidecar. Its runtime (http-proxy-3, prom-client) loads only when run. */
+/** `sluice proxy`: the sidecar. Its runtime (prom-client, the NATS client for map) loads only when run. */
 export function registerProxyCommand(program: Command): void {
   program.addCommand(
     proxyCommand().action(async (options: Record<string, unknown>) => {

@@ -14,7 +14,7 @@ const HOP_BY_HOP = new Set([
 ]);
 
 /** Field names the `Connection` header lists: hop-by-hop for this message only. */
-function connectionListed(headers: IncomingHttpHeaders): Set<string> {
+export function connectionListed(headers: IncomingHttpHeaders): Set<string> {
   const listed = new Set<string>();
   for (const token of String(headers.connection ?? '').split(',')) {
     const name = token.trim().toLowerCase();
@@ -34,14 +34,39 @@ export function endToEndHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeade
   return kept;
 }
 
-/** Removes hop-by-hop fields from a request in place before it is forwarded. */
-export function stripHopByHop(headers: IncomingHttpHeaders): void {
-  const listed = connectionListed(headers);
-  for (const name of Object.keys(headers)) {
-    // `TE: trailers` is the one TE value a proxy may pass on (RFC 9110 §10.1.4).
-    if (name === 'te' && /^\s*trailers\s*$/i.test(String(headers.te))) continue;
-    if (HOP_BY_HOP.has(name) || listed.has(name)) delete headers[name];
+/**
+ * Response headers as received (`rawHeaders`: name, value, name, value...) without hop-by-hop
+ * fields, names lower-cased, repeated fields kept as arrays.
+ */
+export function endToEndRawHeaders(rawHeaders: string[]): OutgoingHttpHeaders {
+  let listed: Set<string> | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.toLowerCase() === 'connection') {
+      listed = connectionListed({ connection: rawHeaders[i + 1] });
+      break;
+    }
   }
+  const kept: Record<string, string | string[]> = {};
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    const value = rawHeaders[i + 1]!;
+    const earlier = kept[name];
+    if (earlier === undefined) kept[name] = value;
+    else if (typeof earlier === 'string') kept[name] = [earlier, value];
+    else earlier.push(value);
+  }
+  return kept;
+}
+
+/**
+ * Whether a request field is passed on to the function: end-to-end fields are, hop-by-hop ones
+ * (and those `Connection` lists) are not, except `TE: trailers`, the one TE value a proxy may
+ * pass on (RFC 9110 §10.1.4).
+ */
+export function passesOn(name: string, value: string | string[], listed: Set<string>): boolean {
+  if (name === 'te') return /^\s*trailers\s*$/i.test(String(value));
+  return !HOP_BY_HOP.has(name) && !listed.has(name);
 }
 
 /** Why a request target is refused, or undefined when it is origin-form (`/path?query`). */

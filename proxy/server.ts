@@ -1,21 +1,23 @@
 import { randomUUID } from 'node:crypto';
-import { Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createProxyServer } from 'http-proxy-3';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../common/log.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
 import { bearerToken, type TokenFile } from './auth.ts';
-import { BodyLimit, BodyTooLargeError, declaredLength } from './body.ts';
+import { BodyTooLargeError, declaredLength } from './body.ts';
 import type { ProxyConfig } from './config.ts';
 import type { H2Call } from './h2/call.ts';
 import { grpcCallStatus, type H2Forwarder } from './h2/forwarder.ts';
-import { pathOf, refusedTarget, stripHopByHop, stripPathPrefix } from './headers.ts';
+import { pathOf, refusedTarget, stripPathPrefix } from './headers.ts';
 import { type ConcurrencyLimiter, QueueTimeoutError, type Release } from './limiter.ts';
 import { isMapPath, type MapService } from './map-service.ts';
 import type { ProxyMetrics } from './metrics.ts';
 import { normaliseTarget } from './path.ts';
 import { watchRequestBody } from './request-timeouts.ts';
 import { SilenceWatch } from './silence-watch.ts';
+import { streamEndReason } from './stream-end.ts';
 import { type RelayFailure, type RelayLimits, StreamRelay } from './stream-relay.ts';
+import { FunctionCall, type FunctionCallOptions } from './upstream/function-call.ts';
+import { UpstreamPool } from './upstream/pool.ts';
 
 export interface PublicHandlerOptions {
   config: ProxyConfig;
@@ -37,8 +39,11 @@ interface Exchange {
   arrived: number;
   /** Aborts a wait for a concurrency slot; made only when the request has to wait. */
   queue?: AbortController;
+  /** The concurrency slot, once granted. */
+  release?: Release;
+  /** StreamRelay for an HTTP/1.1 function; H2Call with --upstream-protocol h2c. */
   relay?: StreamRelay | H2Call;
-  proxyReq?: ClientRequest;
+  call?: FunctionCall;
   /** Set when the body went silent for --body-timeout and the request was answered 408. */
   bodyStalled?: boolean;
 }
@@ -53,53 +58,32 @@ const SHUTDOWN: RelayFailure = {
 /**
  * The public port: refuses what must not pass (non-origin-form targets, missing tokens, bodies
  * over --max-body), routes `/_sluice/*`, waits for a concurrency slot, and forwards the rest
- * to the function through http-proxy-3, relaying the response itself (StreamRelay).
+ * to the function (FunctionCall over a pool of kept-alive connections), relaying the response
+ * itself (StreamRelay); with --upstream-protocol h2c, over HTTP/2 (H2Forwarder).
  */
 export class PublicHandler {
   readonly #options: PublicHandlerOptions;
   readonly #exchanges = new Map<IncomingMessage, Exchange>();
-  // Reused connections to the function save a handshake per request. Idle ones are dropped
-  // after 4 s, before the 5 s keep-alive most servers (uvicorn, Node) use, so the proxy never
-  // sends a request on a connection the function is closing.
-  readonly #agent = new Agent({ keepAlive: true, timeout: 4000 });
-  readonly #proxy;
+  readonly #pool: UpstreamPool;
+  readonly #call: FunctionCallOptions;
   #draining = false;
   /** Set while draining: called when the last in-flight exchange closes. */
   #onAllClosed: (() => void) | undefined;
   // Shared by every stream: an idle stream should cost as little as possible.
   readonly #limits: RelayLimits;
-  readonly #countEvents: (count: number) => void;
   readonly #bodies: SilenceWatch;
 
   constructor(options: PublicHandlerOptions) {
     this.#options = options;
-    const { config, metrics } = options;
+    const { config } = options;
     this.#limits = {
       heartbeatMs: config.heartbeat * 1000,
       idleMs: config.idleTimeout * 1000,
       maxDurationMs: config.maxDuration * 1000,
     };
-    this.#countEvents = (count) => metrics.events.inc(count);
     this.#bodies = new SilenceWatch(config.bodyTimeout * 1000);
-    this.#proxy = createProxyServer({
-      target: options.config.upstream,
-      xfwd: true,
-      selfHandleResponse: true,
-      agent: this.#agent,
-    });
-    this.#proxy.on('proxyReq', (proxyReq, req, _res, _opts, socket) => {
-      socket.setNoDelay(true);
-      const exchange = this.#exchanges.get(req);
-      if (exchange) exchange.proxyReq = proxyReq;
-    });
-    this.#proxy.on('proxyRes', (proxyRes, req) => {
-      const exchange = this.#exchanges.get(req);
-      if (!exchange?.relay) {
-        proxyRes.destroy();
-        return;
-      }
-      exchange.relay.start(proxyRes, { 'x-request-id': exchange.id });
-    });
+    this.#pool = new UpstreamPool(new URL(config.upstream));
+    this.#call = { pool: this.#pool, maxBody: config.maxBody, upstream: config.upstream };
   }
 
   get inFlight(): number {
@@ -134,7 +118,7 @@ export class PublicHandler {
     });
     // Let the final error events reach the clients before the sockets are closed.
     await Promise.race([Promise.all(ended), new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
-    this.#agent.destroy();
+    this.#pool.close();
   }
 
   handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -150,16 +134,20 @@ export class PublicHandler {
   #begin(req: IncomingMessage, res: ServerResponse): Exchange {
     const given = req.headers['x-request-id'];
     const id = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    // Every answer carries it: JSON errors read it from here, the relay and map set it on their
+    // heads (not res.setHeader: that keeps a copy of every header for the life of a stream).
     req.headers['x-request-id'] = id;
-    res.setHeader('x-request-id', id);
     const arrived = performance.now();
     const exchange: Exchange = { id, req, res, arrived };
     this.#exchanges.set(req, exchange);
+    // The one close listener of an exchange: everything it holds is let go here.
     res.once('close', () => {
       this.#exchanges.delete(req);
       if (this.#exchanges.size === 0) this.#onAllClosed?.();
       // A client that leaves while queued frees its place in the line.
       exchange.queue?.abort(new Error('client closed the connection'));
+      exchange.release?.();
+      if (exchange.relay instanceof StreamRelay) this.#closeStream(exchange, exchange.relay);
       this.#logFinished(exchange, performance.now() - arrived);
     });
     return exchange;
@@ -195,7 +183,10 @@ export class PublicHandler {
     if (path.startsWith('/_sluice/')) {
       if (!isMapPath(path)) sendJsonError(res, 'not_found', `no such path ${path}`);
       else if (!map) sendJsonError(res, 'map_disabled', 'map needs --nats (SLUICE_NATS)');
-      else await map.handle(req, res, path);
+      else {
+        res.setHeader('x-request-id', exchange.id);
+        await map.handle(req, res, path);
+      }
       return;
     }
     const declared = declaredLength(req);
@@ -205,13 +196,18 @@ export class PublicHandler {
     }
     const release = await this.#slot(exchange);
     if (!release) return;
-    res.once('close', release);
-    if (this.#options.h2)
+    if (res.destroyed) {
+      release();
+      return;
+    }
+    exchange.release = release;
+    if (this.#options.h2) {
+      res.setHeader('x-request-id', exchange.id);
       exchange.relay = this.#options.h2.forward(req, res, {
         requestId: exchange.id,
         arrivedAt: exchange.arrived,
       });
-    else this.#forward(exchange);
+    } else this.#forward(exchange);
   }
 
   /** The client stopped sending its body: answer 408, stop the function's request, free the slot. */
@@ -225,7 +221,7 @@ export class PublicHandler {
     exchange.queue?.abort(failure);
     if (exchange.relay) exchange.relay.fail(failure);
     else sendJsonError(exchange.res, failure.code, failure.message);
-    exchange.proxyReq?.destroy();
+    exchange.call?.abort();
   }
 
   /** Waits in FIFO order for a slot; answers 503 + Retry-After itself when none frees up. */
@@ -252,52 +248,24 @@ export class PublicHandler {
   }
 
   #forward(exchange: Exchange): void {
-    const { req, res } = exchange;
-    const { config, metrics } = this.#options;
-    if (res.destroyed) return;
-    const relay = new StreamRelay(res, this.#limits, this.#countEvents);
+    const relay = new StreamRelay(exchange.res, this.#limits, this.#options.metrics);
     exchange.relay = relay;
-    metrics.streamsActive.inc();
-    res.once('close', () => {
-      // The client left (http-proxy #1520): the function must see its connection close now.
-      // http-proxy-3 does this too; owning it here keeps it true whatever the library does.
-      // writableEnded, not writableFinished: an HTTP/2 response reports its stream's, which a
-      // client's reset also finishes.
-      if (!res.writableEnded) exchange.proxyReq?.destroy();
-      metrics.streamsActive.dec();
-      if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
-    });
+    this.#options.metrics.streamsActive.inc();
+    exchange.call = new FunctionCall(exchange.req, exchange.id, relay, this.#call);
+  }
 
-    // A body without a declared length is counted as it streams through.
-    const chunked =
-      declaredLength(req) === undefined &&
-      (req.headers['transfer-encoding'] !== undefined ||
-        (req.httpVersionMajor === 2 && !/^(GET|HEAD)$/.test(req.method!)));
-    stripHopByHop(req.headers);
-    // Node already answered `Expect: 100-continue` to the client; passing it on would only make
-    // http-proxy-3 skip its 'proxyReq' event (no Nagle-off, no abort handle for this request).
-    delete req.headers.expect;
-    let buffer: BodyLimit | undefined;
-    if (chunked) {
-      buffer = new BodyLimit(config.maxBody);
-      buffer.once('error', (err) => {
-        exchange.proxyReq?.destroy();
-        relay.fail({ code: 'body_too_large', message: err.message });
-      });
-      req.pipe(buffer);
-    }
-    this.#proxy.web(req, res, { buffer }, (err) => {
-      if (res.destroyed) return; // the client left; http-proxy-3 already aborted the function's request
-      const code = (err as NodeJS.ErrnoException).code ?? 'error';
-      relay.fail(
-        res.headersSent
-          ? { code: 'upstream_failed', message: `the function's response failed: ${code}` }
-          : {
-              code: 'upstream_unavailable',
-              message: `the function at ${config.upstream} did not answer (${code})`,
-            },
-      );
-    });
+  /**
+   * The client's connection closed: a stream cut short stops here, and the function is told
+   * (http-proxy #1520). writableEnded, not writableFinished: an HTTP/2 client's response reports
+   * its stream's, which a client's reset also finishes.
+   */
+  #closeStream(exchange: Exchange, relay: StreamRelay): void {
+    const { res, call } = exchange;
+    const { metrics } = this.#options;
+    relay.stop();
+    if (!res.writableEnded) call?.abort();
+    metrics.streamsActive.dec();
+    if (relay.bytes > 0) metrics.bytes.inc(relay.bytes);
   }
 
   #logFinished(exchange: Exchange, durationMs: number): void {
@@ -307,9 +275,11 @@ export class PublicHandler {
     metrics.requests.inc({ code: String(status) });
     const grpcStatus = grpcCallStatus(res, relay && 'grpcStatus' in relay ? relay.grpcStatus : undefined);
     if (grpcStatus) metrics.grpcCalls.inc({ grpc_code: grpcStatus });
+    const reason = relay && streamEndReason(relay.failure?.code, !res.writableEnded);
     if (relay) {
       metrics.streamDuration.observe(durationMs / 1000);
       if (relay.firstByteMs !== undefined) metrics.timeToFirstByte.observe(relay.firstByteMs / 1000);
+      if (reason) metrics.streamEnded(reason);
     }
     log.info(
       {
@@ -323,6 +293,7 @@ export class PublicHandler {
         bytes: relay?.bytes ?? 0,
         events: relay?.events ?? 0,
         outcome: relay?.failure?.code ?? (res.writableEnded ? 'complete' : 'client_closed'),
+        reason,
       },
       'request finished',
     );

@@ -21,18 +21,19 @@ export class EventBoundaryTracker {
     return this.#atBoundary;
   }
 
-  /** Feeds one chunk; returns how many events it completed. */
-  push(chunk: Uint8Array): number {
+  /** Feeds `chunk[start, end)`; returns how many events it completed. */
+  push(chunk: Uint8Array, start = 0, end = chunk.length): number {
     const before = this.events;
-    let pos = 0;
-    let nextCr = chunk.indexOf(CR);
-    let nextLf = chunk.indexOf(LF);
-    while (pos < chunk.length) {
+    let pos = start;
+    let nextCr = chunk.indexOf(CR, pos);
+    let nextLf = chunk.indexOf(LF, pos);
+    while (pos < end) {
       if (nextCr !== -1 && nextCr < pos) nextCr = chunk.indexOf(CR, pos);
       if (nextLf !== -1 && nextLf < pos) nextLf = chunk.indexOf(LF, pos);
-      const lineEnd = nextCr === -1 ? nextLf : nextLf === -1 ? nextCr : Math.min(nextCr, nextLf);
+      let lineEnd = nextCr === -1 ? nextLf : nextLf === -1 ? nextCr : Math.min(nextCr, nextLf);
+      if (lineEnd >= end) lineEnd = -1;
       if (lineEnd === -1) {
-        // The rest of the chunk is line content.
+        // The rest of the range is line content.
         this.#content();
         return this.events - before;
       }

@@ -1,9 +1,14 @@
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { errorEventData, type ResponseCode, sendJsonError, type WireCode } from '../common/wire-errors.ts';
-import { endToEndHeaders } from './headers.ts';
 import { EventBoundaryTracker } from './sse-boundary.ts';
+import { ChunkScanner, chunk, LAST_CHUNK } from './upstream/chunked.ts';
+import type { BodyFraming } from './upstream/response-head.ts';
 
-const KEEPALIVE = Buffer.from(': keepalive\n\n');
+const KEEPALIVE = ': keepalive\n\n';
+const KEEPALIVE_BYTES = Buffer.from(KEEPALIVE);
+const KEEPALIVE_CHUNK = chunk(KEEPALIVE);
+const CRLF = 0x0d0a;
 
 export interface RelayLimits {
   heartbeatMs: number; // 0 = no heartbeat
@@ -17,12 +22,33 @@ export interface RelayFailure {
   message: string;
 }
 
-export function isEventStream(contentType: string | string[] | undefined): boolean {
+/** What the relay reports as it goes (the proxy's metrics). */
+export interface RelayStats {
+  eventsArrived(count: number, sincePrevious: number | undefined): void;
+}
+
+/** The function's side of a relay: paused while the client cannot take more, aborted when the relay fails. */
+export interface UpstreamFlow {
+  pause(): void;
+  resume(): void;
+  abort(): void;
+}
+
+/** A response head from the function, ready to go out. */
+export interface RelayedHead {
+  statusCode: number;
+  statusMessage: string;
+  /** End-to-end headers (no hop-by-hop ones). */
+  headers: OutgoingHttpHeaders;
+  framing: BodyFraming;
+}
+
+export function isEventStream(contentType: string | string[] | number | undefined): boolean {
   return /^\s*text\/event-stream\b/i.test(String(contentType ?? ''));
 }
 
 /** Cache-Control for an event stream: `no-cache` added, the function's directives (`no-transform`) kept. */
-export function eventStreamCacheControl(upstream: string | string[] | undefined): string {
+export function eventStreamCacheControl(upstream: string | string[] | number | undefined): string {
   const directives = String(upstream ?? '')
     .split(',')
     .map((d) => d.trim())
@@ -37,11 +63,33 @@ export function errorEvent(code: WireCode, message: string): string {
 }
 
 /**
- * Relays one response from the function to the client as it arrives: every chunk is written
- * as soon as the socket read that brought it is processed (backpressure pauses the function;
- * nothing waits for more data). It also owns the stream's clock: idle limit, heartbeat and
- * max duration compare against the times of the last reads and writes (one assignment per
- * chunk), so a chunk never touches a timer.
+ * Where the data of the read being scanned lies (start, end, start, end...). One for every
+ * relay: a read is scanned and written in one synchronous call, and an idle stream should hold
+ * no array sized by its busiest read.
+ */
+const RANGES: number[] = [];
+
+// How the body is delimited (numbers: type stripping has no enums).
+const NONE = 0;
+const CHUNKED = 1;
+const LENGTH = 2;
+const CLOSE = 3;
+
+/**
+ * Relays one response from the function to the client as it arrives: each socket read from
+ * the function is written to the client at once, in one write, nothing coalesced or held.
+ *
+ * A chunked body going to an HTTP/1.1 client goes on its client's socket directly, one chunk
+ * per read: a ChunkScanner finds where the data lies in the read (no parser runs over the
+ * body), the event boundary tracker and the byte count see the data only, and the data of the
+ * read leaves as one chunk (however many the function wrote), so the client parses one chunk
+ * per read too. Between reads the client is always between two chunks: a `: keepalive` (a
+ * chunk of its own) needs only to fall between two events, and a failure can always end the
+ * body cleanly. Other bodies (a length, read to the end, or a client that cannot take chunks)
+ * are written through ServerResponse.
+ *
+ * It also owns the stream's clock: idle limit, heartbeat and max duration compare against the
+ * times of the last reads and writes (one assignment per read), so a read never touches a timer.
  */
 export class StreamRelay {
   readonly res: ServerResponse;
@@ -49,69 +97,201 @@ export class StreamRelay {
   readonly startedAt = performance.now();
   /** When the first body byte (or the headers of an empty body) arrived, ms since start. */
   firstByteMs: number | undefined;
+  /** Body bytes relayed (data only, without chunk framing). */
   bytes = 0;
+  events = 0;
   failure: RelayFailure | undefined;
+  readonly #stats: RelayStats;
   #tracker: EventBoundaryTracker | undefined;
-  #upstream: IncomingMessage | undefined;
+  #framing = NONE;
+  /** LENGTH: body bytes still to come. */
+  #remaining = 0;
+  #scanner: ChunkScanner | undefined;
+  /** CHUNKED: data bytes of the read being scanned (their places are in RANGES). */
+  #rangeBytes = 0;
+  /** The client's socket, when chunks are written to it directly. */
+  #raw: Socket | undefined;
+  #upstream: UpstreamFlow | undefined;
+  #paused = false;
+  /** The head has been handed to the socket (headersSent turns true earlier, at writeHead). */
+  #headOut = false;
   #lastFromFunction = performance.now();
   #lastToClient = performance.now();
+  #lastEventAt: number | undefined;
   #heartbeat = false;
   /** One timer per stream serves the idle limit, the heartbeat and the max duration. */
   #clock: NodeJS.Timeout;
   #done = false;
-  #pending: Buffer[] = [];
-  #headersOut = false;
-  #onEvents: (count: number) => void;
+  /** Events completed in the read being handled. */
+  #readEvents = 0;
 
-  constructor(res: ServerResponse, limits: RelayLimits, onEvents: (count: number) => void) {
+  constructor(res: ServerResponse, limits: RelayLimits, stats: RelayStats) {
     this.res = res;
     this.limits = limits;
-    this.#onEvents = onEvents;
+    this.#stats = stats;
     this.#clock = setTimeout(this.#tick, Math.min(limits.idleMs, limits.maxDurationMs));
-    res.once('close', () => this.#stop());
   }
 
-  get events(): number {
-    return this.#tracker?.events ?? 0;
+  get done(): boolean {
+    return this.#done;
   }
 
-  /** The function's response headers arrived: send them on at once, then relay the body. */
-  start(upstream: IncomingMessage, extraHeaders: OutgoingHttpHeaders): void {
-    if (this.#done) {
-      upstream.destroy();
-      return;
-    }
+  /** The request to the function that this relay answers with. */
+  connect(upstream: UpstreamFlow): void {
     this.#upstream = upstream;
+  }
+
+  /**
+   * The function's response head arrived: it goes out now, with the body bytes of the same read
+   * if the caller passes them next (body() right after start(), in the same tick).
+   */
+  start(head: RelayedHead): void {
+    if (this.#done) return;
+    const { res, limits } = this;
     this.#lastFromFunction = performance.now();
-    const headers: OutgoingHttpHeaders = { ...endToEndHeaders(upstream.headers), ...extraHeaders };
-    if (isEventStream(upstream.headers['content-type'])) {
+    const headers = head.headers;
+    if (isEventStream(headers['content-type'])) {
       this.#tracker = new EventBoundaryTracker();
-      headers['cache-control'] = eventStreamCacheControl(upstream.headers['cache-control']);
+      headers['cache-control'] = eventStreamCacheControl(headers['cache-control']);
       headers['x-accel-buffering'] = 'no';
-      if (this.limits.heartbeatMs > 0) {
+      // A length the function may not honour is not passed on: the client gets the events framed
+      // by the proxy (chunked, or up to the close for HTTP/1.0), so a stream cut short can still
+      // end with a well-framed `event: error`, and heartbeats can go between events.
+      delete headers['content-length'];
+      if (limits.heartbeatMs > 0) {
         this.#heartbeat = true;
         clearTimeout(this.#clock);
-        const { idleMs, maxDurationMs, heartbeatMs } = this.limits;
+        const { idleMs, maxDurationMs, heartbeatMs } = limits;
         this.#clock = setTimeout(this.#tick, Math.min(heartbeatMs, idleMs, maxDurationMs));
       }
     }
-    this.res.writeHead(upstream.statusCode ?? 502, upstream.statusMessage, headers);
-    // writeHead alone waits for the first body write, but the client should see the headers
-    // now: they go out when this socket read is processed, with the first chunk if it came along.
-    process.nextTick(this.#flush);
-    this.#lastToClient = performance.now();
-
-    upstream.on('data', (chunk: Buffer) => this.#relay(chunk));
-    upstream.on('end', () => this.#finish());
-    upstream.on('error', () => {}); // reported through 'close' below, with the cause
-    upstream.on('close', () => {
-      if (!upstream.complete) {
-        this.fail({
-          code: 'upstream_closed',
-          message: 'the function closed the connection before the response was complete',
-        });
+    const framing = head.framing;
+    if (framing.kind === 'chunked') {
+      this.#framing = CHUNKED;
+      this.#scanner = new ChunkScanner();
+      const socket = res.socket;
+      // Written on the socket directly only when this response has the connection now (one
+      // queued behind a pipelined response has none yet) and the client speaks HTTP/1.1 over it.
+      if (socket && res.req.httpVersion === '1.1' && res.req.method !== 'HEAD') {
+        this.#raw = socket;
+        headers['transfer-encoding'] = 'chunked';
       }
-    });
+    } else if (framing.kind === 'length') {
+      this.#framing = LENGTH;
+      this.#remaining = framing.length;
+    } else if (framing.kind === 'close') {
+      this.#framing = CLOSE;
+    }
+    res.writeHead(head.statusCode, head.statusMessage, headers);
+    // The chunk framing comes from the function from here on: Node must not add its own.
+    if (this.#raw) res.chunkedEncoding = false;
+    this.#lastToClient = performance.now();
+    if (this.#framing === NONE) this.#finish();
+  }
+
+  /**
+   * Body bytes from the function: `buf` from `start`. Returns the index just past the end of the
+   * body when this read completes it, else -1. Throws on bytes that break the chunk framing.
+   */
+  body(buf: Buffer, start: number): number {
+    if (this.#done || start >= buf.length) return -1;
+    const now = performance.now();
+    this.firstByteMs ??= now - this.startedAt;
+    this.#lastFromFunction = now;
+    this.#lastToClient = now;
+    this.#readEvents = 0;
+    let end = -1;
+    switch (this.#framing) {
+      case CHUNKED: {
+        RANGES.length = 0;
+        this.#rangeBytes = 0;
+        try {
+          end = this.#scanner!.scan(buf, start, this);
+        } finally {
+          // What arrived before broken framing still goes out (then the caller fails the stream).
+          this.#writeRead(buf, end !== -1);
+        }
+        break;
+      }
+      case LENGTH: {
+        const take = Math.min(this.#remaining, buf.length - start);
+        this.#remaining -= take;
+        if (this.#remaining === 0) end = start + take;
+        this.data(buf, start, start + take);
+        break;
+      }
+      default: // CLOSE: everything until the function closes the connection
+        if (start < buf.length) this.data(buf, start, buf.length);
+        break;
+    }
+    if (this.#readEvents > 0) {
+      this.#stats.eventsArrived(
+        this.#readEvents,
+        this.#lastEventAt === undefined ? undefined : (now - this.#lastEventAt) / 1000,
+      );
+      this.#lastEventAt = now;
+    }
+    if (end !== -1) this.#finish();
+    return end;
+  }
+
+  /**
+   * A range of body data (chunk framing removed): counted, followed by the event tracker, and
+   * written (a chunked body's ranges are gathered and written once per read). The ChunkScanner's sink.
+   */
+  data(buf: Buffer, start: number, end: number): void {
+    if (start === end) return;
+    this.bytes += end - start;
+    if (this.#tracker) {
+      const completed = this.#tracker.push(buf, start, end);
+      this.events += completed;
+      this.#readEvents += completed;
+    }
+    if (this.#framing === CHUNKED) {
+      RANGES.push(start, end);
+      this.#rangeBytes += end - start;
+    } else if (!this.#done) {
+      this.#write(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
+    }
+  }
+
+  /** The data of one read of a chunked body, as one chunk (and the last chunk when the body ended). */
+  #writeRead(buf: Buffer, last: boolean): void {
+    const ranges = RANGES;
+    const size = this.#rangeBytes;
+    if (this.#done || (size === 0 && !last)) return;
+    if (!this.#raw) {
+      if (size > 0)
+        this.#write(
+          ranges.length === 2 ? buf.subarray(ranges[0], ranges[1]) : gather(buf, ranges, size, 0, 0),
+        );
+      return;
+    }
+    const sizeLine = size > 0 ? `${size.toString(16)}\r\n` : '';
+    const tail = (size > 0 ? 2 : 0) + (last ? LAST_CHUNK.length : 0);
+    const out = gather(buf, ranges, size, sizeLine.length, tail);
+    out.write(sizeLine, 0, 'latin1');
+    let at = sizeLine.length + size;
+    if (size > 0) at = out.writeUInt16BE(CRLF, at);
+    if (last) LAST_CHUNK.copy(out, at);
+    this.#writeRaw(out);
+  }
+
+  /** Through ServerResponse, which frames it as the client needs. */
+  #write(bytes: Buffer): void {
+    this.#headOut = true;
+    if (!this.res.write(bytes)) this.#pauseUpstream(this.res);
+  }
+
+  /** The function closed its connection: the end of a body read to the end, else a failure. */
+  upstreamEnded(): void {
+    if (this.#done) return;
+    if (this.#framing === CLOSE) this.#finish();
+    else
+      this.fail({
+        code: 'upstream_closed',
+        message: 'the function closed the connection before the response was complete',
+      });
   }
 
   /**
@@ -123,65 +303,76 @@ export class StreamRelay {
     if (this.#done) return;
     this.failure = failure;
     this.#stop();
-    this.#upstream?.destroy();
+    this.#upstream?.abort();
     const res = this.res;
     if (res.destroyed || res.writableEnded) return;
     if (!res.headersSent) {
       sendJsonError(res, failure.code, failure.message);
       return;
     }
-    this.#flush(); // what the function wrote before failing still goes out
-    if (!this.#tracker) {
+    const tracker = this.#tracker;
+    if (!tracker) {
       res.destroy();
       return;
     }
     // A partial event is closed first so the error event is parsed on its own.
-    const separator = this.#tracker.atBoundary ? '' : '\n\n';
-    res.end(separator + errorEvent(failure.code, failure.message));
-  }
-
-  #relay(chunk: Buffer): void {
-    const now = performance.now();
-    this.firstByteMs ??= now - this.startedAt;
-    this.#lastFromFunction = now;
-    this.#lastToClient = now;
-    this.bytes += chunk.length;
-    if (this.#tracker) {
-      const completed = this.#tracker.push(chunk);
-      if (completed > 0) this.#onEvents(completed);
+    const text = (tracker.atBoundary ? '' : '\n\n') + errorEvent(failure.code, failure.message);
+    if (this.#raw) {
+      // Between reads the client is between two chunks: the error goes as one, then the last.
+      this.#writeRaw(Buffer.concat([chunk(text), LAST_CHUNK]));
+      res.end();
+    } else {
+      res.end(text);
     }
-    // Chunks parsed from one socket read arrive in one synchronous burst; they leave in one
-    // write when that burst is over (process.nextTick), so nothing waits for more data.
-    if (this.#pending.push(chunk) === 1) process.nextTick(this.#flush);
   }
 
-  #flush = (): void => {
-    const pending = this.#pending;
-    if (this.res.destroyed) return;
-    if (pending.length === 0) {
-      if (!this.#headersOut) this.res.flushHeaders();
-      this.#headersOut = true;
+  /** Writes on the client's socket directly, the head first if it has not gone out yet. */
+  #writeRaw(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    const socket = this.#raw!;
+    if (this.#headOut) {
+      if (!socket.write(bytes)) this.#pauseUpstream(socket);
       return;
     }
-    this.#headersOut = true;
-    this.#pending = [];
-    if (!this.res.write(pending.length === 1 ? pending[0]! : Buffer.concat(pending))) {
-      const upstream = this.#upstream!;
-      upstream.pause();
-      this.res.once('drain', () => upstream.resume());
-    }
-  };
+    // The head and the first bytes of the body leave in one write.
+    this.#headOut = true;
+    socket.cork();
+    this.res.flushHeaders();
+    socket.write(bytes);
+    socket.uncork();
+    if (socket.writableNeedDrain) this.#pauseUpstream(socket);
+  }
+
+  #pauseUpstream(writer: { once(event: 'drain', listener: () => void): unknown }): void {
+    if (this.#paused) return;
+    this.#paused = true;
+    this.#upstream!.pause();
+    writer.once('drain', () => {
+      this.#paused = false;
+      this.#upstream!.resume();
+    });
+  }
+
+  /**
+   * The read that carried the head has been handled: if it brought no body bytes, the head goes
+   * out alone now, so the client has it while the function is silent.
+   */
+  flushHead(): void {
+    if (this.#done || this.#headOut) return;
+    this.#headOut = true;
+    this.res.flushHeaders();
+  }
 
   #finish(): void {
     if (this.#done) return;
     this.firstByteMs ??= performance.now() - this.startedAt;
     this.#stop();
-    this.#flush();
+    this.#headOut = true;
     this.res.end();
   }
 
   /**
-   * Checks the three clocks against the last write times (chunks only set a timestamp) and
+   * Checks the three clocks against the last write times (reads only set a timestamp) and
    * re-arms for whichever comes due first.
    */
   #tick = (): void => {
@@ -205,8 +396,7 @@ export class StreamRelay {
     let next = Math.min(this.#lastFromFunction + idleMs, this.startedAt + maxDurationMs);
     if (this.#heartbeat) {
       if (now - this.#lastToClient + 1 >= heartbeatMs) {
-        // Mid-event (or a client that is not reading) a comment would corrupt or pile up: retry later.
-        if (this.#tracker?.atBoundary && !this.res.writableNeedDrain) this.res.write(KEEPALIVE);
+        this.#heartbeatNow();
         this.#lastToClient = now;
       }
       next = Math.min(next, this.#lastToClient + heartbeatMs);
@@ -214,9 +404,33 @@ export class StreamRelay {
     this.#clock = setTimeout(this.#tick, Math.max(1, next - now));
   };
 
+  /** Mid-event, or to a client that is not reading, a comment would corrupt or pile up: retry later. */
+  #heartbeatNow(): void {
+    if (!this.#tracker?.atBoundary || !this.#headOut) return;
+    const raw = this.#raw;
+    if (raw) {
+      if (!raw.writableNeedDrain) raw.write(KEEPALIVE_CHUNK);
+    } else if (!this.res.writableNeedDrain) {
+      this.res.write(KEEPALIVE_BYTES);
+    }
+  }
+
+  /** The client left or the relay ended: no more timers. */
+  stop(): void {
+    this.#stop();
+  }
+
   #stop(): void {
     if (this.#done) return;
     this.#done = true;
     clearTimeout(this.#clock);
   }
+}
+
+/** Copies the data ranges of `buf` into one new buffer, leaving `head` bytes before and `tail` after. */
+function gather(buf: Buffer, ranges: number[], size: number, head: number, tail: number): Buffer {
+  const out = Buffer.allocUnsafe(head + size + tail);
+  let at = head;
+  for (let i = 0; i < ranges.length; i += 2) at += buf.copy(out, at, ranges[i], ranges[i + 1]);
+  return out;
 }

@@ -65,7 +65,7 @@ describe('module boundaries', () => {
     ['common', [], /^(@nats-io\/|pino$|zod$|commander$)/],
     ['api', ['common'], /^zod$/],
     ['client', ['common'], /^eventsource-parser$/],
-    ['proxy', ['common'], /^(@nats-io\/|http-proxy-3$|prom-client$|zod$|commander$|pino$)/],
+    ['proxy', ['common'], /^(@nats-io\/|prom-client$|zod$|commander$|pino$)/],
     ['operator', ['api', 'common'], /^(@kubernetes\/|@nats-io\/|prom-client$|zod$|commander$|yaml$)/],
     // The activator is data path (proxy's header rules) plus a watcher of functions (operator's
     // Kubernetes client and informer); neither of those imports it.

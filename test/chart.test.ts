@@ -13,6 +13,7 @@ import { NatsAuthority, newMasterSecret, pushAccount } from '../common/nats-auth
 import { freePort, waitFor } from '../common/net.ts';
 import { type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
+import { FUNCTION_LABEL, labels } from '../operator/desired.ts';
 import { CHART, find, helm, helmMissing, type Manifest, render } from './support/helm.ts';
 
 if (helmMissing) console.warn(`skipping chart tests: ${helmMissing}`);
@@ -425,6 +426,85 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       },
     },
     {
+      name: 'monitoring.podMonitor.enabled scrapes every function sidecar, naming the function namespace/name',
+      set: ['monitoring.podMonitor.enabled=true', 'monitoring.podMonitor.labels.release=kps'],
+      check: (m) => {
+        const monitor = find(m, 'PodMonitor')!;
+        expect(monitor.apiVersion).toBe('monitoring.coreos.com/v1');
+        expect(monitor.metadata.labels.release).toBe('kps');
+        expect(monitor.spec.namespaceSelector).toEqual({ any: true });
+        // It selects the labels the operator puts on function pods (operator/desired.ts).
+        const podLabels = labels({ metadata: { name: 'echo' } } as Parameters<typeof labels>[0]);
+        for (const [key, value] of Object.entries(monitor.spec.selector.matchLabels))
+          expect(podLabels[key], key).toBe(value);
+        expect(monitor.spec.selector.matchExpressions).toEqual([{ key: FUNCTION_LABEL, operator: 'Exists' }]);
+        expect(podLabels[FUNCTION_LABEL]).toBe('echo');
+        const [endpoint] = monitor.spec.podMetricsEndpoints;
+        expect(endpoint).toMatchObject({ port: 'admin', path: '/metrics', interval: '15s' });
+        expect(endpoint.relabelings).toEqual([
+          {
+            sourceLabels: ['__meta_kubernetes_namespace', '__meta_kubernetes_pod_label_sluice_dev_function'],
+            separator: '/',
+            targetLabel: 'function',
+          },
+        ]);
+        expect(find(m, 'ServiceMonitor')).toBeUndefined();
+      },
+    },
+    {
+      name: 'monitoring.podMonitor with operator.watchNamespace looks in that namespace only',
+      set: ['monitoring.podMonitor.enabled=true', 'operator.watchNamespace=team-a'],
+      check: (m) => expect(find(m, 'PodMonitor')!.spec.namespaceSelector).toEqual({ matchNames: ['team-a'] }),
+    },
+    {
+      name: 'monitoring.serviceMonitor.enabled scrapes the operator metrics Service',
+      set: ['monitoring.serviceMonitor.enabled=true'],
+      check: (m) => {
+        const monitor = find(m, 'ServiceMonitor')!;
+        const service = find(m, 'Service', '-operator-metrics')!;
+        expect(monitor.spec.namespaceSelector).toEqual({ matchNames: ['sluice-system'] });
+        for (const [key, value] of Object.entries(monitor.spec.selector.matchLabels))
+          expect(service.metadata.labels[key], key).toBe(value);
+        expect(monitor.spec.endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '15s' }]);
+        expect(service.spec.ports.map((p: Manifest) => p.name)).toContain('metrics');
+        expect(find(m, 'PodMonitor')).toBeUndefined();
+      },
+    },
+    {
+      name: "monitoring.dashboard.enabled ships the dashboard in a ConfigMap for Grafana's sidecar",
+      set: ['monitoring.dashboard.enabled=true', 'monitoring.dashboard.namespace=monitoring'],
+      check: (m) => {
+        const configMap = find(m, 'ConfigMap', '-dashboard')!;
+        expect(configMap.metadata.namespace).toBe('monitoring');
+        expect(configMap.metadata.labels.grafana_dashboard).toBe('1');
+        expect(configMap.metadata.annotations.grafana_folder).toBe('Sluice');
+        const dashboard = JSON.parse(configMap.data['sluice.json']);
+        expect(dashboard.uid).toBe('sluice');
+        expect(dashboard.panels.length).toBeGreaterThan(8);
+      },
+    },
+    {
+      name: 'monitoring.dashboard.label picks the label another Grafana looks for',
+      set: [
+        'monitoring.dashboard.enabled=true',
+        'monitoring.dashboard.label=dashboards',
+        'monitoring.dashboard.labelValue=sluice',
+      ],
+      check: (m) => expect(find(m, 'ConfigMap', '-dashboard')!.metadata.labels.dashboards).toBe('sluice'),
+    },
+    {
+      name: 'operator.nodeOptions reaches NODE_OPTIONS (a small young generation by default); empty leaves it out',
+      set: ['operator.nodeOptions='],
+      check: (m) => {
+        const env = find(m, 'Deployment', '-operator')!.spec.template.spec.containers[0].env as Manifest[];
+        expect(env.find((e) => e.name === 'NODE_OPTIONS')).toBeUndefined();
+        const operator = find(defaults, 'Deployment', '-operator')!.spec.template.spec.containers[0];
+        expect(operator.env.find((e: Manifest) => e.name === 'NODE_OPTIONS').value).toBe(
+          '--max-semi-space-size=2',
+        );
+      },
+    },
+    {
       name: 'metrics.service.enabled=false leaves the metrics Service out',
       set: ['metrics.service.enabled=false'],
       check: (m) => expect(find(m, 'Service', '-operator-metrics')).toBeUndefined(),
@@ -455,6 +535,13 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     { set: ['nats.auth.credentialsTtlSeconds=5'], names: /\/nats\/auth\/credentialsTtlSeconds/ },
     { set: ['metrics.readers[0].name=p'], names: /\/metrics\/readers\/0/ },
     { set: ['nats.url=nats://nats:4222'], names: /nats\.enabled and nats\.url exclude each other/ },
+    { set: ['operator.nodeOptions=rm -rf /'], names: /\/operator\/nodeOptions/ },
+    { set: ['monitoring.podMonitor.interval=often'], names: /\/monitoring\/podMonitor\/interval/ },
+    { set: ['monitoring.dashboard.labelValue=no spaces'], names: /\/monitoring\/dashboard\/labelValue/ },
+    {
+      set: ['monitoring.serviceMonitor.enabled=true', 'metrics.service.enabled=false'],
+      names: /monitoring\.serviceMonitor\.enabled needs metrics\.service\.enabled/,
+    },
     {
       set: ['serviceAccount.create=false'],
       names: /serviceAccount\.name must name an existing ServiceAccount/,

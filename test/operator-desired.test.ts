@@ -144,6 +144,7 @@ describe('desiredDeployment', () => {
         expect(p.env).toEqual([
           { name: 'SLUICE_REPLICA', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
           { name: 'SLUICE_POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+          { name: 'NODE_OPTIONS', value: '--max-semi-space-size=1' },
         ]);
         // Activators reach the pod by IP (the kubelet expands $(SLUICE_POD_IP)).
         expect(p.args).toContain('--advertise=http://$(SLUICE_POD_IP):8080');

@@ -239,8 +239,9 @@ describe('auth', () => {
       await response.body?.cancel();
       return response.status;
     };
-    const missing = await fetch(`${url}/echo`);
+    const missing = await fetch(`${url}/echo`, { headers: { 'x-request-id': 'no-token' } });
     expect(missing.status).toBe(401);
+    expect(missing.headers.get('x-request-id')).toBe('no-token');
     expect(missing.headers.get('www-authenticate')).toBe('Bearer');
     expect((await errorOf(missing)).code).toBe('unauthorized');
     expect(await status('wrong')).toBe(401);
@@ -272,12 +273,20 @@ describe('admin port', () => {
     expect(metricValue(text, 'sluice_proxy_stream_duration_seconds_count')).toBe(1);
     expect(metricValue(text, 'sluice_proxy_streams_active')).toBe(0);
     expect(metricValue(text, 'sluice_proxy_queue_waiting')).toBe(0);
+    expect(metricValue(text, 'sluice_proxy_stream_end_total{reason="complete"}')).toBe(1);
+    // Every reason is there from the start, so a dashboard's rate() has a series to read.
+    expect(metricValue(text, 'sluice_proxy_stream_end_total{reason="drain"}')).toBe(0);
+    // Three events of one stream: two gaps (0 s apart when one read brought them together).
+    expect(metricValue(text, 'sluice_proxy_event_gap_seconds_count')).toBe(2);
     expect(text).toContain('process_resident_memory_bytes');
+
+    expect(metricValue(text, 'sluice_proxy_ready')).toBe(1);
 
     await fn.close();
     const down = await fetch(`${adminUrl}/readyz`);
     expect(down.status).toBe(503);
     expect(((await down.json()) as { reason: string }).reason).toContain('refuses connections');
+    expect(metricValue(await metrics(adminUrl), 'sluice_proxy_ready')).toBe(0);
   });
 
   it('logs one JSON line per finished request with id, status, ttfb, duration, bytes and events', async () => {
@@ -335,6 +344,11 @@ describe('graceful shutdown', () => {
     expect(client.events().map((e) => e.event)).toEqual([undefined, undefined, 'error']);
     expect(JSON.parse(client.events()[2]!.data).error.code).toBe('shutdown');
     await stream.closed;
+    // The admin port has closed by now: the request's log line tells why its stream ended.
+    expect(px.logs().find((l) => l.msg === 'request finished' && l.status === 200)).toMatchObject({
+      reason: 'drain',
+      outcome: 'shutdown',
+    });
     px = undefined;
   });
 });

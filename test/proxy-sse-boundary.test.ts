@@ -1,7 +1,9 @@
+import { createRequire } from 'node:module';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { EventBoundaryTracker } from '../proxy/sse-boundary.ts';
+import { ChunkScanner, chunk, LAST_CHUNK } from '../proxy/upstream/chunked.ts';
 
 function parse(text: string): EventSourceMessage[] {
   const events: EventSourceMessage[] = [];
@@ -70,6 +72,57 @@ describe('EventBoundaryTracker', () => {
         expect(tracker.atBoundary).toBe(true);
       }),
       { numRuns: 2000 },
+    );
+  });
+
+  it('re-framed one chunk per read, heartbeat chunks added wherever the tracker allows leave the events unchanged', () => {
+    // The function writes the stream in chunks of its own; the proxy reads the framed bytes in
+    // reads that split anywhere, writes each read's data as one chunk, and adds a heartbeat
+    // chunk after a read when the tracker allows (as StreamRelay does).
+    const { HTTPParser } = createRequire(import.meta.url)('_http_common');
+    fc.assert(
+      fc.property(
+        stream,
+        fc.array(fc.nat(), { maxLength: 10 }),
+        fc.array(fc.nat(), { maxLength: 40 }),
+        (generated, writes, reads) => {
+          const text = serialize(generated);
+          const framed = Buffer.concat([
+            ...chunks(Buffer.from(text), writes).map((w) => chunk(w)),
+            LAST_CHUNK,
+          ]);
+          const scanner = new ChunkScanner();
+          const tracker = new EventBoundaryTracker();
+          let data: Buffer[] = [];
+          const sink = {
+            data: (buf: Buffer, start: number, end: number) => {
+              tracker.push(buf, start, end);
+              data.push(buf.subarray(start, end));
+            },
+          };
+          const relayed: Buffer[] = [];
+          for (const read of chunks(framed, reads)) {
+            data = [];
+            scanner.scan(read, 0, sink);
+            if (data.length > 0) relayed.push(chunk(Buffer.concat(data)));
+            if (tracker.atBoundary) relayed.push(chunk(': keepalive\n\n'));
+          }
+          relayed.push(LAST_CHUNK);
+          // The client decodes the framing (Node's parser) and then the events.
+          const parser = new HTTPParser();
+          parser.initialize(HTTPParser.RESPONSE, {}, 0, 0);
+          const body: Buffer[] = [];
+          parser[HTTPParser.kOnHeadersComplete] = () => 0;
+          parser[HTTPParser.kOnBody] = (b: Buffer) => body.push(Buffer.from(b));
+          const result = parser.execute(
+            Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'), ...relayed]),
+          );
+          expect(result).not.toBeInstanceOf(Error);
+          expect(parse(Buffer.concat(body).toString())).toEqual(parse(text));
+          expect(tracker.events).toBe(generated[0].length);
+        },
+      ),
+      { numRuns: 1000 },
     );
   });
 

@@ -2,7 +2,7 @@ import { EventSource } from 'eventsource';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { waitFor } from '../common/net.ts';
 import { type FunctionServer, startFunctionServer } from './support/function-server.ts';
-import { curl, metricValue, type ProxyUnderTest, startProxy } from './support/proxy-harness.ts';
+import { curl, metricValue, type ProxyUnderTest, startProxy, streamEnds } from './support/proxy-harness.ts';
 
 let fn: FunctionServer;
 let px: ProxyUnderTest | undefined;
@@ -30,8 +30,8 @@ function track<T extends { child: { kill: () => void } }>(client: T): T {
 
 describe('streaming passthrough', () => {
   it('delivers each event to curl --no-buffer before the function writes the next one', async () => {
-    const { url } = await proxy();
-    const client = track(curl(`${url}/stream`));
+    const { url, adminUrl, logs } = await proxy();
+    const client = track(curl(`${url}/stream`, ['-H', 'X-Request-Id: five']));
     const stream = await fn.nextStream();
     for (let n = 0; n < 5; n++) {
       await stream.write(`id: ${n}\ndata: token ${n}\n\n`);
@@ -41,6 +41,12 @@ describe('streaming passthrough', () => {
     stream.res.end();
     expect(await client.exit).toBe(0);
     expect(client.events().map((e) => e.data)).toEqual([0, 1, 2, 3, 4].map((n) => `token ${n}`));
+    const line = await waitFor(() => logs().find((l) => l.requestId === 'five'));
+    expect(line).toMatchObject({ reason: 'complete', events: 5 });
+    expect(await streamEnds(adminUrl)).toEqual({ complete: 1 });
+    // Five events, one stream: four gaps between them, each one the function's own pause.
+    const text = await (await fetch(`${adminUrl}/metrics`)).text();
+    expect(metricValue(text, 'sluice_proxy_event_gap_seconds_count')).toBe(4);
   });
 
   it('sends the headers before the first event, adding no-cache and X-Accel-Buffering, keeping no-transform', async () => {
@@ -147,6 +153,7 @@ describe('client leaves', () => {
       const text = await (await fetch(`${adminUrl}/metrics`)).text();
       return metricValue(text, 'sluice_proxy_streams_active') === 0;
     });
+    expect(await streamEnds(adminUrl)).toEqual({ client_gone: 1 });
   });
 
   it('aborts the function request when a fetch client aborts before any byte', async () => {
@@ -182,7 +189,7 @@ describe('failures', () => {
   });
 
   it('ends an event stream with event: error after the last whole event when the function crashes', async () => {
-    const { url } = await proxy();
+    const { url, adminUrl, logs } = await proxy();
     const client = track(curl(`${url}/crash`));
     const stream = await fn.nextStream();
     await stream.write('data: whole\n\n');
@@ -195,6 +202,12 @@ describe('failures', () => {
     expect(JSON.parse(events.at(-1)!.data)).toEqual({
       error: { code: 'upstream_closed', message: expect.stringContaining('closed the connection') },
     });
+    await waitFor(() => logs().find((l) => l.msg === 'request finished'));
+    expect(logs().find((l) => l.msg === 'request finished')).toMatchObject({
+      reason: 'function_error',
+      outcome: 'upstream_closed',
+    });
+    expect(await streamEnds(adminUrl)).toEqual({ function_error: 1 });
   });
 
   it('cuts the connection on other content types so the client sees an incomplete body', async () => {
@@ -211,7 +224,7 @@ describe('failures', () => {
 
 describe('timeouts', () => {
   it('ends a silent stream with event: error naming --idle-timeout', async () => {
-    const { url } = await proxy(['--idle-timeout', '1', '--heartbeat', '0']);
+    const { url, adminUrl } = await proxy(['--idle-timeout', '1', '--heartbeat', '0']);
     const client = track(curl(`${url}/idle-then-quiet`));
     const stream = await fn.nextStream();
     await stream.write('data: hello\n\n');
@@ -220,10 +233,11 @@ describe('timeouts', () => {
     expect(last.event).toBe('error');
     expect(JSON.parse(last.data).error.code).toBe('idle_timeout');
     await stream.closed; // the function is told to stop, too
+    expect(await waitFor(() => streamEnds(adminUrl).then((e) => e.idle_timeout))).toBe(1);
   });
 
   it('--max-duration ends a stream that keeps producing, with event: error', async () => {
-    const { url } = await proxy(['--max-duration', '1', '--idle-timeout', '30']);
+    const { url, adminUrl } = await proxy(['--max-duration', '1', '--idle-timeout', '30']);
     const client = track(curl(`${url}/events?count=100000&interval=20`));
     expect(await client.exit).toBe(0);
     const events = client.events();
@@ -232,5 +246,6 @@ describe('timeouts', () => {
     expect(JSON.parse(events.at(-1)!.data).error.code).toBe('max_duration');
     // Every event before the error arrived whole and in order.
     expect(events.slice(0, -1).map((e) => Number(e.id))).toEqual([...Array(events.length - 1).keys()]);
+    expect(await waitFor(() => streamEnds(adminUrl).then((e) => e.max_duration))).toBe(1);
   });
 });

@@ -1,9 +1,10 @@
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { bearerToken, parseTokens } from '../proxy/auth.ts';
-import { endToEndHeaders, refusedTarget, stripHopByHop, stripPathPrefix } from '../proxy/headers.ts';
+import { endToEndHeaders, endToEndRawHeaders, refusedTarget, stripPathPrefix } from '../proxy/headers.ts';
 import { ConcurrencyLimiter, QueueAbortedError, QueueTimeoutError } from '../proxy/limiter.ts';
 import { errorEvent, eventStreamCacheControl, isEventStream } from '../proxy/stream-relay.ts';
+import { requestHead } from '../proxy/upstream/request-head.ts';
 
 describe('stripPathPrefix', () => {
   it.each([
@@ -48,16 +49,73 @@ describe('hop-by-hop headers', () => {
     'x-end-to-end': 'kept',
   });
 
-  it('stripHopByHop keeps end-to-end fields and TE: trailers', () => {
+  const head = (headers: IncomingHttpHeaders, chunked = false) =>
+    requestHead(
+      { method: 'POST', url: '/x?y=1', headers, remoteAddress: '10.0.0.7', encrypted: false },
+      { requestId: 'id-1', defaultHost: '127.0.0.1:9000', chunked },
+    );
+
+  it('requestHead keeps end-to-end fields and TE: trailers, and leaves the request as it was', () => {
     const headers = request();
-    stripHopByHop(headers);
-    expect(headers).toEqual({ host: 'fn', te: 'trailers', 'x-end-to-end': 'kept' });
+    const before = structuredClone(headers);
+    expect(head(headers)).toBe(
+      'POST /x?y=1 HTTP/1.1\r\nhost: fn\r\nte: trailers\r\nx-end-to-end: kept\r\nx-request-id: id-1\r\n' +
+        'x-forwarded-for: 10.0.0.7\r\nx-forwarded-port: 80\r\nx-forwarded-proto: http\r\nx-forwarded-host: fn\r\n\r\n',
+    );
+    expect(headers).toEqual(before);
   });
 
-  it('drops any other TE value', () => {
-    const headers: IncomingHttpHeaders = { te: 'gzip' };
-    stripHopByHop(headers);
-    expect(headers).toEqual({});
+  it.each([
+    ['any other TE value is dropped', { te: 'gzip' }, 'te:', false],
+    ['Expect is dropped (Node answered it)', { expect: '100-continue' }, 'expect:', false],
+    [
+      'a client id is replaced by the one the proxy chose',
+      { 'x-request-id': 'theirs' },
+      'x-request-id: theirs',
+      false,
+    ],
+    [
+      'X-Forwarded-For is appended to',
+      { 'x-forwarded-for': '1.2.3.4' },
+      'x-forwarded-for: 1.2.3.4,10.0.0.7\r\n',
+      true,
+    ],
+    [
+      'X-Forwarded-Host is kept',
+      { host: 'a:8080', 'x-forwarded-host': 'b' },
+      'x-forwarded-host: b\r\n',
+      true,
+    ],
+    ['X-Forwarded-Port comes from Host', { host: 'a:8080' }, 'x-forwarded-port: 8080\r\n', true],
+    ['other X-Forwarded-* pass', { 'x-forwarded-prefix': '/p' }, 'x-forwarded-prefix: /p\r\n', true],
+    ['no Host: the function is named', {}, 'host: 127.0.0.1:9000\r\n', true],
+    ['repeated fields stay repeated', { 'x-many': ['1', '2'] }, 'x-many: 1\r\nx-many: 2\r\n', true],
+  ] as [string, IncomingHttpHeaders, string, boolean][])('%s', (_name, headers, text, present) => {
+    expect(head(headers).includes(text)).toBe(present);
+  });
+
+  it('a body without a length goes on chunked', () => {
+    expect(head({ 'content-length': '3' })).not.toContain('transfer-encoding');
+    expect(head({}, true)).toMatch(/transfer-encoding: chunked\r\n\r\n$/);
+  });
+
+  it('endToEndRawHeaders reads a response as received, names lower-cased, repeats kept', () => {
+    expect(
+      endToEndRawHeaders([
+        'Content-Type',
+        'text/event-stream',
+        'Connection',
+        'keep-alive, X-Hop',
+        'X-Hop',
+        '1',
+        'Transfer-Encoding',
+        'chunked',
+        'Set-Cookie',
+        'a=1',
+        'Set-Cookie',
+        'b=2',
+      ]),
+    ).toEqual({ 'content-type': 'text/event-stream', 'set-cookie': ['a=1', 'b=2'] });
   });
 
   it('endToEndHeaders copies a response without its hop-by-hop fields', () => {

@@ -1,5 +1,13 @@
 import { ingressPath, PROXY_ADMIN_PORT, PROXY_PORT, type StreamingFunctionSpec } from './schema.ts';
 
+/**
+ * Node's flags for every `sluice proxy` Sluice starts (the sidecar's NODE_OPTIONS, `sluice serve`'s
+ * proxies): a 1 MiB young generation. Idle streams are long-lived, so what they allocate is soon
+ * old; V8's default young generation (up to 16 MiB semi-spaces) cost about 6 KB per idle stream
+ * at 9,900 streams and no measurable throughput (bench/RESULTS.md).
+ */
+export const PROXY_NODE_FLAGS = ['--max-semi-space-size=1'];
+
 /** What a function needs for its flags: its name and fully defaulted spec. */
 export interface FunctionSpecOf {
   metadata: { name: string; namespace?: string };

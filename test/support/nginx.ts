@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +11,17 @@ export interface NginxOptions {
   /** `location` path, like an Ingress rule's path (Prefix). */
   location?: string;
   workerConnections?: number;
+  /** Open files for the worker (default: two per connection, plus some). */
+  rlimitNofile?: number;
+}
+
+/** The nginx worker's process id (the master only forks it), for measuring its memory. */
+export function nginxWorkerPid(nginx: Nginx): number | undefined {
+  const children = readFileSync(
+    `/proc/${nginx.process.child.pid}/task/${nginx.process.child.pid}/children`,
+    'utf8',
+  ).trim();
+  return children ? Number(children.split(/\s+/)[0]) : undefined;
 }
 
 export interface Nginx {
@@ -26,11 +38,12 @@ export interface Nginx {
  */
 export async function startNginx(upstreamPort: number, options: NginxOptions = {}): Promise<Nginx> {
   const { location = '/', workerConnections = 4096 } = options;
+  const rlimitNofile = options.rlimitNofile ?? workerConnections * 2 + 64;
   const dir = await mkdtemp(join(tmpdir(), 'sluice-nginx-'));
   const port = await freePort();
   const conf = `
 worker_processes 1;
-worker_rlimit_nofile ${workerConnections * 2 + 64};
+worker_rlimit_nofile ${rlimitNofile};
 error_log ${dir}/error.log warn;
 pid ${dir}/nginx.pid;
 events { worker_connections ${workerConnections}; }

@@ -71,3 +71,12 @@ export function metricValue(text: string, series: string): number | undefined {
   }
   return undefined;
 }
+
+/** `sluice_proxy_stream_end_total` by reason, read from a proxy's /metrics. */
+export async function streamEnds(adminUrl: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  const ends: Record<string, number> = {};
+  for (const [, reason, value] of text.matchAll(/^sluice_proxy_stream_end_total\{reason="(\w+)"\} (\d+)$/gm))
+    if (Number(value) > 0) ends[reason!] = Number(value);
+  return ends;
+}
