@@ -401,7 +401,9 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
       .trim()
       .split('\n')
       .pop()!;
-    const target = new URL(ingress).host;
+    // gRPC's default port is 443: name the ingress port even when the URL leaves it out.
+    const { hostname, port } = new URL(ingress);
+    const target = `${hostname}:${port || 80}`;
     // Traefik routes by the Ingress host; the Service's appProtocol makes it speak h2c to the sidecar.
     const lines = await waitFor(
       async () => {

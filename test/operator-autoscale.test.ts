@@ -12,9 +12,11 @@ import { type NatsServer, startNats, startSecuredNats } from '../harness/nats.ts
 import { loadOperatorConfig } from '../operator/config.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
 import { type RunningOperator, startOperator } from '../operator/main.ts';
+import { SIMULATED_KEY } from '../plane/runner.ts';
 import { kubeconfigPath, kubectl } from './support/cluster.ts';
 
 const SFN = 'sluice.dev/v1alpha1';
+const SIMULATED = { key: SIMULATED_KEY, operator: 'Exists' };
 let kubeconfig = '';
 let kube: KubeClient;
 let nats: NatsServer;
@@ -63,7 +65,8 @@ async function createFunction(ns: string, name: string, spec: Record<string, unk
       apiVersion: SFN,
       kind: 'StreamingFunction',
       metadata: { name, namespace: ns },
-      spec: { image: 'ghcr.io/acme/echo:1', map: { enabled: false }, ...spec },
+      // The autoscaler is under test, not the pods: kwok plays them (they stay simulated).
+      spec: { image: 'ghcr.io/acme/echo:1', map: { enabled: false }, tolerations: [SIMULATED], ...spec },
     },
   });
 }
