@@ -205,13 +205,19 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     };
     expect(await endpointReady()).toBe(true);
     const firstResult = firstEvent((e) => e.event === 'result');
+    // Bounded, so a map that stalls fails with what it got (curl exits 28) instead of hanging.
     const map = curl(
       `${ingress}/echo/_sluice/map`,
-      ['-X', 'POST', '-d', mapInputs(40, 250)],
+      ['-X', 'POST', '-d', mapInputs(40, 250), '--max-time', '60'],
       firstResult.feed,
     );
     // Kill it while the map runs: once the first result is in.
-    await firstResult.seen;
+    await Promise.race([
+      firstResult.seen,
+      map.then((r) => {
+        throw new Error(`the map ended before its first result: ${r.status} ${r.body}`);
+      }),
+    ]);
     // Every version of the pod's Ready condition, from a watch, so a short dip is seen too.
     const watch = watchReady(ns.name, victim!.metadata.name);
     await watch.started;
