@@ -88,11 +88,12 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     const fn = await waitFor(
       async () => {
         const f = await getJson(['get', 'sfn', 'slow', '-n', ns.name]);
-        return condition(f, 'Active')?.reason === 'ScaledToZero' && (await activatorInPath('slow'))
+        const atZero = condition(f, 'Active')?.reason === 'ScaledToZero';
+        return atZero && condition(f, 'Ready')?.status === 'True' && (await activatorInPath('slow'))
           ? f
           : undefined;
       },
-      { timeoutMs: 60_000, what: 'slow at zero with the activator in its path' },
+      { timeoutMs: 60_000, what: 'slow at zero (Ready, ScaledToZero) with the activator in its path' },
     );
     expect(condition(fn, 'Ready')?.status).toBe('True');
     expect(await fnPods('slow')).toEqual([]);

@@ -82,7 +82,11 @@ describe('map over a 3-server JetStream cluster', () => {
     expect([...got].sort((a, b) => a - b)).toEqual(range(400)); // nothing lost
     expect(events.at(-1)).toMatchObject({ event: 'done', json: { count: 400, failed: 0 } }); // the map ends
     // The surviving servers elected a new leader for the stream.
-    const after = await jsm.streams.info(mapNames(FN).tasksStream);
+    // (The client may still be reconnecting away from the killed server: ask until one answers.)
+    const after = await waitFor(() => jsm.streams.info(mapNames(FN).tasksStream).catch(() => undefined), {
+      timeoutMs: 30_000,
+      what: 'the tasks stream info from a surviving server',
+    });
     expect(after.cluster?.leader).toMatch(/^n[012]$/);
     expect(after.cluster?.leader).not.toBe(leader);
   }, 120_000);

@@ -76,13 +76,13 @@ describe('the operator beside a NATS cluster (--map-stream-replicas=3)', () => {
     });
     const names = mapNames(`${ns}/llm`);
     for (const stream of [names.tasksStream, names.resultsStream]) {
-      // Once a leader is elected, the other two servers hold its replicas.
+      // Once a leader is elected and its peers report in, the other two servers hold its replicas.
       const info = await waitFor(
         async () => {
           const found = await jsm.streams.info(stream).catch(() => undefined);
-          return found?.cluster?.leader ? found : undefined;
+          return found?.cluster?.leader && found.cluster.replicas?.length === 2 ? found : undefined;
         },
-        { timeoutMs: 30_000, what: `stream ${stream} with a leader` },
+        { timeoutMs: 30_000, what: `stream ${stream} with a leader and two replicas` },
       );
       expect(info.config.num_replicas).toBe(3);
       expect(info.cluster?.replicas).toHaveLength(2);
