@@ -413,6 +413,9 @@ export class PodWorker {
           continue;
         }
         const { code } = await instance.exited;
+        // As the kubelet: the dead container (not ready) is in the pod's status before it
+        // restarts, so a pod whose container died leaves its Service even when the restart is at once.
+        await this.flush();
         if (!this.shouldRestart(slot, code)) {
           if (slot.record.kind === 'main') void this.checkCompletion();
           return;
