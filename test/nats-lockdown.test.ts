@@ -206,7 +206,10 @@ describe("function A's credentials against function B", () => {
       what: 'the forged report refused',
     });
     await operator.flush();
-    expect(reports).toEqual([`${loadSubject(A)} inFlight=3`]);
+    // Real sidecars of this file's other replicas report their load here too: only what this
+    // test sent counts.
+    const sent = reports.filter((r) => r.endsWith(' forged') || r.endsWith(' inFlight=3'));
+    expect(sent).toEqual([`${loadSubject(A)} inFlight=3`]);
   });
 });
 
