@@ -223,7 +223,10 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     const watch = watchReady(ns.name, victim!.metadata.name);
     await watch.started;
     const killedAt = Date.now();
-    for (const pid of containerPids(victim!.metadata.uid, 'function')) process.kill(pid, 'SIGKILL');
+    const pids = containerPids(victim!.metadata.uid, 'function');
+    // Nothing to kill would leave Ready True for a reason that is not the runner's: say so.
+    expect(pids.length, `the function's processes in ${victim!.metadata.name}'s cgroup`).toBeGreaterThan(0);
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
     await waitFor(() => watch.seen.includes('False') && watch.seen.at(-1) === 'True', {
       timeoutMs: 30_000,
       what: `the pod to leave (Ready False) and re-enter (True) the Service: ${watch.seen.join(' ')}`,
