@@ -34,28 +34,11 @@ export async function loadNatsKeys(client: KubeClient, secret: string, log: Logg
     if (!isNotFound(err)) throw err;
   }
   const authority = new NatsAuthority(newMasterSecret());
-  const encode = (text: string) => Buffer.from(text).toString('base64');
-  try {
-    await client.request('POST', resourcePath('v1', 'secrets', namespace), {
-      body: {
-        apiVersion: 'v1',
-        kind: 'Secret',
-        metadata: {
-          name,
-          namespace,
-          labels: { 'app.kubernetes.io/part-of': 'sluice', 'app.kubernetes.io/component': 'nats-auth' },
-        },
-        type: 'Opaque',
-        data: {
-          [MASTER_KEY]: encode(authority.master),
-          [TRUST_KEY]: encode(await authority.trustConfig()),
-        },
-      },
-    });
-  } catch (err) {
-    if (!isConflict(err)) throw err;
-    return read(); // another replica made it first
-  }
+  const made = await createSecret(client, namespace, name, 'nats-auth', {
+    [MASTER_KEY]: authority.master,
+    [TRUST_KEY]: await authority.trustConfig(),
+  });
+  if (!made) return read(); // another replica made it first
   log.info({ secret }, 'made the NATS keys (operator, system and sluice accounts)');
   return authority;
 }
@@ -87,6 +70,18 @@ export async function ensureActivatorCredentials(
     if (!isNotFound(err)) throw err;
   }
   const issued = await authority.activatorCredentials();
+  if (await createSecret(client, namespace, name, 'activator', { [NATS_CREDENTIALS_KEY]: issued.creds }))
+    log.info({ secret: `${namespace}/${name}` }, 'made the activator NATS credentials');
+}
+
+/** Creates a Sluice Secret of `data` (text, encoded here); false when one of that name exists. */
+async function createSecret(
+  client: KubeClient,
+  namespace: string,
+  name: string,
+  component: string,
+  data: Record<string, string>,
+): Promise<boolean> {
   try {
     await client.request('POST', resourcePath('v1', 'secrets', namespace), {
       body: {
@@ -95,15 +90,18 @@ export async function ensureActivatorCredentials(
         metadata: {
           name,
           namespace,
-          labels: { 'app.kubernetes.io/part-of': 'sluice', 'app.kubernetes.io/component': 'activator' },
+          labels: { 'app.kubernetes.io/part-of': 'sluice', 'app.kubernetes.io/component': component },
         },
         type: 'Opaque',
-        data: { [NATS_CREDENTIALS_KEY]: Buffer.from(issued.creds).toString('base64') },
+        data: Object.fromEntries(
+          Object.entries(data).map(([key, text]) => [key, Buffer.from(text).toString('base64')]),
+        ),
       },
     });
-    log.info({ secret: `${namespace}/${name}` }, 'made the activator NATS credentials');
+    return true;
   } catch (err) {
     if (!isConflict(err)) throw err;
+    return false;
   }
 }
 
