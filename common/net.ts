@@ -43,10 +43,17 @@ export async function freePort(): Promise<number> {
   throw new Error(`no free port between ${PORT_FLOOR} and ${PORT_CEILING} after 1,000 tries`);
 }
 
-/** Polls `check` until it returns a truthy value or `timeoutMs` passes; the condition, never a sleep. */
+/**
+ * Polls `check` until it returns a truthy value or `timeoutMs` passes; the condition, never a sleep.
+ * `what` names the condition in the timeout error; a function is asked then, so it can say what it saw.
+ */
 export async function waitFor<T>(
   check: () => T | Promise<T>,
-  { timeoutMs = 10_000, intervalMs = 20, what = 'condition' } = {},
+  {
+    timeoutMs = 10_000,
+    intervalMs = 20,
+    what = 'condition' as string | (() => string),
+  }: { timeoutMs?: number; intervalMs?: number; what?: string | (() => string) } = {},
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
@@ -58,7 +65,8 @@ export async function waitFor<T>(
       lastError = err;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`, { cause: lastError });
+      const named = typeof what === 'function' ? what() : what;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${named}`, { cause: lastError });
     }
     await new Promise((r) => setTimeout(r, intervalMs));
   }

@@ -4,7 +4,13 @@ import { FIELD_MANAGER } from './desired.ts';
 import type { FunctionView } from './function.ts';
 import type { Informer } from './informer.ts';
 import { isNotFound, type KubeClient, type KubeObject, resourcePath } from './kube.ts';
-import type { ActivatorEndpoints, OwnedKind, ReconcilerIO } from './reconciler-io.ts';
+import {
+  type ActivatorEndpoints,
+  ENDPOINT_SLICE,
+  type OwnedKind,
+  type ReconcilerIO,
+} from './reconciler-io.ts';
+import { SLICE_MANAGER, SLICE_MANAGER_LABEL } from './scaling.ts';
 
 const functionPath = (namespace: string, name: string, subresource = '') =>
   resourcePath(API_VERSION, PLURAL, namespace, name, subresource);
@@ -59,6 +65,14 @@ export class ClusterIO implements ReconcilerIO {
 
   pods(key: string): KubeObject[] {
     return this.#pods.byIndex(key);
+  }
+
+  serviceEndpointsReady(key: string): number {
+    const slices = this.#owned.get(ENDPOINT_SLICE.kind)?.byIndex(key) ?? [];
+    return slices
+      .filter((s) => s.metadata?.labels?.[SLICE_MANAGER_LABEL] !== SLICE_MANAGER)
+      .flatMap((s) => (s.endpoints ?? []) as { conditions?: { ready?: boolean } }[])
+      .filter((e) => e.conditions?.ready !== false).length;
   }
 
   apply(kind: OwnedKind, object: KubeObject): Promise<KubeObject> {

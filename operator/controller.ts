@@ -111,7 +111,9 @@ export class Controller {
     });
     if (config.activator) {
       const [activatorNs = '', service = ''] = config.activator.split('/');
-      // Functions' activator slices, cached like the other owned objects.
+      // Functions' activator slices, cached like the other owned objects, and their Services'
+      // own slices (labelled like the Service): the activator leaves a path only once the
+      // Service's slices list a ready pod, so routes never lead nowhere in between.
       this.owned.set(
         ENDPOINT_SLICE.kind,
         new Informer<KubeObject>(client, {
@@ -119,6 +121,10 @@ export class Controller {
           labelSelector: MANAGED_SELECTOR,
           onChange: enqueueOwner,
           log,
+          indexBy: (slice) => {
+            const service = slice.metadata?.labels?.['kubernetes.io/service-name'];
+            return service ? `${slice.metadata?.namespace}/${service}` : undefined;
+          },
         }),
       );
       this.activatorSlices = new Informer<KubeObject>(client, {

@@ -48,7 +48,11 @@ export function ownedKinds(config: {
 export function ownedName(kind: OwnedKind, functionName: string): string {
   return `${functionName}${kind.suffix ?? ''}`;
 }
-/** `<name>-activator`: puts the activator behind the function's Service while no replica is ready. */
+/**
+ * `<name>-activator`: puts the activator behind the function's Service while no replica is ready.
+ * The informer of this kind also caches the Service's own slices (the endpointslice controller
+ * copies the Service's labels onto them).
+ */
 export const ENDPOINT_SLICE: OwnedKind = {
   kind: 'EndpointSlice',
   apiVersion: 'discovery.k8s.io/v1',
@@ -70,6 +74,12 @@ export interface ReconcilerIO {
   labelled(kind: OwnedKind, namespace: string, name: string): KubeObject | undefined;
   /** The function's pods (`namespace/name`), slimmed to what status needs. */
   pods(key: string): KubeObject[];
+  /**
+   * Ready endpoints in the EndpointSlices the endpointslice controller keeps for the function's
+   * Service (`namespace/name`; cache only, without --activator always 0): what kube-proxy and
+   * ingress controllers route to, which lags a pod's Ready by a moment.
+   */
+  serviceEndpointsReady(key: string): number;
 
   /** Server-side apply as the operator's field manager; returns the object as stored. */
   apply(kind: OwnedKind, object: KubeObject): Promise<KubeObject>;

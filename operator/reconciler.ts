@@ -208,17 +208,17 @@ export class Reconciler {
   }
 
   /**
-   * While the function has no ready replica (or is about to have none), its Service also routes
-   * to the activator, which holds requests until one is ready (Knative's proxy mode); once one
-   * is, the activator leaves the path and requests go straight to the pods.
+   * While the function's Service has no ready endpoint (or is about to have none), it also routes
+   * to the activator, which holds requests until a replica is ready (Knative's proxy mode); once
+   * the Service lists one, the activator leaves the path and requests go straight to the pods.
    */
   async #reconcileActivatorPath(pass: Pass): Promise<void> {
     const activator = this.#o.io.activator();
     if (!activator) return;
     const { fn, plan } = pass;
     const { namespace, name } = fn.metadata;
-    const ready = pass.observed.deployment?.status?.readyReplicas ?? 0;
-    const wanted = plan.replicas === 0 || ready === 0;
+    // Routes follow the Service's endpoints, which lag the Deployment's ready count.
+    const wanted = plan.replicas === 0 || this.#o.io.serviceEndpointsReady(`${namespace}/${name}`) === 0;
     const sliceName = activatorSliceName(fn);
     const live = this.#o.io.labelled(ENDPOINT_SLICE, namespace, sliceName);
     if (!wanted && (!live || (live.endpoints ?? []).length === 0)) return;

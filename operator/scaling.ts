@@ -7,6 +7,7 @@ import type { ActivatorEndpoints } from './reconciler-io.ts';
 export const DELETION_COST_ANNOTATION = 'controller.kubernetes.io/pod-deletion-cost';
 /** Who manages an EndpointSlice: not the endpointslice controller, which leaves it alone then. */
 export const SLICE_MANAGER = 'sluice.dev.operator';
+export const SLICE_MANAGER_LABEL = 'endpointslice.kubernetes.io/managed-by';
 
 export function activatorSliceName(fn: FunctionView): string {
   // 63 - "-activator": function names are DNS-1035 labels of at most 63 characters.
@@ -32,7 +33,7 @@ export function desiredActivatorSlice(fn: FunctionView, activator: ActivatorEndp
         ...labels(fn),
         'app.kubernetes.io/component': 'activator-path',
         'kubernetes.io/service-name': fn.metadata.name,
-        'endpointslice.kubernetes.io/managed-by': SLICE_MANAGER,
+        [SLICE_MANAGER_LABEL]: SLICE_MANAGER,
         [FUNCTION_LABEL]: fn.metadata.name,
       },
       ownerReferences: [ownerReference(fn)],

@@ -50,7 +50,8 @@ export interface NodeContext {
     proxyMetrics: number;
     dnsHealth: number;
     dnsReady: number;
-    traefikPing: number;
+    /** Traefik's own entry point: /ping and its read-only API (which routes it has loaded). */
+    traefikAdmin: number;
   };
   /** kube-proxy stands in for every node; it takes this node's name. */
   nodeName: string;
@@ -150,9 +151,14 @@ export async function prepareNode(
       file: bin('traefik'),
       args: [
         `--entryPoints.web.address=${INGRESS_ADDRESS}`,
-        `--entryPoints.traefik.address=127.0.0.1:${ctx.ports.traefikPing}`,
+        `--entryPoints.traefik.address=127.0.0.1:${ctx.ports.traefikAdmin}`,
         '--ping=true',
         '--ping.entryPoint=traefik',
+        // Its API (on loopback) tells a test which servers a route has now: an EndpointSlice
+        // change reaches the routes a moment after the API server has it.
+        '--api=true',
+        '--api.insecure=true',
+        '--api.dashboard=false',
         '--providers.kubernetesingress=true',
         // Routes follow Ingress and endpoint changes within 0.1 s (2 s by default).
         '--providers.providersThrottleDuration=100ms',
@@ -200,7 +206,7 @@ export function nodeReady(name: NodeComponent, ctx: NodeContext): Promise<boolea
     case 'coredns':
       return httpOk(`http://127.0.0.1:${ctx.ports.dnsReady}/ready`);
     case 'traefik':
-      return httpOk(`http://127.0.0.1:${ctx.ports.traefikPing}/ping`);
+      return httpOk(`http://127.0.0.1:${ctx.ports.traefikAdmin}/ping`);
     case 'local-path-provisioner':
       return Promise.resolve(true);
   }

@@ -74,6 +74,8 @@ export const SERVICE_CIDR = SERVICE_RANGE;
 /** Every simulated node's InternalIP: the node address, where the pod runner serves the kubelet API. */
 const KWOK_NODE_IP = NODE_ADDRESS;
 export const INGRESS_URL_FILE = join(STATE_DIR, 'ingress-url');
+/** Traefik's API on loopback: the servers each route has loaded (tests wait on it). */
+export const INGRESS_API_FILE = join(STATE_DIR, 'ingress-api-url');
 
 /**
  * Every process a plane starts carries this variable (its state directory), so `down` finds
@@ -722,8 +724,11 @@ async function upLocked({ origin = 'cli', user }: UpOptions): Promise<UpResult> 
   if (node.owner) {
     if (await startNode(current, node.owner, fresh)) started = true;
     await writeFile(INGRESS_URL_FILE, `${ingressUrl()}\n`);
+    const admin = current.node?.ports.traefikAdmin;
+    if (admin) await writeFile(INGRESS_API_FILE, `http://127.0.0.1:${admin}\n`);
   } else {
     await rm(INGRESS_URL_FILE, { force: true });
+    await rm(INGRESS_API_FILE, { force: true });
   }
   return {
     kubeconfig: KUBECONFIG_PATH,
@@ -793,7 +798,7 @@ async function startNode(current: PlaneState, owner: LockOwner, fresh: boolean):
     proxyMetrics: await freePort(),
     dnsHealth: await freePort(),
     dnsReady: await freePort(),
-    traefikPing: await freePort(),
+    traefikAdmin: await freePort(),
   };
   current.node = { ports };
   await writeState(current);
@@ -860,6 +865,7 @@ async function stopAll(): Promise<void> {
   await Promise.all((await planeProcesses()).map((p) => stopProcess(p.pid, p.command)));
   await tearDownNode();
   await rm(INGRESS_URL_FILE, { force: true });
+  await rm(INGRESS_API_FILE, { force: true });
   await rm(STATE_FILE, { force: true });
   await rm(ETCD_DATA, { recursive: true, force: true });
   await rm(USERS, { recursive: true, force: true });

@@ -653,7 +653,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
           const res = await fetch(`http://127.0.0.1:${monitor}/healthz?js-enabled-only=true`);
           return res.ok ? res : undefined;
         },
-        { timeoutMs: 15_000, what: `nats-server JetStream health (${nats.output()})` },
+        { timeoutMs: 15_000, what: () => `nats-server JetStream health (${nats?.output()})` },
       );
       expect(health.status).toBe(200);
       const jsz = (await (await fetch(`http://127.0.0.1:${monitor}/jsz`)).json()) as {

@@ -31,6 +31,7 @@ import {
   isReady,
   pods,
   podsSimulated,
+  runnerLog,
   watchReady,
 } from './support/plane.ts';
 
@@ -54,10 +55,24 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
    * NATS's monitoring endpoint, at the pod's own address (the node reaches pods; monitoring is
    * not on the client Service, and the NATS NetworkPolicy lets only monitoring namespaces in).
    */
+  /** What the last jsz() saw, beyond the streams: for an assertion's message. */
+  let jszSeen = '';
   const jsz = async () => {
     const pod = await getJson(['get', 'pod', `${release}-nats-0`, '-n', system.name]);
     const res = await fetch(`http://${pod.status.podIP}:8222/jsz?streams=true`);
     const body = (await res.json()) as Manifest;
+    const nats = containerStatus(pod, 'nats');
+    jszSeen = JSON.stringify({
+      pod: `${pod.metadata.uid} ${pod.status.podIP} restarts ${nats?.restartCount}`,
+      server: body.server_name ?? body.server_id,
+      now: body.now,
+      accounts: body.accounts,
+      streams: body.streams,
+      details: (body.account_details ?? []).map(
+        (a: Manifest) => `${a.name}: ${(a.stream_detail ?? []).length}`,
+      ),
+      error: body.error,
+    });
     return (body.account_details ?? []).flatMap((a: Manifest) => a.stream_detail ?? []) as Manifest[];
   };
   /** Traefik serves the path: the function answers (a HEAD is refused by it with 405), not Traefik's 404 or 503. */
@@ -229,8 +244,18 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     for (const pid of pids) process.kill(pid, 'SIGKILL');
     await waitFor(() => watch.seen.includes('False') && watch.seen.at(-1) === 'True', {
       timeoutMs: 30_000,
-      what: `the pod to leave (Ready False) and re-enter (True) the Service: ${watch.seen.join(' ')}`,
-    }).finally(() => watch.stop());
+      what: () =>
+        `the pod to leave (Ready False) and re-enter (True) the Service; the watch saw ${watch.seen.join(' ')}`,
+    })
+      .catch(async (err: Error) => {
+        // What the pod's runner did meanwhile, to tell its fault from the watch's.
+        const pod = await getJson(['get', 'pod', victim!.metadata.name, '-n', ns.name]);
+        const log = runnerLog(victim!.metadata.name);
+        throw new Error(
+          `${err.message}; pod status now: ${JSON.stringify({ conditions: pod.status.conditions, function: containerStatus(pod, 'function') })}; pod runner log:\n${log}`,
+        );
+      })
+      .finally(() => watch.stop());
     await waitFor(endpointReady, { timeoutMs: 30_000, what: 'its endpoint ready again' });
     const after = await getJson(['get', 'pod', victim!.metadata.name, '-n', ns.name]);
     const fn = containerStatus(after, 'function')!;
@@ -289,7 +314,7 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
   it('NATS keeps JetStream data on its PersistentVolumeClaim across a pod restart', async () => {
     const results = `SLUICE_RESULTS_${ns.name}_echo`;
     const before = (await jsz()).find((s) => s.name === results);
-    expect(before?.state?.messages).toBeGreaterThan(0);
+    expect(before?.state?.messages, jszSeen).toBeGreaterThan(0);
     const pod = `${release}-nats-0`;
     const uid = (await getJson(['get', 'pod', pod, '-n', system.name])).metadata.uid;
     expect((await kubectl(['delete', 'pod', pod, '-n', system.name, '--wait=true'])).code).toBe(0);
@@ -373,10 +398,14 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
 
   it('the hook example: a CPU endpoint streams from the GPU function by its Service name', async () => {
     for (const name of ['fake-video-render', 'hook']) {
-      await waitFor(async () => condition(await sfn(name), 'Ready')?.status === 'True', {
-        timeoutMs: 120_000,
-        what: `${name} Ready`,
-      });
+      let last: Manifest | undefined;
+      await waitFor(
+        async () => {
+          last = await sfn(name);
+          return condition(last, 'Ready')?.status === 'True';
+        },
+        { timeoutMs: 120_000, what: () => `${name} Ready; its status: ${JSON.stringify(last?.status)}` },
+      );
     }
     await routed('/hook/');
     const [render] = await fnPods('fake-video-render');
@@ -437,7 +466,7 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
 
   it('7. kubectl delete sfn echo: pods terminate gracefully and the NATS streams go with the finalizer', async () => {
     const names = new Set((await jsz()).map((s) => s.name));
-    expect(names).toContain(`SLUICE_TASKS_${ns.name}_echo`);
+    expect(names, jszSeen).toContain(`SLUICE_TASKS_${ns.name}_echo`);
     const watched = await fnPods('echo');
     const finals = new Map<string, Manifest>();
     const del = kubectl(['delete', 'sfn', 'echo', '-n', ns.name, '--wait=true']);

@@ -281,7 +281,7 @@ describe('the image /app as a process', () => {
         const res = await fetch(`http://127.0.0.1:${admin}/healthz`);
         return res.ok ? res : undefined;
       },
-      { timeoutMs: 20_000, what: `proxy /healthz from the image's /app (${proxy.output()})` },
+      { timeoutMs: 20_000, what: () => `proxy /healthz from the image's /app (${proxy?.output()})` },
     );
     expect(health.status).toBe(200);
     const exited = new Promise<number | null>((resolve) =>

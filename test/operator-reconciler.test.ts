@@ -101,6 +101,11 @@ class FakeWorld implements ReconcilerIO, MapStreams {
   pods() {
     return this.podsLeft;
   }
+  /** Ready endpoints of the Service; unset: as many as the Deployment has ready replicas. */
+  serviceReady: number | undefined;
+  serviceEndpointsReady() {
+    return this.serviceReady ?? this.objects.get('Deployment')?.object.status?.readyReplicas ?? 0;
+  }
   async apply(kind: OwnedKind, object: KubeObject) {
     const failure = this.failApply.get(kind.kind);
     if (failure) throw failure;
@@ -528,6 +533,22 @@ describe('Reconciler outcome tables: the scaling phase', () => {
       },
       scaling: new FixedScaling({ replicas: 1 }),
       writes: ['apply EndpointSlice', 'status Ready=True Ready'],
+      events: [],
+      desired: 1,
+    },
+    {
+      name: 'a replica is ready but not yet among the Service endpoints: the activator stays in the path',
+      world: async () => {
+        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 1, 0);
+        world.activatorEndpoints = ACTIVATOR;
+        await reconciler(world, false, new FixedScaling({ replicas: 1 })).reconcile();
+        world.objects.get('Deployment')!.object.status.readyReplicas = 1;
+        world.serviceReady = 0;
+        world.writes = [];
+        return world;
+      },
+      scaling: new FixedScaling({ replicas: 1 }),
+      writes: ['status Ready=True Ready'],
       events: [],
       desired: 1,
     },

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { waitFor } from '../../common/net.ts';
-import { INGRESS_URL_FILE } from '../../scripts/cluster.ts';
+import { INGRESS_API_FILE, INGRESS_URL_FILE, STATE_DIR } from '../../scripts/cluster.ts';
 import { kubeconfigPath, kubectl } from './cluster.ts';
 import type { Manifest } from './helm.ts';
 
@@ -19,6 +19,27 @@ export function podsSimulated(): string {
 
 export function ingressUrl(): string {
   return readFileSync(INGRESS_URL_FILE, 'utf8').trim();
+}
+
+/**
+ * The servers (`http://ip:port`) Traefik routes a Service's Ingress traffic to now, from its API:
+ * an EndpointSlice the API server has is in Traefik's routes a moment later.
+ */
+export async function ingressServers(namespace: string, service: string): Promise<string[]> {
+  const api = readFileSync(INGRESS_API_FILE, 'utf8').trim();
+  // Traefik names an Ingress backend `<namespace>-<service>-<port>@kubernetes`.
+  const prefix = `${namespace}-${service}-`;
+  const response = await fetch(`${api}/api/http/services?search=${encodeURIComponent(prefix)}&per_page=1000`);
+  if (!response.ok) throw new Error(`Traefik's API answered ${response.status}: ${await response.text()}`);
+  const services = (await response.json()) as Array<{
+    name: string;
+    provider: string;
+    loadBalancer?: { servers?: Array<{ url: string }> };
+  }>;
+  return services
+    .filter((s) => s.provider === 'kubernetes' && s.name.startsWith(prefix))
+    .flatMap((s) => (s.loadBalancer?.servers ?? []).map((server) => server.url))
+    .sort();
 }
 
 export interface SseEvent {
@@ -187,6 +208,16 @@ export function firstEvent(predicate: (event: SseEvent) => boolean): {
     resolve = r;
   });
   return { feed: (e) => predicate(e) && resolve(e), seen };
+}
+
+/** The pod runner's log lines about one pod (the last `count`), for a failure's message. */
+export function runnerLog(pod: string, count = 40): string {
+  const text = readFileSync(join(STATE_DIR, 'logs', 'pod-runner.log'), 'utf8');
+  return text
+    .split('\n')
+    .filter((line) => line.includes(pod))
+    .slice(-count)
+    .join('\n');
 }
 
 /** The processes of one container of a pod on this machine (its cgroup), for tests that kill them. */
