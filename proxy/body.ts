@@ -22,6 +22,12 @@ export function declaredLength(req: IncomingMessage): number | undefined {
   return Number(header);
 }
 
+/** An HTTP/1.1 request with a body to come: a non-zero length, or chunked (RFC 9112 §6.3). */
+export function hasBody(req: IncomingMessage): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  return (declaredLength(req) ?? 0) > 0;
+}
+
 /**
  * Reads a whole request body, refusing (before reading) a declared length over `limit` and
  * (while reading) a chunked body that grows past it. For handlers that need the body at once.

@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../common/log.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
 import { bearerToken, type TokenFile } from './auth.ts';
-import { BodyTooLargeError, declaredLength } from './body.ts';
+import { BodyTooLargeError, declaredLength, hasBody } from './body.ts';
 import type { ProxyConfig } from './config.ts';
 import type { H2Call } from './h2/call.ts';
 import { grpcCallStatus, type H2Forwarder } from './h2/forwarder.ts';
@@ -168,7 +168,9 @@ export class PublicHandler {
     req.url = stripPathPrefix(normaliseTarget(req.url!), config.pathPrefix);
     // HTTP/1.1 bodies only: an HTTP/2 call's silence is bounded by its deadline (grpc-timeout,
     // --max-duration), and a connection's bytes say nothing about one of its streams.
-    if (!req.complete && req.httpVersionMajor === 1)
+    // Only a request that has a body (a bodiless GET is not complete yet either, here in its
+    // 'request' handler): an idle stream costs no watch entry.
+    if (req.httpVersionMajor === 1 && !req.complete && hasBody(req))
       res.once(
         'close',
         watchRequestBody(this.#bodies, req, res, () => this.#bodyStalled(exchange)),

@@ -249,7 +249,8 @@ describe.runIf(hasPython)('Python examples', () => {
       const bytes = Buffer.from(image.replace('data:image/jpeg;base64,', ''), 'base64');
       expect([bytes[0], bytes[1]]).toEqual([0xff, 0xd8]); // JPEG start-of-image
     }
-  });
+    // Python, PIL and numpy start on a shared 2-core machine: 20 s alone, three times that beside two CPU hogs.
+  }, 120_000);
 
   it.runIf(onPath('ps'))(
     'multi-gpu: torchrun ranks stream through rank 0, survive a client leaving, and all stop on Ctrl-C',
@@ -280,6 +281,8 @@ describe.runIf(hasPython)('Python examples', () => {
       const left = (await Promise.all(group.map(async (pid) => ((await exited(pid)) ? [] : [pid])))).flat();
       expect(left).toEqual([]);
     },
+    // torchrun and two torch ranks start: 15 s alone, four times that beside two CPU hogs.
+    120_000,
   );
 
   it('token-stream: streams generated tokens, and a client that leaves frees the model', async () => {

@@ -49,11 +49,14 @@ export function createPublicPort(options: {
     waiting.add(socket);
     let seen: Buffer = Buffer.alloc(0);
     const timer = setTimeout(() => socket.destroy(), firstBytesTimeoutMs);
+    // Every listener goes: nothing on the socket keeps this closure (its buffer, its timer)
+    // alive for the connection's life, which for an idle stream is most of what it costs.
     const handOver = (protocol: 'http1' | 'h2') => {
       clearTimeout(timer);
       waiting.delete(socket);
       socket.off('readable', onReadable);
       socket.off('error', onError);
+      socket.off('end', onEnd);
       socket.unshift(seen);
       (protocol === 'h2' ? http2 : http1).emit('connection', socket);
     };
@@ -75,12 +78,11 @@ export function createPublicPort(options: {
       clearTimeout(timer);
       waiting.delete(socket);
     };
+    // Closed before deciding: nothing to serve.
+    const onEnd = () => socket.destroy();
     socket.on('readable', onReadable);
     socket.on('error', onError);
-    socket.once('end', () => {
-      // Closed before deciding: nothing to serve.
-      if (waiting.has(socket)) socket.destroy();
-    });
+    socket.once('end', onEnd);
   });
   // The HTTP/1.1 server never listens itself; 'listening' starts its header and request timeout checks.
   server.once('listening', () => http1.emit('listening'));
