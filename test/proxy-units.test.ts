@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { bearerToken, parseTokens } from '../proxy/auth.ts';
+import { hasBody } from '../proxy/body.ts';
 import { endToEndHeaders, endToEndRawHeaders, refusedTarget, stripPathPrefix } from '../proxy/headers.ts';
 import { ConcurrencyLimiter, QueueAbortedError, QueueTimeoutError } from '../proxy/limiter.ts';
 import { errorEvent, eventStreamCacheControl, isEventStream } from '../proxy/stream-relay.ts';
@@ -19,6 +20,19 @@ describe('stripPathPrefix', () => {
   ])('%s under %s -> %s', (url, prefix, expected) => {
     expect(stripPathPrefix(url, prefix)).toBe(expected);
   });
+});
+
+describe('hasBody: which requests the body silence watch follows', () => {
+  const rows: Array<[string, IncomingHttpHeaders, boolean]> = [
+    ['no length, not chunked (a GET)', {}, false],
+    ['content-length: 0', { 'content-length': '0' }, false],
+    ['content-length: 12', { 'content-length': '12' }, true],
+    ['chunked', { 'transfer-encoding': 'chunked' }, true],
+    ['a malformed length (refused by the parser before this)', { 'content-length': 'x' }, false],
+  ];
+  for (const [name, headers, expected] of rows) {
+    it(name, () => expect(hasBody({ headers } as IncomingMessage)).toBe(expected));
+  }
 });
 
 describe('refusedTarget', () => {
