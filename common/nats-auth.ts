@@ -116,8 +116,12 @@ function derive(master: Buffer, prefix: Prefix, label: string): KeyPair {
 export interface IssueOptions {
   /** Seconds until the credentials expire; 0: never. */
   ttlSeconds?: number;
-  /** Unix seconds the credentials count as issued at (tests); default now. */
-  now?: number;
+  /**
+   * The clock (milliseconds, as Date.now) the expiry counts from; tests give a fixed one. Read
+   * right before signing: the JWT library stamps `iat` from Date.now then, so the lifetime in the
+   * JWT is ttlSeconds, not a second less when a second ends while the key is made.
+   */
+  now?: () => number;
 }
 
 /** A `.creds` file's text (JWT and seed) and what was issued, for the issuer's bookkeeping. */
@@ -251,11 +255,12 @@ export class NatsAuthority {
     name: string,
     account: KeyPair,
     permissions: SubjectPermissions | undefined,
-    { ttlSeconds = 0, now = Math.floor(Date.now() / 1000) }: IssueOptions,
+    { ttlSeconds = 0, now = Date.now }: IssueOptions,
   ): Promise<IssuedCredentials> {
     const userKey = fromSeed(Codec.encodeSeed(Prefix.User, new Uint8Array(randomBytes(32))));
-    const expires = ttlSeconds > 0 ? now + ttlSeconds : undefined;
     const claims: Partial<User> = permissions ? { pub: permissions.pub, sub: permissions.sub } : {};
+    // Nothing asynchronous between this and encodeUser's own Date.now (its iat).
+    const expires = ttlSeconds > 0 ? Math.floor(now() / 1000) + ttlSeconds : undefined;
     const jwt = await encodeUser(name, userKey, account, claims, { exp: expires });
     return {
       creds: new TextDecoder().decode(fmtCreds(jwt, userKey)),

@@ -92,7 +92,7 @@ export class CredentialIssuer {
     }
     const issued = await this.#authority.functionCredentials(name, {
       ttlSeconds: this.#ttlSeconds,
-      now: Math.floor(nowSeconds),
+      now: this.#now,
     });
     return {
       object: desiredCredentialsSecret(fn, issued.creds),
