@@ -143,6 +143,8 @@ export class PodWorker {
   private readonly slots: Slot[] = [];
   private readonly volumes = new Map<string, MountedVolume>();
   private podIp?: string;
+  /** The pod IP is taken from the node's pool and not yet given back (once: podIp stays for the status). */
+  private ipHeld = false;
   private sandbox?: string;
   private sandboxReady = false;
   private readonly startTime = new Date().toISOString();
@@ -339,6 +341,8 @@ export class PodWorker {
     } else {
       const previous = this.pod.status?.podIP;
       this.podIp = this.host.node.allocateIp(previous);
+      this.ipHeld = true;
+      this.log.info({ podIP: this.podIp }, 'pod IP taken');
       this.sandbox = sandboxName(this.uid);
       await createSandbox(this.sandbox, this.podIp);
     }
@@ -934,7 +938,10 @@ export class PodWorker {
 
   private async releaseSandbox(): Promise<void> {
     if (this.sandbox) await deleteSandbox(this.sandbox);
-    if (this.podIp && !this.pod.spec.hostNetwork) this.host.node.releaseIp(this.podIp);
+    // Given back once: a second release (terminate, then the pod's deletion) would free an IP
+    // that another pod may hold by then.
+    if (this.ipHeld && this.podIp) this.host.node.releaseIp(this.podIp);
+    this.ipHeld = false;
     this.sandbox = undefined;
     this.sandboxReady = false;
   }

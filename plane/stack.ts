@@ -159,6 +159,11 @@ export async function prepareNode(
         '--api=true',
         '--api.insecure=true',
         '--api.dashboard=false',
+        // One JSON line per request (status from the function, duration, bytes): what the
+        // ingress saw when a test's stream ends early.
+        '--accesslog=true',
+        '--accesslog.format=json',
+        `--accesslog.filepath=${join(ctx.state, 'logs', 'traefik-access.log')}`,
         '--providers.kubernetesingress=true',
         // Routes follow Ingress and endpoint changes within 0.1 s (2 s by default).
         '--providers.providersThrottleDuration=100ms',

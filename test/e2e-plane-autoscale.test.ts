@@ -14,6 +14,7 @@ import {
   ingressServers,
   ingressUrl,
   isReady,
+  podLogs,
   pods,
   podsSimulated,
 } from './support/plane.ts';
@@ -155,10 +156,12 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     const r = await curl(`${ingress}/mapped/_sluice/map`, ['-X', 'POST', '-d', inputs]);
     expect(r.status).toBe(200);
     const results = r.events.filter((e) => e.event === 'result').map((e) => JSON.parse(e.data));
-    expect(
-      results.map((x) => x.index).sort((a, b) => a - b),
-      r.body.slice(0, 3000),
-    ).toEqual([...Array(30).keys()]);
+    const indexes = results.map((x) => x.index).sort((a, b) => a - b);
+    if (indexes.length !== 30) {
+      const logs = await podLogs(ns.name, `${FUNCTION_LABEL}=mapped`, 'sluice-proxy');
+      expect.fail(`curl exit ${r.code} ${r.stderr}, ${r.status} ${r.body.slice(0, 3000)}\n${logs}`);
+    }
+    expect(indexes).toEqual([...Array(30).keys()]);
     // 30 tasks waiting, 2 per replica: up to maxReplicas at once, and the new ones took tasks.
     expect(await replicas('mapped')).toBe(3);
     expect(new Set(results.map((x) => x.replica)).size).toBe(3);

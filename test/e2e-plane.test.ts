@@ -29,6 +29,7 @@ import {
   getJson,
   ingressUrl,
   isReady,
+  podLogs,
   pods,
   podsSimulated,
   runnerLog,
@@ -230,8 +231,11 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     // Kill it while the map runs: once the first result is in.
     await Promise.race([
       firstResult.seen,
-      map.then((r) => {
-        throw new Error(`the map ended before its first result: ${r.status} ${r.body}`);
+      map.then(async (r) => {
+        const logs = await podLogs(ns.name, `${FUNCTION_LABEL}=echo`, 'sluice-proxy');
+        throw new Error(
+          `the map ended before its first result: curl exit ${r.code} ${r.stderr}, ${r.status} ${r.body}\n${logs}`,
+        );
       }),
     ]);
     // Every version of the pod's Ready condition, from a watch, so a short dip is seen too.

@@ -52,6 +52,8 @@ export interface SseEvent {
 
 export interface CurlResult {
   code: number;
+  /** curl's own messages (`curl: (18) transfer closed…`), without the status it prints last. */
+  stderr: string;
   status: number;
   events: SseEvent[];
   body: string;
@@ -109,7 +111,14 @@ export function curl(
     child.on('error', reject);
     child.on('close', (code) => {
       const status = Number(stderr.trim().split('\n').at(-1)?.slice(-3));
-      resolve({ code: code ?? 1, status, events, body: chunks.map((c) => c.text).join(''), chunks });
+      resolve({
+        code: code ?? 1,
+        stderr: stderr.trim().slice(0, -3),
+        status,
+        events,
+        body: chunks.map((c) => c.text).join(''),
+        chunks,
+      });
     });
   });
 }
@@ -208,6 +217,35 @@ export function firstEvent(predicate: (event: SseEvent) => boolean): {
     resolve = r;
   });
   return { feed: (e) => predicate(e) && resolve(e), seen };
+}
+
+/**
+ * For a failure's message: each pod's restarts of `container`, how its last run ended, and the
+ * last lines it logged (through `kubectl logs`, the pod runner's kubelet API).
+ */
+export async function podLogs(
+  namespace: string,
+  selector: string,
+  container: string,
+  tail = 30,
+): Promise<string> {
+  const parts: string[] = [];
+  for (const pod of await pods(namespace, selector)) {
+    const status = containerStatus(pod, container);
+    const logs = await kubectl([
+      'logs',
+      '-n',
+      namespace,
+      pod.metadata.name,
+      '-c',
+      container,
+      `--tail=${tail}`,
+    ]);
+    parts.push(
+      `--- ${pod.metadata.name} ${container}: restarts ${status?.restartCount}, last ended ${JSON.stringify(status?.lastState?.terminated ?? null)}\n${logs.stdout}${logs.stderr}`,
+    );
+  }
+  return parts.join('\n');
 }
 
 /** The pod runner's log lines about one pod (the last `count`), for a failure's message. */
