@@ -31,6 +31,8 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     (await pods(ns.name, `${FUNCTION_LABEL}=${name}`)).filter((p) => !p.metadata.deletionTimestamp);
   const replicas = async (name: string) =>
     (await getJson(['get', 'deployment', name, '-n', ns.name])).spec.replicas as number;
+  // Names no other test file gives a function: every Ingress on the shared plane that claims
+  // /<name> is a route Traefik may pick (activator.test.ts has its own slow and mapped).
   const apply = async (name: string, spec: Record<string, unknown>) => {
     const object = {
       apiVersion: 'sluice.dev/v1alpha1',
@@ -92,7 +94,7 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
   }, 120_000);
 
   it('at zero a held event stream gets its waiting comments while the first pod starts slowly, then its events', async () => {
-    await apply('slow', {
+    await apply('cold', {
       // The function opens its port 6 s after start (a model loading): readiness is slow.
       env: [{ name: 'STARTUP_DELAY_MS', value: '6000' }],
       scaling: { minReplicas: 0, maxReplicas: 2, scaleDownDelaySeconds: 30 },
@@ -101,21 +103,21 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     });
     const fn = await waitFor(
       async () => {
-        const f = await getJson(['get', 'sfn', 'slow', '-n', ns.name]);
+        const f = await getJson(['get', 'sfn', 'cold', '-n', ns.name]);
         const atZero = condition(f, 'Active')?.reason === 'ScaledToZero';
-        return atZero && condition(f, 'Ready')?.status === 'True' && (await ingressToActivator('slow'))
+        return atZero && condition(f, 'Ready')?.status === 'True' && (await ingressToActivator('cold'))
           ? f
           : undefined;
       },
       {
         timeoutMs: 60_000,
-        what: "slow at zero (Ready, ScaledToZero) with the ingress's route leading to the activator",
+        what: "cold at zero (Ready, ScaledToZero) with the ingress's route leading to the activator",
       },
     );
     expect(condition(fn, 'Ready')?.status).toBe('True');
-    expect(await fnPods('slow')).toEqual([]);
+    expect(await fnPods('cold')).toEqual([]);
 
-    const r = await curl(`${ingress}/slow/?n=3&pause=100`, ['-H', 'Accept: text/event-stream']);
+    const r = await curl(`${ingress}/cold/?n=3&pause=100`, ['-H', 'Accept: text/event-stream']);
     expect(r.status, r.body).toBe(200);
     // Headers and a comment about heartbeatSeconds in, long before the function's 6 s start.
     expect(r.chunks[0]!.text).toBe(': waiting for a replica\n\n');
@@ -126,44 +128,44 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     expect(r.events.filter((e) => e.event === 'message').map((e) => JSON.parse(e.data).i)).toEqual([0, 1, 2]);
     expect(r.events.at(-1)?.event).toBe('done');
     // The first replica serves; the activator left the path: the next request goes straight to it.
-    await waitFor(async () => !(await activatorInPath('slow')), {
+    await waitFor(async () => !(await activatorInPath('cold')), {
       timeoutMs: 30_000,
       what: 'the activator out',
     });
-    const table = await kubectl(['get', 'sfn', 'slow', '-n', ns.name, '--no-headers']);
-    expect(table.stdout).toMatch(/^slow\s+0\s+True\s+1\s/);
+    const table = await kubectl(['get', 'sfn', 'cold', '-n', ns.name, '--no-headers']);
+    expect(table.stdout).toMatch(/^cold\s+0\s+True\s+1\s/);
   }, 120_000);
 
   it('a map burst scales the function up; the results come from the new replicas too', async () => {
-    await apply('mapped', {
+    await apply('burst', {
       scaling: { minReplicas: 1, maxReplicas: 3, concurrency: 2, scaleDownDelaySeconds: 15 },
       map: { enabled: true, path: '/map' },
     });
-    await waitFor(async () => (await fnPods('mapped')).filter(isReady).length === 1, {
+    await waitFor(async () => (await fnPods('burst')).filter(isReady).length === 1, {
       timeoutMs: 90_000,
-      what: 'mapped with one ready pod',
+      what: 'burst with one ready pod',
     });
     // The burst goes to the pod itself: Traefik's routes lead to it and no longer to the activator.
     await waitFor(
       async () => {
-        const ips = (await fnPods('mapped')).filter(isReady).map((p) => p.status.podIP as string);
-        const servers = await ingressServers(ns.name, 'mapped');
+        const ips = (await fnPods('burst')).filter(isReady).map((p) => p.status.podIP as string);
+        const servers = await ingressServers(ns.name, 'burst');
         return servers.length > 0 && servers.every((url) => ips.includes(new URL(url).hostname));
       },
-      { timeoutMs: 30_000, what: "the ingress's route to mapped leading to its pod only" },
+      { timeoutMs: 30_000, what: "the ingress's route to burst leading to its pod only" },
     );
     const inputs = JSON.stringify({ inputs: Array.from({ length: 30 }, (_, i) => ({ i, sleepMs: 1000 })) });
-    const r = await curl(`${ingress}/mapped/_sluice/map`, ['-X', 'POST', '-d', inputs]);
+    const r = await curl(`${ingress}/burst/_sluice/map`, ['-X', 'POST', '-d', inputs]);
     expect(r.status).toBe(200);
     const results = r.events.filter((e) => e.event === 'result').map((e) => JSON.parse(e.data));
     const indexes = results.map((x) => x.index).sort((a, b) => a - b);
     if (indexes.length !== 30) {
-      const logs = await podLogs(ns.name, `${FUNCTION_LABEL}=mapped`, 'sluice-proxy');
+      const logs = await podLogs(ns.name, `${FUNCTION_LABEL}=burst`, 'sluice-proxy');
       expect.fail(`curl exit ${r.code} ${r.stderr}, ${r.status} ${r.body.slice(0, 3000)}\n${logs}`);
     }
     expect(indexes).toEqual([...Array(30).keys()]);
     // 30 tasks waiting, 2 per replica: up to maxReplicas at once, and the new ones took tasks.
-    expect(await replicas('mapped')).toBe(3);
+    expect(await replicas('burst')).toBe(3);
     expect(new Set(results.map((x) => x.replica)).size).toBe(3);
     const events = await getJson(['get', 'events', '-n', ns.name, '--field-selector', 'reason=Scaled']);
     expect(events.items.map((e: Manifest) => e.message)).toContainEqual(
@@ -174,17 +176,17 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
   }, 150_000);
 
   it('a stream open on a pod chosen for removal completes: the idle pods go first, and a pod told to stop drains it', async () => {
-    // mapped runs 3 replicas after the burst; one long stream keeps one of them busy.
+    // burst runs 3 replicas after the burst; one long stream keeps one of them busy.
     const opened = firstEvent((e) => e.event === 'message');
-    const stream = curl(`${ingress}/mapped/?n=60&pause=500`, [], opened.feed);
+    const stream = curl(`${ingress}/burst/?n=60&pause=500`, [], opened.feed);
     await opened.seen;
     // The load (1 stream) needs 1 replica: after scaleDownDelaySeconds the two idle ones go.
-    await waitFor(async () => (await replicas('mapped')) === 1, { timeoutMs: 60_000, what: '3 -> 1' });
-    await waitFor(async () => (await fnPods('mapped')).length === 1, {
+    await waitFor(async () => (await replicas('burst')) === 1, { timeoutMs: 60_000, what: '3 -> 1' });
+    await waitFor(async () => (await fnPods('burst')).length === 1, {
       timeoutMs: 60_000,
       what: 'one pod left',
     });
-    const [busy] = await fnPods('mapped');
+    const [busy] = await fnPods('burst');
     expect(busy!.metadata.annotations?.['controller.kubernetes.io/pod-deletion-cost']).toBe('1');
     // Now that pod is told to stop while the stream is open: it turns unready, drains, exits.
     const del = await kubectl(['delete', 'pod', busy!.metadata.name, '-n', ns.name, '--wait=false']);
@@ -198,7 +200,7 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
     // It exited once the stream was over, well within its grace period (drain = maxDurationSeconds).
     await waitFor(
       async () =>
-        !(await pods(ns.name, `${FUNCTION_LABEL}=mapped`)).some(
+        !(await pods(ns.name, `${FUNCTION_LABEL}=burst`)).some(
           (p) => p.metadata.name === busy!.metadata.name,
         ),
       { timeoutMs: 60_000, what: 'the drained pod gone' },

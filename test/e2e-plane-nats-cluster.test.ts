@@ -3,8 +3,10 @@
 // gives examples/echo.yaml's map streams 3 replicas, and one NATS pod dies (its nats-server
 // SIGKILLed; the pod runner restarts it) in the middle of a 400-input map through the ingress:
 // nothing lost, nothing twice, the map ends.
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { waitFor } from '../common/net.ts';
 import { kubeconfigPath, kubectl, type Namespace, throwawayNamespace } from './support/cluster.ts';
 import { CHART, helm, helmMissing, type Manifest, ROOT } from './support/helm.ts';
@@ -14,7 +16,10 @@ const skip = helmMissing || podsSimulated();
 if (skip) console.warn(`skipping the NATS cluster plane test: ${skip}`);
 
 describe.skipIf(Boolean(skip))('map over a 3-pod NATS cluster on the local plane', () => {
-  const release = 'sluice';
+  // Its own release and ingress path: e2e-plane.test.ts installs release `sluice` (its
+  // ClusterRoles are named after the release) and serves its echo at /echo on the same plane.
+  const release = 'sluice-nc';
+  const path = '/echo-nats-cluster';
   let system: Namespace;
   let ns: Namespace;
   let ingress: string;
@@ -67,7 +72,9 @@ describe.skipIf(Boolean(skip))('map over a 3-pod NATS cluster on the local plane
       timeoutMs: 60_000,
       what: 'a JetStream meta cluster of 3',
     });
-    const apply = await kubectl(['apply', '-f', join(ROOT, 'examples', 'echo.yaml'), '-n', ns.name]);
+    const echo = parse(await readFile(join(ROOT, 'examples', 'echo.yaml'), 'utf8'));
+    echo.spec.ingress = { path };
+    const apply = await kubectl(['apply', '-n', ns.name, '-f', '-'], { input: JSON.stringify(echo) });
     expect(apply.code, apply.stderr).toBe(0);
     await waitFor(
       async () => {
@@ -94,7 +101,7 @@ describe.skipIf(Boolean(skip))('map over a 3-pod NATS cluster on the local plane
     let results = 0;
     let killed = false;
     const inputs = JSON.stringify({ inputs: Array.from({ length: 400 }, (_, i) => ({ i, sleepMs: 20 })) });
-    const r = await curl(`${ingress}/echo/_sluice/map`, ['-X', 'POST', '-d', inputs], (event) => {
+    const r = await curl(`${ingress}${path}/_sluice/map`, ['-X', 'POST', '-d', inputs], (event) => {
       if (event.event === 'result') results++;
       if (!killed && results >= 100) {
         killed = true;
