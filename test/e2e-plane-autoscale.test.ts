@@ -176,7 +176,7 @@ describe.skipIf(Boolean(skip))('autoscaling on the local plane, pods really runn
   }, 150_000);
 
   it('a stream open on a pod chosen for removal completes: the idle pods go first, and a pod told to stop drains it', async () => {
-    // burst runs 3 replicas after the burst; one long stream keeps one of them busy.
+    // burst runs 3 replicas after the map burst; one long stream keeps one of them busy.
     const opened = firstEvent((e) => e.event === 'message');
     const stream = curl(`${ingress}/burst/?n=60&pause=500`, [], opened.feed);
     await opened.seen;

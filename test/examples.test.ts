@@ -249,7 +249,7 @@ describe.runIf(hasPython)('Python examples', () => {
       const bytes = Buffer.from(image.replace('data:image/jpeg;base64,', ''), 'base64');
       expect([bytes[0], bytes[1]]).toEqual([0xff, 0xd8]); // JPEG start-of-image
     }
-    // Python, PIL and numpy start on a shared 2-core machine: 20 s alone, three times that beside two CPU hogs.
+    // Python, PIL and numpy start on a shared 2-core machine: 18.7 s in a full run, over 60 s once beside two CPU hogs and a benchmark.
   }, 120_000);
 
   it.runIf(onPath('ps'))(
@@ -281,7 +281,7 @@ describe.runIf(hasPython)('Python examples', () => {
       const left = (await Promise.all(group.map(async (pid) => ((await exited(pid)) ? [] : [pid])))).flat();
       expect(left).toEqual([]);
     },
-    // torchrun and two torch ranks start: 15 s alone, four times that beside two CPU hogs.
+    // torchrun and two torch ranks start: 13.4 s in a full run, over 60 s once beside two CPU hogs and a benchmark.
     120_000,
   );
 

@@ -440,6 +440,16 @@ describe('Reconciler outcome tables: the scaling phase', () => {
     desired?: number;
   }
 
+  /** At one replica with the activator in the path, then the Deployment counts it ready; the Service's slices list `serviceReady` (unset: as many). */
+  const firstReplicaReady = async (serviceReady?: number) => {
+    const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 1, 0);
+    world.activatorEndpoints = ACTIVATOR;
+    await reconciler(world, false, new FixedScaling({ replicas: 1 })).reconcile();
+    world.objects.get('Deployment')!.object.status.readyReplicas = 1;
+    world.serviceReady = serviceReady;
+    world.writes = [];
+    return world;
+  };
   const rows: ScaleRow[] = [
     {
       name: 'the autoscaler wants more: /scale 1 -> 3 and a Scaled event',
@@ -523,14 +533,7 @@ describe('Reconciler outcome tables: the scaling phase', () => {
     },
     {
       name: 'the first replica is ready: the activator leaves the path (its slice emptied)',
-      world: async () => {
-        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 1, 0);
-        world.activatorEndpoints = ACTIVATOR;
-        await reconciler(world, false, new FixedScaling({ replicas: 1 })).reconcile();
-        world.objects.get('Deployment')!.object.status.readyReplicas = 1;
-        world.writes = [];
-        return world;
-      },
+      world: () => firstReplicaReady(),
       scaling: new FixedScaling({ replicas: 1 }),
       writes: ['apply EndpointSlice', 'status Ready=True Ready'],
       events: [],
@@ -538,15 +541,7 @@ describe('Reconciler outcome tables: the scaling phase', () => {
     },
     {
       name: 'a replica is ready but not yet among the Service endpoints: the activator stays in the path',
-      world: async () => {
-        const world = await settled({ scaling: { minReplicas: 0, maxReplicas: 3 } }, 1, 0);
-        world.activatorEndpoints = ACTIVATOR;
-        await reconciler(world, false, new FixedScaling({ replicas: 1 })).reconcile();
-        world.objects.get('Deployment')!.object.status.readyReplicas = 1;
-        world.serviceReady = 0;
-        world.writes = [];
-        return world;
-      },
+      world: () => firstReplicaReady(0),
       scaling: new FixedScaling({ replicas: 1 }),
       writes: ['status Ready=True Ready'],
       events: [],
