@@ -6,7 +6,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { errorEventData, WIRE_ERRORS, type WireCode } from '../common/wire-errors.ts';
-import { endToEndHeaders } from '../proxy/headers.ts';
+import { endToEndHeaders, http1RequestHeaders } from '../proxy/headers.ts';
 
 export interface ForwardTarget {
   host: string;
@@ -43,7 +43,7 @@ export function forwardTo(
     port: target.port,
     method: req.method,
     path: req.url,
-    headers: { ...endToEndHeaders(req.headers), ...options.headers },
+    headers: { ...http1RequestHeaders(req.headers), ...options.headers },
     agent: options.agent,
   });
   upstream.on('socket', (socket) => socket.setNoDelay(true));

@@ -4,6 +4,7 @@ import { REPORT_STALE_MS } from '../common/autoscale/load-book.ts';
 import { decodeReport, encodeReport, type LoadReport, loadSubject } from '../common/autoscale/load-report.ts';
 import type { Logger } from '../common/log.ts';
 import { sendJsonError } from '../common/wire-errors.ts';
+import { requestHost } from '../proxy/headers.ts';
 import { forwardTo } from './forward.ts';
 import { type HoldSettings, holdRequest } from './hold.ts';
 import { type Backend, pickWithRoom } from './pick.ts';
@@ -221,7 +222,7 @@ function forwardedFor(req: IncomingMessage): Record<string, string> {
   const prior = req.headers['x-forwarded-for'];
   return {
     'x-forwarded-for': prior ? `${prior}, ${client}` : client,
-    'x-forwarded-host': req.headers['x-forwarded-host']?.toString() ?? req.headers.host ?? '',
+    'x-forwarded-host': req.headers['x-forwarded-host']?.toString() ?? requestHost(req) ?? '',
     'x-forwarded-proto': req.headers['x-forwarded-proto']?.toString() ?? 'http',
   };
 }

@@ -13,10 +13,14 @@ import { sendJsonError } from '../common/wire-errors.ts';
 import { functionView } from '../operator/function.ts';
 import { Informer } from '../operator/informer.ts';
 import { KubeClient, type KubeObject, resourcePath } from '../operator/kube.ts';
-import { refusedTarget } from '../proxy/headers.ts';
+import { createH2PublicServer, createPublicPort } from '../proxy/h2/public-port.ts';
+import { refusedTarget, requestHost } from '../proxy/headers.ts';
 import type { ActivatorConfig } from './config.ts';
 import { FunctionGate, type GateSettings } from './gate.ts';
 import { type Route, RouteTable } from './routes.ts';
+
+/** A connection that sends no byte this long is closed (the sidecars' --headers-timeout default). */
+const FIRST_BYTES_TIMEOUT_MS = 30_000;
 
 /** A function with nothing held or forwarded this long stops being listened to. */
 const GATE_IDLE_MS = 60_000;
@@ -128,14 +132,15 @@ export async function startActivator(config: ActivatorConfig, log: Logger): Prom
       return;
     }
     const { known, table } = current();
-    const route = table.resolve(req.headers.host, req.url!);
+    // An HTTP/2 request names its host in :authority.
+    const route = table.resolve(requestHost(req), req.url!);
     const fn = route && known.get(route.key);
     if (!fn) {
       requests.inc({ outcome: 'unknown' });
       sendJsonError(
         res,
         'not_found',
-        `no StreamingFunction is served at host ${JSON.stringify(req.headers.host ?? '')} path ${JSON.stringify(req.url)}`,
+        `no StreamingFunction is served at host ${JSON.stringify(requestHost(req) ?? '')} path ${JSON.stringify(req.url)}`,
       );
       return;
     }
@@ -167,7 +172,15 @@ export async function startActivator(config: ActivatorConfig, log: Logger): Prom
     });
   };
 
-  const server = createServer({ noDelay: true, keepAliveTimeout: 620_000, requestTimeout: 0 }, handle);
+  const http1 = createServer({ noDelay: true, keepAliveTimeout: 620_000, requestTimeout: 0 }, handle);
+  // HTTP/1.1 and h2c on one port, as the sidecars' public port: the function's Service tells
+  // Traefik to speak h2c to its endpoints, and while the function is at zero those are ours.
+  const publicPort = createPublicPort({
+    http1,
+    http2: createH2PublicServer(handle),
+    firstBytesTimeoutMs: FIRST_BYTES_TIMEOUT_MS,
+  });
+  const server = publicPort.server;
   const admin = createServer(async (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/healthz') return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
@@ -211,8 +224,7 @@ export async function startActivator(config: ActivatorConfig, log: Logger): Prom
       clearInterval(ticker);
       stopping.abort();
       await connecting;
-      server.close();
-      server.closeAllConnections();
+      await publicPort.close();
       await functions.stop();
       for (const gate of gates.values()) gate.close();
       await nc?.drain().catch(() => nc?.close());

@@ -234,14 +234,19 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
   });
 }
 
+export const TRAEFIK_SERVERS_SCHEME = 'traefik.ingress.kubernetes.io/service.serversscheme';
+
 export function desiredService(fn: FunctionView): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Service',
-    // Traefik reads the scheme to its backends from the Service, not the Ingress.
-    metadata: h2c(fn)
-      ? metadata(fn, { annotations: { 'traefik.ingress.kubernetes.io/service.serversscheme': 'h2c' } })
-      : metadata(fn),
+    // Traefik speaks HTTP/2 to every function (the port speaks h2c whatever spec.protocol is).
+    // Over HTTP/1.1 it can cut a POST's stream just after it starts: Go's server closes the
+    // client's body when the answer's head goes out, while the transport still reads it once
+    // more after sending it, and then drops the connection to the pod (golang/go#40747,
+    // traefik/traefik#11767). Go's HTTP/2 transport makes that read before the body's last byte
+    // leaves. It reads the scheme from the Service, not the Ingress.
+    metadata: metadata(fn, { annotations: { [TRAEFIK_SERVERS_SCHEME]: 'h2c' } }),
     spec: {
       type: 'ClusterIP',
       selector: { [FUNCTION_LABEL]: fn.metadata.name },

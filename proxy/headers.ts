@@ -34,6 +34,23 @@ export function endToEndHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeade
   return kept;
 }
 
+/** The request's host: `Host` for HTTP/1.1, `:authority` for HTTP/2. */
+export function requestHost(req: { headers: IncomingHttpHeaders }): string | undefined {
+  return req.headers.host ?? (req.headers[':authority'] as string | undefined);
+}
+
+/**
+ * A request's end-to-end fields for an HTTP/1.1 request onwards, from an HTTP/1.1 or HTTP/2
+ * request: pseudo-headers do not pass on, and HTTP/2's `:authority` becomes `Host`.
+ */
+export function http1RequestHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const kept = endToEndHeaders(headers);
+  for (const name of Object.keys(kept)) if (name.startsWith(':')) delete kept[name];
+  const host = requestHost({ headers });
+  if (host !== undefined) kept.host = host;
+  return kept;
+}
+
 /**
  * Response headers as received (`rawHeaders`: name, value, name, value...) without hop-by-hop
  * fields, names lower-cased, repeated fields kept as arrays.

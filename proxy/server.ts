@@ -288,6 +288,8 @@ export class PublicHandler {
         requestId: exchange.id,
         method: exchange.req.method,
         path: exchange.req.url,
+        // What the client (an ingress controller, mostly) spoke: 1.1 or 2.0.
+        http: exchange.req.httpVersion,
         status,
         grpcStatus,
         ttfbMs: relay?.firstByteMs === undefined ? undefined : round(relay.firstByteMs),

@@ -4,6 +4,7 @@
 // under the pod's name (the plane's kwok nodes run no processes: this plays their kubelet).
 import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
+import { connect as connectH2 } from 'node:http2';
 import { resolve } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -351,6 +352,42 @@ describe('sluice activator: scale from zero with requests held', () => {
     );
     expect(results.map((r) => r.output.echo)).toEqual([1, 2, 3]);
     expect(answer.body).toMatch(/event: done\ndata: \{"requestId":"[^"]+","count":3,"failed":0/);
+  });
+
+  it('over h2c, as Traefik speaks to every function: the host from :authority, the body and events forwarded', {
+    timeout: 90_000,
+  }, async () => {
+    // A POST with a body, the kind Traefik's HTTP/1.1 transport could cut (operator/desired.ts).
+    const session = connectH2(`http://127.0.0.1:${activator.port}`);
+    try {
+      const answer = await new Promise<{ status: number; body: string }>((done, fail) => {
+        const stream = session.request({
+          ':method': 'POST',
+          ':path': '/mapped/_sluice/map',
+          ':authority': `mapped.${ns}.svc.cluster.local`,
+          'content-type': 'application/json',
+        });
+        let status = 0;
+        let body = '';
+        stream.setEncoding('utf8');
+        stream.on('response', (headers) => {
+          status = Number(headers[':status']);
+        });
+        stream.on('data', (text: string) => {
+          body += text;
+        });
+        stream.on('end', () => done({ status, body }));
+        stream.on('error', fail);
+        stream.end(JSON.stringify({ inputs: [4, 5] }));
+      });
+      expect(answer.status, answer.body).toBe(200);
+      const results = [...answer.body.matchAll(/event: result\nid: (\d+)\ndata: (.*)\n/g)].map(
+        (m) => JSON.parse(m[2]!).output.echo,
+      );
+      expect(results).toEqual([4, 5]);
+    } finally {
+      session.close();
+    }
   });
 
   it('a host and path that match no function: 404 naming them', async () => {

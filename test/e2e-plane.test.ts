@@ -200,6 +200,9 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     expect(replicas.size).toBeGreaterThanOrEqual(2);
     for (const replica of replicas) expect(names).toContain(replica);
     expect(JSON.parse(r.events.at(-1)!.data)).toMatchObject({ count: 40, failed: 0 });
+    // Traefik spoke HTTP/2 to the sidecar, as the Service tells it (operator/desired.ts: why).
+    const logs = await podLogs(ns.name, `${FUNCTION_LABEL}=echo`, 'sluice-proxy');
+    expect(logs).toMatch(/"path":"\/_sluice\/map","http":"2\.0"/);
   }, 60_000);
 
   it('5. a killed function process: the pod restarts it, leaves and re-enters the Service, and a running map loses nothing', async () => {
@@ -409,7 +412,16 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
           return condition(last, 'Ready')?.status === 'True';
         },
         { timeoutMs: 120_000, what: () => `${name} Ready; its status: ${JSON.stringify(last?.status)}` },
-      );
+      ).catch(async (err: Error) => {
+        // Why its pod is not ready: the containers' own words and the pod runner's.
+        const selector = `${FUNCTION_LABEL}=${name}`;
+        const logs = [
+          await podLogs(ns.name, selector, 'function'),
+          await podLogs(ns.name, selector, 'sluice-proxy'),
+        ].join('\n');
+        const runner = (await fnPods(name)).map((p) => runnerLog(p.metadata.name)).join('\n');
+        throw new Error(`${err.message}\n${logs}\npod runner:\n${runner}`);
+      });
     }
     await routed('/hook/');
     const [render] = await fnPods('fake-video-render');

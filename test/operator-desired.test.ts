@@ -245,14 +245,20 @@ describe('desiredService and desiredIngress', () => {
     expect(s.spec.selector).toEqual({ 'sluice.dev/function': 'echo' });
   });
 
-  it('spec.protocol h2c: the Service port says kubernetes.io/h2c, Traefik and ingress-nginx speak h2c/gRPC to it', () => {
-    const plain = desiredService(fn({}));
-    expect(plain.metadata!.annotations).toBeUndefined();
+  it('Traefik speaks h2c to every function (its HTTP/1.1 transport can cut a POST stream: golang/go#40747)', () => {
+    for (const protocol of ['http', 'h2c'] as const) {
+      expect(desiredService(fn({ protocol })).metadata!.annotations).toEqual({
+        'traefik.ingress.kubernetes.io/service.serversscheme': 'h2c',
+      });
+    }
+  });
+
+  it('spec.protocol h2c: the Service port says kubernetes.io/h2c, ingress-nginx speaks gRPC to it', () => {
+    expect(desiredService(fn({})).spec.ports[0]).not.toHaveProperty('appProtocol');
     const s = desiredService(fn({ protocol: 'h2c' }));
     expect(s.spec.ports).toEqual([
       { name: 'http', port: 80, targetPort: 'http', protocol: 'TCP', appProtocol: 'kubernetes.io/h2c' },
     ]);
-    expect(s.metadata!.annotations).toEqual({ 'traefik.ingress.kubernetes.io/service.serversscheme': 'h2c' });
     const i = desiredIngress(fn({ protocol: 'h2c' }), config)!;
     expect(i.metadata!.annotations!['nginx.ingress.kubernetes.io/backend-protocol']).toBe('GRPC');
     expect(desiredIngress(fn({}), config)!.metadata!.annotations).not.toHaveProperty(

@@ -22,7 +22,7 @@ export function ingressUrl(): string {
 }
 
 /**
- * The servers (`http://ip:port`) Traefik routes a Service's Ingress traffic to now, from its API:
+ * The servers (`ip:port`) Traefik routes a Service's Ingress traffic to now, from its API:
  * an EndpointSlice the API server has is in Traefik's routes a moment later.
  */
 export async function ingressServers(namespace: string, service: string): Promise<string[]> {
@@ -38,7 +38,8 @@ export async function ingressServers(namespace: string, service: string): Promis
   }>;
   return services
     .filter((s) => s.provider === 'kubernetes' && s.name.startsWith(prefix))
-    .flatMap((s) => (s.loadBalancer?.servers ?? []).map((server) => server.url))
+    // `ip:port`: the scheme (h2c for every function, operator/desired.ts) is not the question.
+    .flatMap((s) => (s.loadBalancer?.servers ?? []).map((server) => new URL(server.url).host))
     .sort();
 }
 
