@@ -36,11 +36,13 @@ export async function ingressServers(namespace: string, service: string): Promis
     provider: string;
     loadBalancer?: { servers?: Array<{ url: string }> };
   }>;
-  return services
-    .filter((s) => s.provider === 'kubernetes' && s.name.startsWith(prefix))
-    // `ip:port`: the scheme (h2c for every function, operator/desired.ts) is not the question.
-    .flatMap((s) => (s.loadBalancer?.servers ?? []).map((server) => new URL(server.url).host))
-    .sort();
+  return (
+    services
+      .filter((s) => s.provider === 'kubernetes' && s.name.startsWith(prefix))
+      // `ip:port`: the scheme (h2c for every function, operator/desired.ts) is not the question.
+      .flatMap((s) => (s.loadBalancer?.servers ?? []).map((server) => new URL(server.url).host))
+      .sort()
+  );
 }
 
 export interface SseEvent {
