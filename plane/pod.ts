@@ -537,7 +537,12 @@ export class PodWorker {
       ...serviceLinkEnv(services),
       ...serviceLinkEnv(kubernetes),
     };
-    const vars = containerEnv(pod, c, base, {
+    // status.podIP as a kubelet knows it, from the sandbox it made: the pod object may not carry
+    // it yet (the status saying so is written after the sandbox), and a fieldRef must not read ''.
+    const addressed = this.podIp
+      ? { ...pod, status: { ...pod.status, podIP: this.podIp, podIPs: [{ ip: this.podIp }] } }
+      : pod;
+    const vars = containerEnv(addressed, c, base, {
       configMap: (name) => configMaps.get(name),
       secret: (name) => secrets.get(name),
       allocatable: this.host.node.allocatable,

@@ -182,7 +182,8 @@ export class StreamRelay {
     } else if (framing.kind === 'close') {
       this.#framing = CLOSE;
     }
-    res.writeHead(head.statusCode, head.statusMessage, headers);
+    // HTTP/2 has no reason phrase (Node warns when given one).
+    res.writeHead(head.statusCode, res.req.httpVersionMajor === 1 ? head.statusMessage : undefined, headers);
     // The chunk framing comes from the function from here on: Node must not add its own.
     if (this.#raw) res.chunkedEncoding = false;
     this.#lastToClient = performance.now();

@@ -72,7 +72,10 @@ describe.skipIf(Boolean(simulated))('the pod runner', () => {
       {
         securityContext: { runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000 },
         initContainers: [
-          shell('first', 'echo init > /shared/order', {
+          // The first process of the pod: status.podIP must be known to it already (a kubelet
+          // knows it from the sandbox, before any status says so).
+          shell('first', 'echo init > /shared/order; echo "$IP" > /shared/first-ip', {
+            env: [{ name: 'IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } }],
             volumeMounts: [{ name: 'shared', mountPath: '/shared' }],
           }),
           shell('side', 'echo sidecar >> /shared/order; touch /shared/side-up; exec sleep 3600', {
@@ -88,6 +91,7 @@ describe.skipIf(Boolean(simulated))('the pod runner', () => {
               'echo main >> /shared/order',
               'echo "order=$(tr "\\n" , < /shared/order)"',
               'echo "env=$GREETING|$PW|$POD|$NODE|$MEM|$BOTH"',
+              'echo "first-ip=$(cat /shared/first-ip)"',
               'echo "files=$(cat /config/greeting)|$(cat /secret/password)|$(cat /info/labels)"',
               'echo "id=$(id -u):$(id -g):$(id -G | tr " " ,)"',
               'echo "pwd=$(pwd) host=$(hostname)"',
@@ -301,6 +305,7 @@ describe.skipIf(Boolean(simulated))('the pod runner', () => {
     );
     expect(out).toContain('order=init,sidecar,main,');
     expect(out).toContain(`env=hello|s3cret|full|${p.spec.nodeName}|64|full/hello`);
+    expect(out).toContain(`first-ip=${p.status.podIP}\n`);
     expect(out).toContain('files=hello|s3cret|full');
     expect(out).toContain('id=1000:1000:1000,2000');
     expect(out).toContain('pwd=/shared host=full');
