@@ -485,8 +485,17 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
         what: `${name} pods gone`,
       });
     }
-    const left = await kubectl(['get', 'deployments,services,ingresses', '-n', functions.name, '-o', 'name']);
-    expect(left.stdout.trim()).toBe('');
+    // The garbage collector deletes the owned objects once their owner is gone, in its own time
+    // (pods may go first: the finalizer scales the function down), so their going is waited for.
+    let left = '';
+    await waitFor(
+      async () => {
+        const r = await kubectl(['get', 'deployments,services,ingresses', '-n', functions.name, '-o', 'name']);
+        left = r.stdout.trim();
+        return r.code === 0 && left === '';
+      },
+      { timeoutMs: 60_000, what: () => `the owned objects gone; left: ${left}` },
+    );
   }, 120_000);
 
   it("the chart's RBAC grants exactly the API calls the operator made, and none was refused", async () => {
