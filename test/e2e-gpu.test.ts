@@ -490,7 +490,14 @@ describe.skipIf(Boolean(missing || helmMissing))('end to end with simulated GPU 
     let left = '';
     await waitFor(
       async () => {
-        const r = await kubectl(['get', 'deployments,services,ingresses', '-n', functions.name, '-o', 'name']);
+        const r = await kubectl([
+          'get',
+          'deployments,services,ingresses',
+          '-n',
+          functions.name,
+          '-o',
+          'name',
+        ]);
         left = r.stdout.trim();
         return r.code === 0 && left === '';
       },
