@@ -206,9 +206,8 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
   }, 60_000);
 
   it('5. a killed function process: the pod restarts it, leaves and re-enters the Service, and a running map loses nothing', async () => {
-    const [victim] = await fnPods('echo');
-    const ip = victim!.status.podIP;
-    const endpointReady = async () => {
+    /** Pod IPs the Service's EndpointSlices list as ready now. */
+    const readyInService = async (): Promise<string[]> => {
       const list = await getJson([
         'get',
         'endpointslices',
@@ -217,13 +216,29 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
         '-l',
         'kubernetes.io/service-name=echo',
       ]);
-      const endpoint = list.items
+      return list.items
         .flatMap((s: Manifest) => s.endpoints ?? [])
-        .find((e: Manifest) => e.addresses.includes(ip));
-      return endpoint?.conditions?.ready as boolean | undefined;
+        .filter((e: Manifest) => e.conditions?.ready)
+        .flatMap((e: Manifest) => e.addresses as string[]);
     };
-    // Steps before may have left a replica briefly unready (a readiness probe slow under load).
-    await waitFor(endpointReady, { timeoutMs: 30_000, what: "the victim's endpoint ready" });
+    // The victim: the oldest replica the Service sends traffic to. Step 4's map burst may have
+    // scaled echo up, and a replica it started may still be starting (slowly, on a loaded machine).
+    let seen = '';
+    const victim = await waitFor(
+      async () => {
+        const ready = await readyInService();
+        const list = await fnPods('echo');
+        seen = list
+          .map((p) => `${p.metadata.name} ${p.status.podIP} ready=${ready.includes(p.status.podIP)}`)
+          .join(', ');
+        return list
+          .filter((p) => ready.includes(p.status.podIP))
+          .sort((a, b) => a.metadata.creationTimestamp.localeCompare(b.metadata.creationTimestamp))[0];
+      },
+      { timeoutMs: 30_000, what: () => `an echo replica ready in the Service; pods: ${seen}` },
+    );
+    const ip = victim.status.podIP as string;
+    const endpointReady = async () => (await readyInService()).includes(ip);
     const firstResult = firstEvent((e) => e.event === 'result');
     // Bounded, so a map that stalls fails with what it got (curl exits 28) instead of hanging.
     const map = curl(
@@ -242,12 +257,12 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
       }),
     ]);
     // Every version of the pod's Ready condition, from a watch, so a short dip is seen too.
-    const watch = watchReady(ns.name, victim!.metadata.name);
+    const watch = watchReady(ns.name, victim.metadata.name);
     await watch.started;
     const killedAt = Date.now();
-    const pids = containerPids(victim!.metadata.uid, 'function');
+    const pids = containerPids(victim.metadata.uid, 'function');
     // Nothing to kill would leave Ready True for a reason that is not the runner's: say so.
-    expect(pids.length, `the function's processes in ${victim!.metadata.name}'s cgroup`).toBeGreaterThan(0);
+    expect(pids.length, `the function's processes in ${victim.metadata.name}'s cgroup`).toBeGreaterThan(0);
     for (const pid of pids) process.kill(pid, 'SIGKILL');
     await waitFor(() => watch.seen.includes('False') && watch.seen.at(-1) === 'True', {
       timeoutMs: 30_000,
@@ -256,15 +271,15 @@ describe.skipIf(Boolean(skip))('the Kubernetes walkthrough on the local plane, p
     })
       .catch(async (err: Error) => {
         // What the pod's runner did meanwhile, to tell its fault from the watch's.
-        const pod = await getJson(['get', 'pod', victim!.metadata.name, '-n', ns.name]);
-        const log = runnerLog(victim!.metadata.name);
+        const pod = await getJson(['get', 'pod', victim.metadata.name, '-n', ns.name]);
+        const log = runnerLog(victim.metadata.name);
         throw new Error(
           `${err.message}; pod status now: ${JSON.stringify({ conditions: pod.status.conditions, function: containerStatus(pod, 'function') })}; pod runner log:\n${log}`,
         );
       })
       .finally(() => watch.stop());
     await waitFor(endpointReady, { timeoutMs: 30_000, what: 'its endpoint ready again' });
-    const after = await getJson(['get', 'pod', victim!.metadata.name, '-n', ns.name]);
+    const after = await getJson(['get', 'pod', victim.metadata.name, '-n', ns.name]);
     const fn = containerStatus(after, 'function')!;
     expect(fn.restartCount).toBe(1);
     expect(fn.lastState.terminated).toMatchObject({ exitCode: 137, reason: 'Error' });
