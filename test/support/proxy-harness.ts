@@ -60,7 +60,8 @@ export function curl(url: string, args: string[] = []): Curl {
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     stderr += d;
   });
-  const exit = once(child, 'exit').then(([code]) => code as number);
+  // 'close', not 'exit': curl may exit before its last output has been read from the pipe.
+  const exit = once(child, 'close').then(([code]) => code as number);
   return { child, stdout: () => stdout, stderr: () => stderr, exit, events: () => events };
 }
 
