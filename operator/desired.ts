@@ -234,7 +234,7 @@ export function desiredDeployment(fn: FunctionView, config: BuilderConfig): Kube
   });
 }
 
-export const TRAEFIK_SERVERS_SCHEME = 'traefik.ingress.kubernetes.io/service.serversscheme';
+const TRAEFIK_SERVERS_SCHEME = 'traefik.ingress.kubernetes.io/service.serversscheme';
 
 export function desiredService(fn: FunctionView): KubeObject {
   return {

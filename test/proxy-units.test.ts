@@ -2,7 +2,13 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { bearerToken, parseTokens } from '../proxy/auth.ts';
 import { hasBody } from '../proxy/body.ts';
-import { endToEndHeaders, endToEndRawHeaders, refusedTarget, stripPathPrefix } from '../proxy/headers.ts';
+import {
+  endToEndHeaders,
+  endToEndRawHeaders,
+  http1RequestHeaders,
+  refusedTarget,
+  stripPathPrefix,
+} from '../proxy/headers.ts';
 import { ConcurrencyLimiter, QueueAbortedError, QueueTimeoutError } from '../proxy/limiter.ts';
 import { errorEvent, eventStreamCacheControl, isEventStream } from '../proxy/stream-relay.ts';
 import { requestHead } from '../proxy/upstream/request-head.ts';
@@ -138,6 +144,24 @@ describe('hop-by-hop headers', () => {
       'x-end-to-end': 'kept',
       'content-type': 'text/event-stream',
     });
+  });
+});
+
+describe('http1RequestHeaders: a request passed on over HTTP/1.1 (the activator to a pod)', () => {
+  it.each([
+    [
+      'HTTP/2: pseudo-headers dropped, :authority becomes Host',
+      { ':method': 'POST', ':path': '/x', ':scheme': 'http', ':authority': 'fn.ns.svc', accept: '*/*' },
+      { host: 'fn.ns.svc', accept: '*/*' },
+    ],
+    [
+      'HTTP/1.1: Host kept, hop-by-hop fields dropped',
+      { host: 'fn', connection: 'keep-alive, x-hop', 'x-hop': '1', 'x-end': '2' },
+      { host: 'fn', 'x-end': '2' },
+    ],
+    ['no host at all: none made up', { accept: '*/*' }, { accept: '*/*' }],
+  ])('%s', (_name, given, passed) => {
+    expect(http1RequestHeaders(given as IncomingHttpHeaders)).toEqual(passed);
   });
 });
 
