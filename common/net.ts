@@ -21,7 +21,9 @@ function bindable(port: number): Promise<boolean> {
     const server = createServer();
     server.unref();
     server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    // Every address, not loopback only: a test's process may listen on all of them (nats-server's
+    // cluster port), and the plane holds fixed ports on its node address (the kubelet API, 10250).
+    server.listen(port, () => server.close(() => resolve(true)));
   });
 }
 
