@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
-import { type Started, start } from './process.ts';
+import { NATS_SERVER, type Started, start } from './process.ts';
 
 /** One server of a NATS cluster. */
 export interface ClusterServer {
@@ -34,7 +34,7 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
     ports.push({ client: await freePort(), cluster: await freePort(), monitor: await freePort() });
   const routes = ports.map((p) => `nats://127.0.0.1:${p.cluster}`).join(',');
   const processes: Started[] = ports.map((p, i) =>
-    start('nats-server', [
+    start(NATS_SERVER, [
       '-js',
       '-a',
       '127.0.0.1',

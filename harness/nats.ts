@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { connect, credsAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { type NatsAuthority, pushAccount, resolverConfig } from '../common/nats-auth.ts';
 import { freePort, waitForPort } from '../common/net.ts';
-import { type Started, start } from './process.ts';
+import { NATS_SERVER, type Started, start } from './process.ts';
 
 export interface NatsServer {
   url: string;
@@ -32,7 +32,7 @@ export interface NatsOptions {
 }
 
 /**
- * A real `nats-server -js` (the Debian package) on a loopback port with its own store. Locked
+ * A real `nats-server -js` (the chart's version, built by scripts/tools.sh) on a loopback port with its own store. Locked
  * down (`authority` or `trust`), every client needs credentials and function accounts are pushed.
  */
 export async function startNats(options: NatsOptions = {}): Promise<NatsServer> {
@@ -49,7 +49,7 @@ export async function startNats(options: NatsOptions = {}): Promise<NatsServer> 
   let server: Started | undefined;
   const launch = async () => {
     const before = output;
-    server = start('nats-server', args);
+    server = start(NATS_SERVER, args);
     const current = server;
     output = before;
     current.child.stdout?.on('data', (d: Buffer) => {

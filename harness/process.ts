@@ -39,6 +39,12 @@ export function start(command: string, args: string[], options: SpawnOptions = {
   };
 }
 
+/**
+ * The nats-server that scripts/tools.sh builds: the chart's NATS version (Debian's, on PATH for
+ * `npm start`, is older than the chart supports).
+ */
+export const NATS_SERVER = new URL('../.sluice/bin/nats-server', import.meta.url).pathname;
+
 /** `node` here is the project's Node 24 (npm scripts put node_modules/.bin first on PATH). */
 export const SLUICE_BIN = new URL('../bin/sluice.js', import.meta.url).pathname;
 

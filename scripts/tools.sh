@@ -2,7 +2,7 @@
 # Installs or builds every external tool the tests and the local control plane use.
 # Idempotent: Debian packages are installed only when missing; Go binaries are built once
 # into a cache outside the repo (SLUICE_CACHE, default ~/.cache/sluice) and linked into
-# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|plane|python|all]   (default: all)
+# .sluice/bin. Usage: scripts/tools.sh [apt|etcd|k8s|kwok|helm|nats|plane|python|all]   (default: all)
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -12,6 +12,8 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.5}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 TRAEFIK_VERSION=${TRAEFIK_VERSION:-v3.6.12}
 LOCAL_PATH_VERSION=${LOCAL_PATH_VERSION:-v0.0.30}
+# The chart's NATS image tag (charts/sluice/values.yaml nats.image.tag; a test keeps them equal).
+NATS_VERSION=${NATS_VERSION:-v2.11.8}
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 # Go's official tarball installs here; a non-login shell may not have it on PATH.
 [ -d /usr/local/go/bin ] && PATH=$PATH:/usr/local/go/bin
@@ -105,6 +107,18 @@ go 1.24
 require go.etcd.io/etcd/server/v3 $ETCD_VERSION" etcd=go.etcd.io/etcd/server/v3
 }
 
+# nats-server from its module, the version the chart's image runs, for the tests and the local
+# plane's NATS pods. Debian's 2.9.10 (apt, for `npm start`) is older than the chart's minimum
+# (2.10) and has a race its 2.10 fixed (nats-server 105237cba): two connections authenticating
+# at once for an account the server does not hold yet each build an Account object, and each
+# enables JetStream on it; the second replaced the first's jsAccount in the server's table, so
+# the streams made through the registered account were missing from /jsz.
+nats_tools() {
+  LDFLAGS="-s -w" go_build "nats-server-$NATS_VERSION" "module sluice.local/nats-tools
+go 1.24
+require github.com/nats-io/nats-server/v2 $NATS_VERSION" nats-server=github.com/nats-io/nats-server/v2
+}
+
 helm_tools() {
   LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" go_build "helm-$HELM_VERSION" "module sluice.local/helm-tools
 go 1.24
@@ -141,9 +155,10 @@ case "${1:-all}" in
   k8s) k8s_tools ;;
   kwok) kwok_tools ;;
   helm) helm_tools ;;
+  nats) nats_tools ;;
   etcd) etcd_tools ;;
   plane) plane_tools ;;
   python) bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
-  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools; plane_tools; bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
-  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|plane|python|all]" >&2; exit 2 ;;
+  all) apt_tools; etcd_tools; k8s_tools; kwok_tools; helm_tools; nats_tools; plane_tools; bash "$ROOT/scripts/python-deps.sh" >/dev/null ;;
+  *) echo "usage: $0 [apt|etcd|k8s|kwok|helm|nats|plane|python|all]" >&2; exit 2 ;;
 esac

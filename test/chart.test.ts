@@ -1,17 +1,18 @@
 // The chart without a cluster: lint, every feature flag rendered, bad values refused by
 // values.schema.json naming the field, the operator accepting the flags the chart passes, and
 // the NATS configuration accepted and served by a real nats-server.
+import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { isMap, isPair, isScalar, parseDocument, type YAMLMap } from 'yaml';
+import { isMap, isPair, isScalar, parse, parseDocument, type YAMLMap } from 'yaml';
 import { loadActivatorConfig } from '../activator/config.ts';
 import { NatsAuthority, newMasterSecret, pushAccount } from '../common/nats-auth.ts';
 import { freePort, waitFor } from '../common/net.ts';
-import { type Started, start } from '../harness/process.ts';
+import { NATS_SERVER, type Started, start } from '../harness/process.ts';
 import { loadOperatorConfig } from '../operator/config.ts';
 import { FUNCTION_LABEL, labels } from '../operator/desired.ts';
 import { CHART, find, helm, helmMissing, type Manifest, render } from './support/helm.ts';
@@ -619,6 +620,12 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
     expect(undocumented).toEqual([]);
   });
 
+  it("is the NATS the tests and the local plane run: the version of the chart's image", async () => {
+    const values = parse(await readFile(join(CHART, 'values.yaml'), 'utf8'));
+    const version = execFileSync(NATS_SERVER, ['--version'], { encoding: 'utf8' }).trim();
+    expect(version).toBe(`nats-server: v${values.nats.image.tag.replace(/-.*$/, '')}`);
+  });
+
   describe('NATS configuration', () => {
     let dir: string;
     let nats: Started | undefined;
@@ -645,7 +652,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
       await writeFile(join(dir, 'etc', 'nats-auth', 'trust.conf'), await authority.trustConfig());
       const file = join(dir, 'etc', 'nats', 'nats.conf');
       await writeFile(file, local);
-      nats = start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
+      nats = start(NATS_SERVER, ['--config', file, '-a', '127.0.0.1'], {
         env: { ...process.env, POD_NAME: 'sluice-nats-0' },
       });
       const health = await waitFor(
@@ -710,7 +717,7 @@ describe.skipIf(helmMissing)('chart charts/sluice', () => {
           const file = join(dir, `etc-${i}`, 'nats', 'nats.conf');
           await writeFile(file, local);
           servers.push(
-            start('nats-server', ['--config', file, '-a', '127.0.0.1'], {
+            start(NATS_SERVER, ['--config', file, '-a', '127.0.0.1'], {
               env: { ...process.env, POD_NAME: `sluice-nats-${i}` },
             }),
           );

@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import dockerignoreModule from '@balena/dockerignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
-import { type Started, start } from '../harness/process.ts';
+import { NATS_SERVER, type Started, start } from '../harness/process.ts';
 
 const run = promisify(execFile);
 // A CommonJS module typed with an ES default export: Node hands over the function itself.
@@ -253,7 +253,7 @@ describe('the image /app as a process', () => {
 
   it('runs the proxy with map over a real NATS, answers /healthz, and exits on SIGTERM', async () => {
     const [natsPort, listen, admin] = [await freePort(), await freePort(), await freePort()];
-    nats = start('nats-server', [
+    nats = start(NATS_SERVER, [
       '-js',
       '-a',
       '127.0.0.1',

@@ -89,7 +89,7 @@ describe('images table', () => {
 
   it.each([
     ['ghcr.io/sluice-dev/sluice:0.1.0', ['node', 'bin/sluice.js']],
-    ['docker.io/library/nats:2.11.8-alpine', ['nats-server']],
+    ['docker.io/library/nats:2.11.8-alpine', ['/repo/.sluice/bin/nats-server']],
     ['sluice-examples:dev', undefined],
   ])('%s resolves with entrypoint %j', (ref, entrypoint) => {
     expect(table.resolve(ref)?.entrypoint).toEqual(entrypoint);
