@@ -19,8 +19,8 @@ import type { ActivatorConfig } from './config.ts';
 import { FunctionGate, type GateSettings } from './gate.ts';
 import { type Route, RouteTable } from './routes.ts';
 
-/** A connection that sends no byte this long is closed (the sidecars' --headers-timeout default). */
-const FIRST_BYTES_TIMEOUT_MS = 30_000;
+/** A request's headers (or a silent connection's first) within this, as the sidecars' --headers-timeout default. */
+const HEADERS_TIMEOUT_MS = 30_000;
 
 /** A function with nothing held or forwarded this long stops being listened to. */
 const GATE_IDLE_MS = 60_000;
@@ -172,13 +172,15 @@ export async function startActivator(config: ActivatorConfig, log: Logger): Prom
     });
   };
 
-  const http1 = createServer({ noDelay: true, keepAliveTimeout: 620_000, requestTimeout: 0 }, handle);
+  const http1 = createServer(
+    { noDelay: true, keepAliveTimeout: 620_000, headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: 0 },
+    handle,
+  );
   // HTTP/1.1 and h2c on one port, as the sidecars' public port: the function's Service tells
   // Traefik to speak h2c to its endpoints, and while the function is at zero those are ours.
   const publicPort = createPublicPort({
     http1,
     http2: createH2PublicServer(handle),
-    firstBytesTimeoutMs: FIRST_BYTES_TIMEOUT_MS,
   });
   const server = publicPort.server;
   const admin = createServer(async (req, res) => {

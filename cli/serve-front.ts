@@ -159,7 +159,6 @@ export function createFront(options: FrontOptions): Front {
   const port = createPublicPort({
     http1,
     http2: createH2PublicServer(handle),
-    firstBytesTimeoutMs: 60_000,
   });
   return {
     server: port.server,

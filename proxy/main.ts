@@ -150,7 +150,6 @@ export async function runProxy(
     noDelay: true,
   });
   publicServer.on('request', handler.handle);
-  publicServer.on('clientError', answerClientError);
   publicServer.on('connect', (_req, socket: Socket) => socket.end(BAD_CONNECT));
   const notReadyReason = () => {
     if (handler.draining) return 'draining: the proxy is shutting down';
@@ -161,8 +160,7 @@ export async function runProxy(
   const publicPortServer = createPublicPort({
     http1: publicServer,
     http2: createH2PublicServer(handler.handle),
-    // A connection's first bytes are the start of its headers (or the HTTP/2 preface): same bound.
-    firstBytesTimeoutMs: config.headersTimeout * 1000,
+    onClientError: answerClientError,
   });
   const adminServer = createAdminServer({
     registry: metrics.registry,

@@ -11,29 +11,7 @@ import {
 } from '../common/grpc.ts';
 import { grpcErrorTrailers, WIRE_ERRORS, WIRE_GRPC_STATUS } from '../common/wire-errors.ts';
 import { downstreamHeaders, upstreamRequestHeaders } from '../proxy/h2/headers.ts';
-import { H2_PREFACE, sniffProtocol } from '../proxy/h2/public-port.ts';
 import { grpcFrame } from './support/h2-function.ts';
-
-describe('sniffProtocol', () => {
-  it.each([
-    ['', undefined],
-    ['P', undefined],
-    ['PRI * HTTP/2.0\r\n', undefined],
-    ['PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'h2'],
-    ['PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04', 'h2'],
-    ['POST / HTTP/1.1', 'http1'],
-    ['GET / HTTP/1.0\r\n\r\n', 'http1'],
-    ['PRI * HTTP/1.1\r\n', 'http1'],
-    ['\x16\x03\x01', 'http1'], // TLS: the HTTP/1.1 server answers it with 400, as before
-  ])('%j -> %s', (bytes, expected) => {
-    expect(sniffProtocol(Buffer.from(bytes, 'latin1'))).toBe(expected);
-  });
-
-  it('decides h2 only with all 24 bytes, whatever the split', () => {
-    for (let n = 0; n < H2_PREFACE.length; n++)
-      expect(sniffProtocol(H2_PREFACE.subarray(0, n))).toBeUndefined();
-  });
-});
 
 describe('grpc-timeout', () => {
   it.each([
