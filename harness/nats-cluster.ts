@@ -1,6 +1,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { freePort, waitFor, waitForPort } from '../common/net.ts';
 import { NATS_SERVER, type Started, start } from './process.ts';
 
@@ -24,8 +26,8 @@ export interface NatsCluster {
 
 /**
  * `size` real `nats-server -js` processes on loopback, routed to each other as one JetStream
- * cluster (as the chart's StatefulSet with nats.replicas); resolves once JetStream has a meta
- * leader, so streams with replicas can be made.
+ * cluster (as the chart's StatefulSet with nats.replicas); resolves once the cluster places a
+ * stream on all `size` servers, so streams with replicas can be made.
  */
 export async function startNatsCluster(size = 3): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-nats-cluster-'));
@@ -82,9 +84,40 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
         what: `a JetStream cluster of ${size}\n${servers.map((s) => s.output()).join('\n')}`,
       },
     );
+    await waitForPlacement(servers, size);
   } catch (err) {
     await stop();
     throw err;
   }
   return { servers, urls: servers.map((s) => s.url).join(','), stop };
+}
+
+/**
+ * Waits until the meta leader places a stream with `size` replicas. A healthy meta group is not
+ * yet that: the leader places only on peers whose statistics it has received (each server
+ * sends its own soon after it starts), and until then answers "no suitable peers for
+ * placement". A probe stream is made and deleted once it can be.
+ */
+async function waitForPlacement(servers: ClusterServer[], size: number): Promise<void> {
+  if (size < 2) return;
+  const nc = await connect({ servers: servers.map((s) => s.url) });
+  try {
+    const jsm = await jetstreamManager(nc);
+    const name = 'HARNESS_PLACEMENT';
+    await waitFor(
+      async () => {
+        try {
+          await jsm.streams.add({ name, subjects: ['harness.placement'], num_replicas: size });
+          return true;
+        } catch (err) {
+          if (/no suitable peers/i.test((err as Error).message)) return false;
+          throw err;
+        }
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: `the cluster to place a stream on ${size} servers` },
+    );
+    await jsm.streams.delete(name);
+  } finally {
+    await nc.close();
+  }
 }

@@ -123,6 +123,22 @@ describe('one port, HTTP/1.1 and h2c with prior knowledge', () => {
     }
   });
 
+  it("an HTTP/2 client that leaves (FIN) closes the server's side of its connection", async () => {
+    const { url, http1 } = await publicPort();
+    const { hostname, port: p } = new URL(url);
+    const raw = connect(Number(p), hostname);
+    const session = h2Connect(url, { createConnection: () => raw });
+    session.on('error', () => {});
+    expect(await h2Get(session, '/first')).toBe('2.0 /first');
+    const connections = () => new Promise<number>((resolve) => http1.getConnections((_e, n) => resolve(n)));
+    expect(await connections()).toBe(1);
+    raw.end(); // FIN, as from a client process that exits
+    await waitFor(async () => (await connections()) === 0, {
+      what: "the server's side of the connection to close",
+    });
+    session.destroy();
+  });
+
   it("answers what llhttp refuses as Node does, and a request that starts with 'P' is HTTP/1.1", async () => {
     const { url } = await publicPort();
     expect(await rawFirstLine(url, 'GARBAGE\r\n\r\n')).toBe('HTTP/1.1 400 Bad Request');

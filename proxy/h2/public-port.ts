@@ -94,7 +94,8 @@ interface Http1Socket extends Socket {
  * Undoes what node:http's connectionListener did to a socket, as its own upgrade path does:
  * its listeners go, its parser stops consuming the socket and leaves the server's connection
  * list (whose header timeout would otherwise cut the HTTP/2 connection), and the socket stops
- * flowing so that nothing read before the HTTP/2 session takes over is emitted to no one.
+ * flowing so that nothing read before the HTTP/2 session takes over is emitted to no one, and
+ * it ends on the client's FIN as a socket the HTTP/2 server accepted itself would.
  * Only 'close' keeps the HTTP/1.1 listener (it tolerates a socket without parser) beside any
  * that the server's owner added on 'connection'.
  */
@@ -111,6 +112,10 @@ function detachFromHttp1(socket: Http1Socket): void {
   }
   // Node's own upgrade path does this: readableFlowing's setter puts a stream back to no mode.
   (socket as { readableFlowing: boolean | null }).readableFlowing = null;
+  // node:http accepts half-open and ends a socket itself on the client's FIN (the 'end'
+  // listener that just went); a net.Server's socket, which the HTTP/2 server expects, ends on
+  // it by itself. Without this a client that leaves would leave its session and streams open.
+  socket.allowHalfOpen = false;
 }
 
 /**
