@@ -1,3 +1,4 @@
+import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import { exitOnSettingError, parseSettings } from '../common/settings.ts';
 import { type ProxyConfig, proxyCommand, proxyConfigSchema, proxySettings } from './config.ts';
@@ -14,6 +15,10 @@ export function registerProxyCommand(program: Command): void {
       } catch (err) {
         exitOnSettingError('proxy', err);
       }
+      // The old generation grows by 20% at a time, not by V8's up-to-4x while the heap grows fast:
+      // idle streams are long-lived, and the default left about 1.7 KB per idle stream of heap no
+      // object used (bench/RESULTS.md). Not in PROXY_NODE_FLAGS: NODE_OPTIONS refuses this flag.
+      setFlagsFromString('--heap-growing-percent=20');
       const { createLogger } = await import('../common/log.ts');
       const { runProxy } = await import('./main.ts');
       const log = createLogger('proxy');
