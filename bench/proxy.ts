@@ -259,7 +259,11 @@ async function main(): Promise<void> {
   if (before) paths.before = before.url;
   const names = Object.keys(paths);
   // An error names a URL: this says whose it is.
-  console.log(Object.entries(paths).map(([name, url]) => `${name} ${url}`).join(', '));
+  console.log(
+    Object.entries(paths)
+      .map(([name, url]) => `${name} ${url}`)
+      .join(', '),
+  );
 
   const cpu = spawnSync('nproc').stdout.toString().trim();
   console.log(`# sluice proxy benchmark — ${new Date().toISOString()}, ${cpu} CPUs, Node ${process.version}`);
